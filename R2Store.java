@@ -1,0 +1,481 @@
+// The object store: one interface, two implementations (part of R2Common, included with //SOURCES).
+//   ObjectStore       what sync and restore need from a bucket
+//   S3ObjectStore     Cloudflare R2 (or any S3-compatible server) through the AWS SDK v2, R2 settings
+//   DirObjectStore    a local directory (R2_ENDPOINT=file:///dir): the embedded default, no account needed
+
+import software.amazon.awssdk.auth.credentials.AwsBasicCredentials;
+import software.amazon.awssdk.auth.credentials.StaticCredentialsProvider;
+import software.amazon.awssdk.awscore.retry.AwsRetryStrategy;
+import software.amazon.awssdk.core.checksums.RequestChecksumCalculation;
+import software.amazon.awssdk.core.checksums.ResponseChecksumValidation;
+import software.amazon.awssdk.core.exception.SdkClientException;
+import software.amazon.awssdk.core.exception.SdkException;
+import software.amazon.awssdk.core.sync.RequestBody;
+import software.amazon.awssdk.http.apache5.Apache5HttpClient;
+import software.amazon.awssdk.regions.Region;
+import software.amazon.awssdk.services.s3.S3Client;
+import software.amazon.awssdk.services.s3.S3Configuration;
+import software.amazon.awssdk.services.s3.model.*;
+
+import java.io.*;
+import java.nio.channels.Channels;
+import java.nio.channels.FileChannel;
+import java.nio.channels.FileLock;
+import java.nio.file.*;
+import java.time.Duration;
+import java.util.*;
+import java.util.concurrent.*;
+import java.util.stream.Collectors;
+import java.util.stream.Stream;
+
+/** An object and its size, as listed. */
+record StoredObject(String key, long size) {}
+
+/** An object's bytes with the ETag a conditional write must name. */
+record Versioned(byte[] data, String etag) {}
+
+/** An upload that was started and never completed or aborted (a crashed sync leaves these). */
+record PendingUpload(String key, String uploadId) {}
+
+/** A conditional write lost: someone else wrote the object since we read it. */
+final class PreconditionFailed extends R2Exception {
+    PreconditionFailed(String key) {
+        super(R2Common.EXIT_FAILED, "conditional write of " + key + " refused: it changed since it was read");
+    }
+}
+
+interface ObjectStore extends AutoCloseable {
+    /** Uploads a file whose size and sha256 are known; large files go up in parts. */
+    void putFile(String key, Path file, FileEntry entry, Progress progress);
+
+    void putBytes(String key, byte[] data);
+
+    /** Writes only if the object's ETag is still expectedEtag (null: only if it does not exist); returns the new ETag. */
+    String putIfMatch(String key, byte[] data, String expectedEtag);
+
+    Optional<Versioned> get(String key);
+
+    /** Streams an object into a file, hashing while writing; returns what arrived. Missing objects fail. */
+    FileEntry download(String key, Path target, String snapshotPath, Progress progress);
+
+    List<StoredObject> list(String prefix);
+
+    /** Server-side copy: an unchanged artifact is never uploaded twice. */
+    void copy(String fromKey, String toKey);
+
+    void delete(Collection<String> keys);
+
+    List<PendingUpload> pendingUploads(String prefix);
+
+    void abort(PendingUpload upload);
+
+    @Override
+    void close();
+
+    static ObjectStore open(Config config) {
+        return config.localStore() ? new DirObjectStore(Path.of(config.endpoint())) : new S3ObjectStore(config);
+    }
+}
+
+/** R2 through the AWS SDK v2 with the settings R2 needs (see shared docs: checksums, path style, region auto). */
+final class S3ObjectStore implements ObjectStore {
+    /** Above this size a file goes up in parts (R2: parts 5 MiB..5 GiB, at most 10,000 of them). */
+    static final long MULTIPART_THRESHOLD = 64L << 20;
+    static final long MIN_PART = 16L << 20;
+    static final int PARTS_IN_FLIGHT = 3;
+    private final S3Client s3;
+    private final String bucket;
+
+    S3ObjectStore(Config config) {
+        this.bucket = config.bucket();
+        this.s3 = S3Client.builder()
+                .endpointOverride(config.endpoint())
+                .region(Region.of("auto"))
+                .credentialsProvider(StaticCredentialsProvider.create(
+                        AwsBasicCredentials.create(config.accessKeyId(), config.secretAccessKey())))
+                .serviceConfiguration(S3Configuration.builder()
+                        .pathStyleAccessEnabled(true)
+                        .chunkedEncodingEnabled(false)
+                        .build())
+                .requestChecksumCalculation(RequestChecksumCalculation.WHEN_REQUIRED)
+                .responseChecksumValidation(ResponseChecksumValidation.WHEN_REQUIRED)
+                .httpClientBuilder(Apache5HttpClient.builder()
+                        .connectionTimeout(Duration.ofSeconds(10))
+                        .socketTimeout(Duration.ofSeconds(60)))
+                .overrideConfiguration(o -> o
+                        // Standard retries: exponential backoff with jitter, bounded attempts.
+                        .retryStrategy(AwsRetryStrategy.standardRetryStrategy().toBuilder().maxAttempts(5).build())
+                        .apiCallAttemptTimeout(Duration.ofMinutes(5))
+                        .apiCallTimeout(Duration.ofMinutes(20)))
+                .build();
+    }
+
+    @Override
+    public void putFile(String key, Path file, FileEntry entry, Progress progress) {
+        if (entry.size() > MULTIPART_THRESHOLD) {
+            putMultipart(key, file, entry, progress);
+            return;
+        }
+        String checksum = Base64.getEncoder().encodeToString(HexFormat.of().parseHex(entry.sha256()));
+        call("put " + key, () -> s3.putObject(b -> b.bucket(bucket).key(key).checksumSHA256(checksum),
+                RequestBody.fromFile(file)));
+        if (progress != null) progress.add(entry.size());
+    }
+
+    private void putMultipart(String key, Path file, FileEntry entry, Progress progress) {
+        long partSize = Math.max(MIN_PART, (entry.size() + 9_999) / 10_000);
+        int parts = (int) ((entry.size() + partSize - 1) / partSize);
+        String uploadId = call("start upload " + key,
+                () -> s3.createMultipartUpload(b -> b.bucket(bucket).key(key)).uploadId());
+        ExecutorService pool = Executors.newFixedThreadPool(PARTS_IN_FLIGHT);
+        try {
+            List<Future<CompletedPart>> futures = new ArrayList<>();
+            for (int i = 0; i < parts; i++) {
+                int number = i + 1;
+                long offset = i * partSize;
+                long length = Math.min(partSize, entry.size() - offset);
+                futures.add(pool.submit(() -> {
+                    // A content provider reopens the slice, so the SDK can retry a part from its start.
+                    String etag = call("upload part " + number + " of " + key, () -> s3.uploadPart(
+                            b -> b.bucket(bucket).key(key).uploadId(uploadId).partNumber(number).contentLength(length),
+                            RequestBody.fromContentProvider(() -> slice(file, offset, length), length,
+                                    "application/octet-stream")).eTag());
+                    if (progress != null) progress.add(length);
+                    return CompletedPart.builder().partNumber(number).eTag(etag).build();
+                }));
+            }
+            List<CompletedPart> completed = new ArrayList<>();
+            for (Future<CompletedPart> f : futures) completed.add(f.get());
+            call("complete upload " + key, () -> s3.completeMultipartUpload(b -> b.bucket(bucket).key(key)
+                    .uploadId(uploadId).multipartUpload(m -> m.parts(completed))));
+        } catch (Exception e) {
+            abort(new PendingUpload(key, uploadId));
+            if (e instanceof ExecutionException && e.getCause() instanceof R2Exception r2) throw r2;
+            if (e instanceof InterruptedException) Thread.currentThread().interrupt();
+            if (e instanceof R2Exception r2) throw r2;
+            throw new R2Exception(R2Common.EXIT_FAILED, "s3: upload " + key + ": " + R2Cli.messageChain(e), e);
+        } finally {
+            pool.shutdownNow();
+        }
+    }
+
+    private static InputStream slice(Path file, long offset, long length) {
+        try {
+            FileChannel ch = FileChannel.open(file, StandardOpenOption.READ);
+            ch.position(offset);
+            return new BoundedInputStream(Channels.newInputStream(ch), length);
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+    }
+
+    @Override
+    public void putBytes(String key, byte[] data) {
+        call("put " + key, () -> s3.putObject(b -> b.bucket(bucket).key(key), RequestBody.fromBytes(data)));
+    }
+
+    @Override
+    public String putIfMatch(String key, byte[] data, String expectedEtag) {
+        try {
+            return s3.putObject(b -> {
+                b.bucket(bucket).key(key);
+                if (expectedEtag == null) b.ifNoneMatch("*");
+                else b.ifMatch(expectedEtag);
+            }, RequestBody.fromBytes(data)).eTag();
+        } catch (S3Exception e) {
+            if (e.statusCode() == 412 || e.statusCode() == 409) throw new PreconditionFailed(key);
+            throw wrap("put " + key, e);
+        } catch (SdkException e) {
+            throw wrap("put " + key, e);
+        }
+    }
+
+    @Override
+    public Optional<Versioned> get(String key) {
+        try {
+            var bytes = s3.getObjectAsBytes(b -> b.bucket(bucket).key(key));
+            return Optional.of(new Versioned(bytes.asByteArray(), bytes.response().eTag()));
+        } catch (NoSuchKeyException e) {
+            return Optional.empty();
+        } catch (SdkException e) {
+            throw wrap("get " + key, e);
+        }
+    }
+
+    @Override
+    public FileEntry download(String key, Path target, String snapshotPath, Progress progress) {
+        try (InputStream in = s3.getObject(b -> b.bucket(bucket).key(key));
+             OutputStream file = Files.newOutputStream(target, StandardOpenOption.CREATE_NEW)) {
+            Sha256.HashingOutputStream out = new Sha256.HashingOutputStream(new BufferedOutputStream(file, 1 << 16));
+            byte[] buf = new byte[1 << 16];
+            for (int n; (n = in.read(buf)) > 0; ) {
+                out.write(buf, 0, n);
+                if (progress != null) progress.add(n);
+            }
+            out.flush();
+            return out.entry(snapshotPath);
+        } catch (NoSuchKeyException e) {
+            throw new R2Exception(R2Common.EXIT_FAILED, "s3: " + key + " is missing");
+        } catch (SdkException e) {
+            throw wrap("get " + key, e);
+        } catch (IOException e) {
+            throw new R2Exception(R2Common.EXIT_FAILED, "download " + key + " to " + target + ": " + e.getMessage(), e);
+        }
+    }
+
+    @Override
+    public List<StoredObject> list(String prefix) {
+        return call("list " + prefix, () -> s3.listObjectsV2Paginator(b -> b.bucket(bucket).prefix(prefix)).contents()
+                .stream().map(o -> new StoredObject(o.key(), o.size())).collect(Collectors.toList()));
+    }
+
+    @Override
+    public void copy(String fromKey, String toKey) {
+        call("copy " + fromKey, () -> s3.copyObject(b -> b.sourceBucket(bucket).sourceKey(fromKey)
+                .destinationBucket(bucket).destinationKey(toKey)));
+    }
+
+    @Override
+    public void delete(Collection<String> keys) {
+        List<String> all = new ArrayList<>(keys);
+        for (int i = 0; i < all.size(); i += 1000) {
+            List<ObjectIdentifier> batch = all.subList(i, Math.min(all.size(), i + 1000)).stream()
+                    .map(k -> ObjectIdentifier.builder().key(k).build()).collect(Collectors.toList());
+            DeleteObjectsResponse r = call("delete objects", () -> s3.deleteObjects(b -> b.bucket(bucket)
+                    .delete(d -> d.objects(batch).quiet(true))));
+            if (r.hasErrors() && !r.errors().isEmpty())
+                throw new R2Exception(R2Common.EXIT_FAILED, "s3: delete " + r.errors().get(0).key() + ": " + r.errors().get(0).message());
+        }
+    }
+
+    @Override
+    public List<PendingUpload> pendingUploads(String prefix) {
+        return call("list uploads " + prefix, () -> s3.listMultipartUploadsPaginator(b -> b.bucket(bucket).prefix(prefix))
+                .uploads().stream().map(u -> new PendingUpload(u.key(), u.uploadId())).collect(Collectors.toList()));
+    }
+
+    @Override
+    public void abort(PendingUpload upload) {
+        try {
+            s3.abortMultipartUpload(b -> b.bucket(bucket).key(upload.key()).uploadId(upload.uploadId()));
+        } catch (NoSuchUploadException e) {
+            // already gone
+        } catch (SdkException e) {
+            Log.warn("s3: abort upload of " + upload.key() + ": " + e.getMessage());
+        }
+    }
+
+    @Override
+    public void close() {
+        s3.close();
+    }
+
+    private static <T> T call(String what, java.util.function.Supplier<T> action) {
+        try {
+            return action.get();
+        } catch (SdkException e) {
+            throw wrap(what, e);
+        } catch (UncheckedIOException e) {
+            throw new R2Exception(R2Common.EXIT_FAILED, "s3: " + what + ": " + e.getCause().getMessage(), e);
+        }
+    }
+
+    private static R2Exception wrap(String what, SdkException e) {
+        String detail;
+        if (e instanceof S3Exception s3e && s3e.awsErrorDetails() != null)
+            detail = "HTTP " + s3e.statusCode() + " " + s3e.awsErrorDetails().errorCode();
+        else if (e instanceof SdkClientException)
+            detail = "cannot reach the store: " + firstLine(R2Cli.messageChain(e));
+        else detail = firstLine(e.getMessage());
+        return new R2Exception(R2Common.EXIT_FAILED, "s3: " + what + ": " + detail, e);
+    }
+
+    private static String firstLine(String s) {
+        return s == null ? "" : s.lines().findFirst().orElse("");
+    }
+}
+
+/** An InputStream that ends after a number of bytes (one part of a file). */
+final class BoundedInputStream extends FilterInputStream {
+    private long left;
+
+    BoundedInputStream(InputStream in, long length) {
+        super(in);
+        this.left = length;
+    }
+
+    @Override
+    public int read() throws IOException {
+        if (left <= 0) return -1;
+        int b = in.read();
+        if (b >= 0) left--;
+        return b;
+    }
+
+    @Override
+    public int read(byte[] b, int off, int len) throws IOException {
+        if (left <= 0) return -1;
+        int n = in.read(b, off, (int) Math.min(len, left));
+        if (n > 0) left -= n;
+        return n;
+    }
+}
+
+/**
+ * A local directory as the store: keys are files under the root. Writes go to a temp file and are renamed
+ * into place; conditional writes hold a file lock; the ETag is the content's sha256.
+ */
+final class DirObjectStore implements ObjectStore {
+    private final Path root;
+
+    DirObjectStore(Path root) {
+        this.root = root.toAbsolutePath().normalize();
+        try {
+            Files.createDirectories(this.root);
+        } catch (IOException e) {
+            throw new R2Exception(R2Common.EXIT_FAILED, "store directory " + root + ": " + e.getMessage(), e);
+        }
+    }
+
+    private Path path(String key) {
+        Path p = root.resolve(key).normalize();
+        if (!p.startsWith(root) || key.contains("..") || key.startsWith(".tmp"))
+            throw new IllegalArgumentException("unsafe key " + key);
+        return p;
+    }
+
+    @Override
+    public void putFile(String key, Path file, FileEntry entry, Progress progress) {
+        writeAtomically(key, tmp -> Files.copy(file, tmp, StandardCopyOption.REPLACE_EXISTING));
+        if (progress != null) progress.add(entry.size());
+    }
+
+    @Override
+    public void putBytes(String key, byte[] data) {
+        writeAtomically(key, tmp -> Files.write(tmp, data));
+    }
+
+    @Override
+    public String putIfMatch(String key, byte[] data, String expectedEtag) {
+        try (FileChannel ch = FileChannel.open(root.resolve(".lock"), StandardOpenOption.CREATE, StandardOpenOption.WRITE);
+             FileLock ignored = ch.lock()) {
+            String current = get(key).map(Versioned::etag).orElse(null);
+            if (!Objects.equals(current, expectedEtag)) throw new PreconditionFailed(key);
+            putBytes(key, data);
+            return etag(data);
+        } catch (IOException e) {
+            throw new R2Exception(R2Common.EXIT_FAILED, "store: lock " + root + ": " + e.getMessage(), e);
+        }
+    }
+
+    @Override
+    public Optional<Versioned> get(String key) {
+        try {
+            byte[] data = Files.readAllBytes(path(key));
+            return Optional.of(new Versioned(data, etag(data)));
+        } catch (NoSuchFileException e) {
+            return Optional.empty();
+        } catch (IOException e) {
+            throw new R2Exception(R2Common.EXIT_FAILED, "store: read " + key + ": " + e.getMessage(), e);
+        }
+    }
+
+    @Override
+    public FileEntry download(String key, Path target, String snapshotPath, Progress progress) {
+        Path source = path(key);
+        if (!Files.isRegularFile(source)) throw new R2Exception(R2Common.EXIT_FAILED, "store: " + key + " is missing");
+        try (InputStream in = Files.newInputStream(source);
+             OutputStream file = Files.newOutputStream(target, StandardOpenOption.CREATE_NEW)) {
+            Sha256.HashingOutputStream out = new Sha256.HashingOutputStream(new BufferedOutputStream(file, 1 << 16));
+            byte[] buf = new byte[1 << 16];
+            for (int n; (n = in.read(buf)) > 0; ) {
+                out.write(buf, 0, n);
+                if (progress != null) progress.add(n);
+            }
+            out.flush();
+            return out.entry(snapshotPath);
+        } catch (IOException e) {
+            throw new R2Exception(R2Common.EXIT_FAILED, "store: read " + key + ": " + e.getMessage(), e);
+        }
+    }
+
+    @Override
+    public List<StoredObject> list(String prefix) {
+        if (!Files.isDirectory(root)) return List.of();
+        try (Stream<Path> s = Files.walk(root)) {
+            return s.filter(Files::isRegularFile)
+                    .map(p -> root.relativize(p).toString().replace(File.separatorChar, '/'))
+                    .filter(k -> k.startsWith(prefix) && !k.equals(".lock") && !k.startsWith(".tmp"))
+                    .sorted()
+                    .map(k -> new StoredObject(k, path(k).toFile().length()))
+                    .collect(Collectors.toList());
+        } catch (IOException e) {
+            throw new R2Exception(R2Common.EXIT_FAILED, "store: list " + prefix + ": " + e.getMessage(), e);
+        }
+    }
+
+    @Override
+    public void copy(String fromKey, String toKey) {
+        writeAtomically(toKey, tmp -> Files.copy(path(fromKey), tmp, StandardCopyOption.REPLACE_EXISTING));
+    }
+
+    @Override
+    public void delete(Collection<String> keys) {
+        for (String key : keys) {
+            try {
+                Files.deleteIfExists(path(key));
+            } catch (IOException e) {
+                throw new R2Exception(R2Common.EXIT_FAILED, "store: delete " + key + ": " + e.getMessage(), e);
+            }
+        }
+    }
+
+    /** Temp files of writers that died; a directory store has no other kind of pending upload. */
+    @Override
+    public List<PendingUpload> pendingUploads(String prefix) {
+        Path tmpDir = root.resolve(".tmp");
+        if (!Files.isDirectory(tmpDir)) return List.of();
+        try (Stream<Path> s = Files.list(tmpDir)) {
+            return s.map(p -> new PendingUpload(p.getFileName().toString(), p.toString())).collect(Collectors.toList());
+        } catch (IOException e) {
+            return List.of();
+        }
+    }
+
+    @Override
+    public void abort(PendingUpload upload) {
+        try {
+            Files.deleteIfExists(Path.of(upload.uploadId()));
+        } catch (IOException e) {
+            Log.warn("store: remove " + upload.uploadId() + ": " + e.getMessage());
+        }
+    }
+
+    @Override
+    public void close() {}
+
+    private interface Writer {
+        void write(Path tmp) throws IOException;
+    }
+
+    private void writeAtomically(String key, Writer writer) {
+        Path target = path(key);
+        try {
+            Files.createDirectories(target.getParent());
+            Path tmpDir = Files.createDirectories(root.resolve(".tmp"));
+            Path tmp = Files.createTempFile(tmpDir, "put", ".part");
+            try {
+                writer.write(tmp);
+                Files.move(tmp, target, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+            } finally {
+                Files.deleteIfExists(tmp);
+            }
+        } catch (IOException e) {
+            throw new R2Exception(R2Common.EXIT_FAILED, "store: write " + key + ": " + e.getMessage(), e);
+        }
+    }
+
+    private static String etag(byte[] data) {
+        return "\"" + Sha256.of(data) + "\"";
+    }
+}

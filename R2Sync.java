@@ -1,0 +1,648 @@
+///usr/bin/env jbang "$0" "$@" ; exit $?
+//JAVA 17+
+//SOURCES R2Common.java
+
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Mixin;
+import picocli.CommandLine.Option;
+
+import java.io.IOException;
+import java.lang.management.ManagementFactory;
+import java.net.InetAddress;
+import java.nio.channels.FileChannel;
+import java.nio.channels.FileLock;
+import java.nio.channels.OverlappingFileLockException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.*;
+import java.time.Duration;
+import java.time.Instant;
+import java.util.*;
+import java.util.concurrent.Callable;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.TimeUnit;
+import java.util.stream.Collectors;
+import java.util.stream.Stream;
+
+@Command(name = "r2-sync", mixinStandardHelpOptions = true, version = R2Common.VERSION, sortOptions = false,
+        description = {
+                "Backs up a Gas Town to R2: every Dolt database (dolt backup), every rig's git repositories "
+                        + "(git bundle), and the config and runtime files (tar), as one snapshot under "
+                        + "gastown/<town_id>/snapshots/<timestamp>/, then points latest.json at it.",
+                "Without --immediate it runs as a daemon: a sync every --interval, the first at start."},
+        exitCodeListHeading = "%nExit codes:%n",
+        exitCodeList = {
+                "0:a snapshot was published",
+                "1:the sync failed; latest.json still names the previous snapshot",
+                "2:usage or configuration error; nothing was written",
+                "3:a snapshot was published, but some part of the town could not be backed up "
+                        + "(the log, the heartbeat and the manifest's problems list say which)"})
+public class R2Sync implements Callable<Integer> {
+
+    @Mixin
+    R2Options r2 = new R2Options();
+
+    @Option(names = "--immediate", description = "Run one sync now and exit (the SIGTERM flush).")
+    boolean immediate;
+
+    @Option(names = "--interval", defaultValue = "${env:R2_SYNC_INTERVAL:-5m}", converter = DurationConverter.class,
+            paramLabel = "DURATION", description = "Time between daemon syncs, e.g. 5m, 30s (env R2_SYNC_INTERVAL, default ${DEFAULT-VALUE}).")
+    Duration interval;
+
+    @Option(names = "--lock-file", defaultValue = "${env:R2_SYNC_LOCK:-/tmp/r2-sync.lock}", paramLabel = "FILE",
+            description = "Lock that serializes syncs on this machine (env R2_SYNC_LOCK, default ${DEFAULT-VALUE}).")
+    Path lockFile;
+
+    @Option(names = "--lock-wait", defaultValue = "${env:R2_SYNC_LOCK_WAIT:-10m}", converter = DurationConverter.class,
+            paramLabel = "DURATION", description = "How long to wait for a running sync to finish before giving up "
+            + "(env R2_SYNC_LOCK_WAIT, default ${DEFAULT-VALUE}).")
+    Duration lockWait;
+
+    @Option(names = "--work-dir", defaultValue = "${env:R2_WORK_DIR:-/tmp/r2-sync-work}", paramLabel = "DIR",
+            description = "Where snapshots are built before upload; needs room for one snapshot. Cleaned after "
+                    + "every sync (env R2_WORK_DIR, default ${DEFAULT-VALUE}).")
+    Path workDir;
+
+    @Option(names = "--keep", defaultValue = "${env:R2_KEEP_SNAPSHOTS:-3}", paramLabel = "N",
+            description = "Complete snapshots to keep (env R2_KEEP_SNAPSHOTS, default ${DEFAULT-VALUE}).")
+    int keep;
+
+    private Config config;
+    private ObjectStore store;
+    private Heartbeat heartbeat;
+    /** The last published manifest, kept at hand so the next cycle can skip what did not change. */
+    private Manifest lastManifest;
+
+    public static void main(String... args) {
+        System.exit(R2Cli.run(new R2Sync(), args));
+    }
+
+    @Override
+    public Integer call() {
+        config = r2.toConfig();
+        if (keep < 1) throw R2Options.usage("--keep must be at least 1");
+        if (interval.isZero() || interval.isNegative()) throw R2Options.usage("--interval must be positive");
+        if (!Files.isDirectory(config.townRoot()))
+            throw R2Options.usage("town root " + config.townRoot() + " is not a directory (GT_TOWN_ROOT or --town-root)");
+        heartbeat = new Heartbeat(config);
+        try (ObjectStore opened = ObjectStore.open(config)) {
+            store = opened;
+            return immediate ? syncOnce().exitCode() : runDaemon();
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // The daemon: a sync every interval; a failed cycle is reported and retried at the next one.
+    // ---------------------------------------------------------------------------------------------
+
+    private int runDaemon() {
+        CountDownLatch stop = new CountDownLatch(1);
+        CountDownLatch stopped = new CountDownLatch(1);
+        Thread loop = Thread.currentThread();
+        Runtime.getRuntime().addShutdownHook(new Thread(() -> {
+            // The pointer only ever moves to a fully uploaded snapshot, so ending mid-cycle is safe:
+            // the next sync removes what this one leaves.
+            Log.info("daemon: stopping");
+            stop.countDown();
+            loop.interrupt();
+            Proc.killAll();
+            awaitQuietly(stopped, Duration.ofSeconds(10));
+        }, "r2-sync-shutdown"));
+        Log.info("daemon: syncing " + config.townRoot() + " every " + DurationConverter.format(interval));
+        int consecutiveFailures = 0;
+        try {
+            while (stop.getCount() > 0) {
+                try {
+                    SyncResult result = syncOnce();
+                    if (consecutiveFailures > 0) Log.info("daemon: recovered after " + consecutiveFailures + " failed cycle(s)");
+                    consecutiveFailures = result.exitCode() == R2Common.EXIT_OK ? 0 : consecutiveFailures;
+                } catch (R2Exception e) {
+                    if (stop.getCount() == 0) break;
+                    consecutiveFailures++;
+                    Log.error("daemon: cycle failed (" + consecutiveFailures + " in a row), retrying in "
+                            + DurationConverter.format(interval) + ": " + R2Cli.messageChain(e));
+                } catch (RuntimeException e) {
+                    if (stop.getCount() == 0) break;
+                    consecutiveFailures++;
+                    Log.error("daemon: cycle failed unexpectedly (" + consecutiveFailures + " in a row): " + R2Cli.messageChain(e));
+                }
+                try {
+                    if (stop.await(interval.toMillis(), TimeUnit.MILLISECONDS)) break;
+                } catch (InterruptedException e) {
+                    break;
+                }
+            }
+        } finally {
+            Log.info("daemon: stopped");
+            stopped.countDown();
+        }
+        return R2Common.EXIT_OK;
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // One sync, in the order it runs.
+    // ---------------------------------------------------------------------------------------------
+
+    /** Takes the lock, builds, uploads and publishes one snapshot, prunes old ones, and reports. */
+    SyncResult syncOnce() {
+        Instant start = Instant.now();
+        String timestamp = null;
+        try (SyncLock lock = SyncLock.acquire(lockFile, lockWait)) {
+            removeLeftoverWorkDirs();
+            PointerState previous = readPointer();
+            Manifest base = previousManifest(previous);
+            Town town = Town.discover(config.townRoot());
+            timestamp = claimSnapshot(previous);
+            Path work = Files.createDirectories(workDir.resolve("r2-sync-" + timestamp + "-" + ProcessHandle.current().pid()));
+            try {
+                Snapshot snapshot = new Snapshot(timestamp, work);
+                backupDatabases(town, snapshot, base);
+                bundleRepos(town, snapshot, base);
+                tarFiles(town, snapshot);
+                snapshot.requireSomethingBackedUp();
+                Manifest manifest = snapshot.manifest(config.townId(), versions());
+                Transfer transfer = upload(snapshot, manifest, base);
+                movePointer(previous, manifest);
+                lastManifest = manifest;
+                applyRetention(timestamp);
+                SyncResult result = new SyncResult(timestamp, manifest.problems(), transfer, Duration.between(start, Instant.now()));
+                report(result, null);
+                return result;
+            } finally {
+                deleteTree(work);
+            }
+        } catch (IOException e) {
+            R2Exception failure = new R2Exception(R2Common.EXIT_FAILED, "sync: " + e, e);
+            report(new SyncResult(timestamp, List.of(), Transfer.NONE, Duration.between(start, Instant.now())), failure);
+            throw failure;
+        } catch (R2Exception e) {
+            report(new SyncResult(timestamp, List.of(), Transfer.NONE, Duration.between(start, Instant.now())), e);
+            throw e;
+        }
+    }
+
+    /** A sync that died (kill -9, power loss) leaves its work dir; we hold the lock, so none is in use. */
+    private void removeLeftoverWorkDirs() throws IOException {
+        if (!Files.isDirectory(workDir)) return;
+        try (Stream<Path> s = Files.list(workDir)) {
+            for (Path p : s.filter(p -> p.getFileName().toString().startsWith("r2-sync-")).collect(Collectors.toList())) {
+                Log.info("sync: removing the work dir of an interrupted sync: " + p);
+                deleteTree(p);
+            }
+        }
+    }
+
+    private PointerState readPointer() {
+        Optional<Versioned> latest = store.get(config.keys().latest());
+        if (latest.isEmpty()) return new PointerState(null, null);
+        try {
+            return new PointerState(R2Common.fromJson(latest.get().data(), Pointer.class, "latest.json"), latest.get().etag());
+        } catch (R2Exception e) {
+            // A damaged pointer must not stop new backups; the conditional write below still guards it.
+            Log.warn("sync: " + e.getMessage() + "; it will be replaced by this snapshot");
+            return new PointerState(null, latest.get().etag());
+        }
+    }
+
+    private Manifest previousManifest(PointerState previous) {
+        if (previous.pointer() == null) return null;
+        if (lastManifest != null && lastManifest.timestamp().equals(previous.pointer().timestamp())) return lastManifest;
+        try {
+            return store.get(config.keys().object(previous.pointer().timestamp(), Keys.MANIFEST))
+                    .map(v -> R2Common.fromJson(v.data(), Manifest.class, "manifest of " + previous.pointer().timestamp()))
+                    .orElse(null);
+        } catch (R2Exception e) {
+            Log.warn("sync: previous manifest unusable, uploading everything: " + e.getMessage());
+            return null;
+        }
+    }
+
+    /** Picks a timestamp newer than the current one and claims its prefix, so no two writers share it. */
+    private String claimSnapshot(PointerState previous) {
+        Instant candidate = Instant.now();
+        if (previous.pointer() != null) {
+            Instant latest = Keys.parse(previous.pointer().timestamp());
+            if (!candidate.isAfter(latest.plusSeconds(1))) candidate = latest.plusSeconds(1);
+        }
+        byte[] claim = R2Common.toJson(Map.of("host", hostname(), "pid", ProcessHandle.current().pid(),
+                "started", Instant.now().toString(), "tool", R2Common.VERSION));
+        for (int attempt = 0; attempt < 30; attempt++, candidate = candidate.plusSeconds(1)) {
+            String timestamp = Keys.format(candidate);
+            try {
+                store.putIfMatch(config.keys().object(timestamp, Keys.CLAIM), claim, null);
+                Log.info("sync " + timestamp + ": started for town " + config.townId());
+                return timestamp;
+            } catch (PreconditionFailed e) {
+                // another writer holds this second; take the next one
+            }
+        }
+        throw new R2Exception(R2Common.EXIT_FAILED, "sync: could not claim a snapshot prefix after 30 tries");
+    }
+
+    private void backupDatabases(Town town, Snapshot snapshot, Manifest base) {
+        boolean serverRunning = DoltServer.running(town);
+        for (String db : town.databases()) {
+            String path = Keys.doltBackup(db);
+            snapshot.attempt("database " + db, path, base, () -> {
+                Instant t = Instant.now();
+                Path dbDir = town.root().resolve(Town.DOLT_DATA).resolve(db);
+                Path backupDir = snapshot.dir().resolve("dolt").resolve(db);
+                Files.createDirectories(backupDir.getParent());
+                syncDoltBackup(dbDir, backupDir);
+                String root = DoltServer.backupRoot(backupDir);
+                DatabaseFacts facts = new DatabaseFacts(db, path, serverRunning, DoltServer.branches(dbDir), root);
+                DatabaseFacts before = base == null ? null : base.database(db).orElse(null);
+                if (before != null && root.equals(before.root()) && base.file(path).isPresent()) {
+                    snapshot.reuse(base.file(path).get(), base.timestamp());
+                    Log.info("sync " + snapshot.timestamp() + ": dolt " + db + " unchanged since " + base.timestamp());
+                } else {
+                    FileEntry entry = Tars.write(backupDir, listFiles(backupDir), snapshot.dir().resolve(path), path, true);
+                    snapshot.add(entry, snapshot.dir().resolve(path));
+                    Log.info("sync " + snapshot.timestamp() + ": dolt " + db + " " + Log.bytes(entry.size()) + " in " + Log.seconds(Duration.between(t, Instant.now())));
+                }
+                deleteTree(backupDir);
+                snapshot.databases().add(facts);
+            });
+        }
+    }
+
+    /** dolt backup sync-url, retried: a GC running at the same time can fail it ("please try again"). */
+    private void syncDoltBackup(Path dbDir, Path backupDir) {
+        String url = "file://" + backupDir.toAbsolutePath();
+        R2Exception last = null;
+        for (int attempt = 1; attempt <= 3; attempt++) {
+            ProcResult r = Proc.run(dbDir, Proc.DEFAULT_TIMEOUT, List.of("dolt", "backup", "sync-url", url));
+            if (r.ok() && Files.isRegularFile(backupDir.resolve("manifest"))) return;
+            last = new R2Exception(R2Common.EXIT_FAILED, "dolt backup sync-url: exit " + r.exitCode() + ": " + r.tail());
+            Log.warn("sync: " + dbDir.getFileName() + ": attempt " + attempt + " failed: " + last.getMessage());
+            deleteTreeQuietly(backupDir);
+        }
+        throw last;
+    }
+
+    private void bundleRepos(Town town, Snapshot snapshot, Manifest base) {
+        for (Rig rig : town.rigs()) {
+            List<Path> repos = new ArrayList<>();
+            repos.add(rig.repo());
+            repos.addAll(rig.clones());
+            for (Path repo : repos) {
+                String repoPath = town.relative(repo);
+                String path = Keys.bundle(rig.name(), repoPath);
+                snapshot.attempt("repo " + repoPath, path, base, () -> {
+                    Instant t = Instant.now();
+                    RepoFacts facts = GitRepo.inspect(town, rig.name(), repo, path);
+                    RepoFacts before = base == null ? null : base.repo(repoPath).orElse(null);
+                    if (facts.empty()) {
+                        Log.info("sync " + snapshot.timestamp() + ": git " + repoPath + " has no commits; recorded");
+                    } else if (before != null && before.refs().equals(facts.refs()) && before.shallow().equals(facts.shallow())
+                            && base.file(path).isPresent()) {
+                        snapshot.reuse(base.file(path).get(), base.timestamp());
+                        Log.info("sync " + snapshot.timestamp() + ": git " + repoPath + " unchanged since " + base.timestamp());
+                    } else {
+                        Path bundle = snapshot.dir().resolve(path);
+                        Files.createDirectories(bundle.getParent());
+                        Proc.check(repo, Proc.DEFAULT_TIMEOUT, List.of("git", "bundle", "create", "--quiet", bundle.toString(), "--all"));
+                        FileEntry entry = Sha256.ofFile(bundle, path);
+                        snapshot.add(entry, bundle);
+                        Log.info("sync " + snapshot.timestamp() + ": git " + repoPath + " " + facts.refs().size() + " refs, "
+                                + Log.bytes(entry.size()) + " in " + Log.seconds(Duration.between(t, Instant.now())));
+                    }
+                    snapshot.repos().add(facts);
+                });
+            }
+        }
+    }
+
+    private void tarFiles(Town town, Snapshot snapshot) throws IOException {
+        for (Town.KeepList list : Town.KeepList.values()) {
+            String path = list == Town.KeepList.CONFIG ? Keys.CONFIG_TAR : Keys.RUNTIME_TAR;
+            List<String> files = town.select(list);
+            FileEntry entry = Tars.write(town.root(), files, snapshot.dir().resolve(path), path, false);
+            snapshot.add(entry, snapshot.dir().resolve(path));
+            Log.info("sync " + snapshot.timestamp() + ": " + path + " " + files.size() + " files, " + Log.bytes(entry.size()));
+        }
+    }
+
+    private Versions versions() {
+        String gt = Proc.versionOf("gt", "version");
+        String dolt = Proc.versionOf("dolt", "version").replaceFirst("^dolt version ", "");
+        String git = Proc.versionOf("git", "--version").replaceFirst("^git version ", "");
+        return new Versions(gt, dolt, git);
+    }
+
+    /** Uploads every file (an unchanged one is copied server-side from the previous snapshot), manifest last. */
+    private Transfer upload(Snapshot snapshot, Manifest manifest, Manifest base) {
+        Instant t = Instant.now();
+        Keys keys = config.keys();
+        long bytes = 0;
+        int uploaded = 0;
+        int copied = 0;
+        Progress progress = new Progress("upload", snapshot.files().stream()
+                .filter(a -> a.local() != null).mapToLong(a -> a.entry().size()).sum());
+        for (Snapshot.Artifact a : snapshot.files()) {
+            String key = keys.object(snapshot.timestamp(), a.entry().path());
+            String copyFrom = a.copyFrom();
+            if (copyFrom == null && base != null && base.file(a.entry().path()).filter(a.entry()::equals).isPresent())
+                copyFrom = base.timestamp();
+            if (copyFrom != null) {
+                store.copy(keys.object(copyFrom, a.entry().path()), key);
+                copied++;
+            } else {
+                store.putFile(key, a.local(), a.entry(), progress);
+                bytes += a.entry().size();
+                uploaded++;
+            }
+        }
+        progress.finish();
+        byte[] manifestJson = R2Common.toJson(manifest);
+        store.putBytes(keys.object(snapshot.timestamp(), Keys.MANIFEST), manifestJson);
+        Log.info("sync " + snapshot.timestamp() + ": uploaded " + uploaded + " files (" + Log.bytes(bytes) + "), copied "
+                + copied + " unchanged, manifest last, in " + Log.seconds(Duration.between(t, Instant.now())));
+        return new Transfer(bytes + manifestJson.length, uploaded + 1, copied);
+    }
+
+    /**
+     * Moves latest.json with a conditional write on the ETag read at the start: if another writer moved it
+     * meanwhile, a newer snapshot of theirs is never replaced, and ours is discarded.
+     */
+    private void movePointer(PointerState previous, Manifest manifest) {
+        String timestamp = manifest.timestamp();
+        byte[] pointer = R2Common.toJson(new Pointer(timestamp, Sha256.of(R2Common.toJson(manifest))));
+        String expected = previous.etag();
+        for (int attempt = 0; attempt < 3; attempt++) {
+            try {
+                store.putIfMatch(config.keys().latest(), pointer, expected);
+                Log.info("sync " + timestamp + ": latest.json now names " + timestamp);
+                return;
+            } catch (PreconditionFailed e) {
+                PointerState now = readPointer();
+                String theirs = now.pointer() == null ? null : now.pointer().timestamp();
+                if (timestamp.equals(theirs)) return;   // our write landed; only its answer was lost
+                if (theirs != null && theirs.compareTo(timestamp) > 0) {
+                    discard(timestamp);
+                    throw new R2Exception(R2Common.EXIT_FAILED, "sync " + timestamp + ": conflict: latest.json was moved to "
+                            + theirs + " by another writer while this sync ran; this snapshot was discarded. "
+                            + "Is a second container backing up town " + config.townId() + "?");
+                }
+                Log.warn("sync " + timestamp + ": latest.json changed to " + theirs + " (older than ours) while this sync ran; replacing it");
+                expected = now.etag();
+            }
+        }
+        throw new R2Exception(R2Common.EXIT_FAILED, "sync " + timestamp + ": latest.json keeps changing; gave up");
+    }
+
+    private void discard(String timestamp) {
+        store.delete(store.list(config.keys().snapshot(timestamp)).stream().map(StoredObject::key).collect(Collectors.toList()));
+    }
+
+    /**
+     * Keeps the newest complete snapshots; removes older ones and the leftovers of syncs that died (a prefix
+     * older than ours without a manifest can never be published: its writer's conditional write would fail).
+     * Never touches ours (the one latest.json names) or anything newer (a sync still uploading).
+     */
+    private void applyRetention(String current) {
+        Keys keys = config.keys();
+        Map<String, List<StoredObject>> byTimestamp = new TreeMap<>(Comparator.reverseOrder());
+        for (StoredObject o : store.list(keys.snapshots())) {
+            String ts = keys.timestampOf(o.key());
+            if (ts != null) byTimestamp.computeIfAbsent(ts, k -> new ArrayList<>()).add(o);
+        }
+        List<String> doomed = new ArrayList<>();
+        List<String> removed = new ArrayList<>();
+        int completeKept = 0;
+        for (Map.Entry<String, List<StoredObject>> e : byTimestamp.entrySet()) {
+            String ts = e.getKey();
+            boolean complete = e.getValue().stream().anyMatch(o -> o.key().equals(keys.object(ts, Keys.MANIFEST)));
+            if (ts.compareTo(current) > 0) continue;
+            if (ts.equals(current) || (complete && completeKept < keep)) {
+                if (complete) completeKept++;
+                continue;
+            }
+            removed.add(ts + (complete ? "" : " (unfinished)"));
+            e.getValue().forEach(o -> doomed.add(o.key()));
+        }
+        if (!doomed.isEmpty()) store.delete(doomed);
+        int aborted = 0;
+        for (PendingUpload u : store.pendingUploads(keys.snapshots())) {
+            String ts = keys.timestampOf(u.key());
+            if (ts == null || ts.compareTo(current) < 0) {
+                store.abort(u);
+                aborted++;
+            }
+        }
+        if (!removed.isEmpty() || aborted > 0)
+            Log.info("sync " + current + ": retention removed " + removed.size() + " snapshot(s) " + removed
+                    + (aborted > 0 ? " and aborted " + aborted + " unfinished upload(s)" : ""));
+    }
+
+    private void report(SyncResult result, R2Exception failure) {
+        Map<String, Object> body = new LinkedHashMap<>();
+        body.put("townId", config.townId());
+        body.put("event", "sync");
+        body.put("status", failure != null ? "failed" : result.problems().isEmpty() ? "ok" : "partial");
+        body.put("snapshot", result.timestamp());
+        body.put("durationMs", result.took().toMillis());
+        body.put("bytesUploaded", result.transfer().bytes());
+        body.put("filesUploaded", result.transfer().uploaded());
+        body.put("filesCopied", result.transfer().copied());
+        if (!result.problems().isEmpty())
+            body.put("problems", result.problems().stream().map(p -> p.part() + ": " + Log.redact(p.error())).collect(Collectors.toList()));
+        if (failure != null) body.put("error", Log.redact(R2Cli.messageChain(failure)));
+        if (failure == null)
+            Log.info("sync " + result.timestamp() + ": " + body.get("status") + " in " + Log.seconds(result.took())
+                    + (result.problems().isEmpty() ? "" : "; NOT backed up: " + body.get("problems")));
+        heartbeat.send(body);
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Helpers
+    // ---------------------------------------------------------------------------------------------
+
+    record PointerState(Pointer pointer, String etag) {}
+
+    record Transfer(long bytes, int uploaded, int copied) {
+        static final Transfer NONE = new Transfer(0, 0, 0);
+    }
+
+    record SyncResult(String timestamp, List<Problem> problems, Transfer transfer, Duration took) {
+        int exitCode() {
+            return problems.isEmpty() ? R2Common.EXIT_OK : R2Common.EXIT_PARTIAL;
+        }
+    }
+
+    /** What one sync has built so far: files to upload (or to carry over), facts, and problems. */
+    static final class Snapshot {
+        record Artifact(FileEntry entry, Path local, String copyFrom) {}
+
+        interface Step {
+            void run() throws IOException;
+        }
+
+        private final String timestamp;
+        private final Path dir;
+        private final List<Artifact> files = new ArrayList<>();
+        private final List<DatabaseFacts> databases = new ArrayList<>();
+        private final List<RepoFacts> repos = new ArrayList<>();
+        private final List<Problem> problems = new ArrayList<>();
+        private int succeeded;
+        private int attempted;
+
+        Snapshot(String timestamp, Path dir) {
+            this.timestamp = timestamp;
+            this.dir = dir;
+        }
+
+        String timestamp() { return timestamp; }
+        Path dir() { return dir; }
+        List<Artifact> files() { return files; }
+        List<DatabaseFacts> databases() { return databases; }
+        List<RepoFacts> repos() { return repos; }
+
+        void add(FileEntry entry, Path local) {
+            files.add(new Artifact(entry, local, null));
+        }
+
+        void reuse(FileEntry entry, String fromTimestamp) {
+            files.add(new Artifact(entry, null, fromTimestamp));
+        }
+
+        /**
+         * Runs one part of the backup. A part whose source fails (a locked database, a corrupt repo) is
+         * recorded as a problem and, where the previous snapshot has it, carried over from there, marked.
+         * A local disk failure (no space) fails the whole sync instead: nothing would be trustworthy.
+         */
+        void attempt(String part, String path, Manifest base, Step step) {
+            attempted++;
+            try {
+                step.run();
+                succeeded++;
+            } catch (IOException | R2Exception | IllegalArgumentException | java.io.UncheckedIOException e) {
+                String error = R2Cli.messageChain(e);
+                if (error.toLowerCase(Locale.ROOT).contains("no space left"))
+                    throw new R2Exception(R2Common.EXIT_FAILED, "sync: " + part + ": " + error, e);
+                String carried = null;
+                if (base != null && base.file(path).isPresent()) {
+                    reuse(base.file(path).get(), base.timestamp());
+                    base.database(databaseName(part)).ifPresent(db -> databases.add(db));
+                    base.repos().stream().filter(r -> part.equals("repo " + r.path())).findFirst()
+                            .ifPresent(r -> repos.add(r.carriedFrom(base.timestamp())));
+                    carried = base.timestamp();
+                }
+                problems.add(new Problem(part, Log.redact(error), carried));
+                Log.error("sync " + timestamp + ": " + part + " NOT backed up" + (carried != null
+                        ? " (its copy from " + carried + " is carried over)" : "") + ": " + error);
+            }
+        }
+
+        private static String databaseName(String part) {
+            return part.startsWith("database ") ? part.substring("database ".length()) : "";
+        }
+
+        /** A snapshot in which every database and repo failed is no backup; refuse to publish it. */
+        void requireSomethingBackedUp() {
+            if (attempted > 0 && succeeded == 0)
+                throw new R2Exception(R2Common.EXIT_FAILED, "sync " + timestamp + ": no database or repo could be backed up: "
+                        + problems.stream().map(p -> p.part() + ": " + p.error()).collect(Collectors.joining("; ")));
+        }
+
+        Manifest manifest(String townId, Versions versions) {
+            return new Manifest(Manifest.FORMAT, R2Common.VERSION, townId, timestamp, Instant.now().toString(), versions,
+                    files.stream().map(Artifact::entry).collect(Collectors.toList()), databases, repos, problems);
+        }
+    }
+
+    /**
+     * The machine-wide sync lock: an OS file lock, so a dead holder releases it with its death and a stale
+     * lock file is harmless. A second sync waits (bounded) rather than skipping: a shutdown flush must run.
+     */
+    static final class SyncLock implements AutoCloseable {
+        private final FileChannel channel;
+        private final FileLock lock;
+
+        private SyncLock(FileChannel channel, FileLock lock) {
+            this.channel = channel;
+            this.lock = lock;
+        }
+
+        static SyncLock acquire(Path file, Duration wait) throws IOException {
+            if (file.getParent() != null) Files.createDirectories(file.getParent());
+            FileChannel channel = FileChannel.open(file, StandardOpenOption.CREATE, StandardOpenOption.WRITE, StandardOpenOption.READ);
+            long deadline = System.nanoTime() + wait.toNanos();
+            boolean announced = false;
+            try {
+                while (true) {
+                    FileLock lock = tryLock(channel);
+                    if (lock != null) {
+                        channel.truncate(0).write(java.nio.ByteBuffer.wrap((ProcessHandle.current().pid() + "\n").getBytes(StandardCharsets.UTF_8)), 0);
+                        return new SyncLock(channel, lock);
+                    }
+                    if (!announced) {
+                        Log.info("sync: another sync holds " + file + "; waiting up to " + DurationConverter.format(wait));
+                        announced = true;
+                    }
+                    if (System.nanoTime() > deadline)
+                        throw new R2Exception(R2Common.EXIT_FAILED, "sync: another sync still holds " + file + " after "
+                                + DurationConverter.format(wait) + " (see --lock-wait)");
+                    Thread.sleep(100);   // polling an OS lock: there is no event to wait on
+                }
+            } catch (InterruptedException e) {
+                channel.close();
+                Thread.currentThread().interrupt();
+                throw new R2Exception(R2Common.EXIT_FAILED, "sync: interrupted while waiting for " + file);
+            } catch (IOException | RuntimeException e) {
+                channel.close();
+                throw e;
+            }
+        }
+
+        private static FileLock tryLock(FileChannel channel) throws IOException {
+            try {
+                return channel.tryLock();
+            } catch (OverlappingFileLockException e) {
+                return null;   // held by another thread of this JVM
+            }
+        }
+
+        @Override
+        public void close() throws IOException {
+            lock.release();
+            channel.close();
+        }
+    }
+
+    static String hostname() {
+        try {
+            return InetAddress.getLocalHost().getHostName();
+        } catch (IOException e) {
+            return "unknown";
+        }
+    }
+
+    private static List<String> listFiles(Path dir) throws IOException {
+        try (Stream<Path> s = Files.walk(dir)) {
+            return s.filter(Files::isRegularFile).map(p -> dir.relativize(p).toString()).sorted().collect(Collectors.toList());
+        }
+    }
+
+    static void deleteTree(Path dir) throws IOException {
+        if (!Files.exists(dir, LinkOption.NOFOLLOW_LINKS)) return;
+        try (Stream<Path> s = Files.walk(dir)) {
+            for (Path p : s.sorted(Comparator.reverseOrder()).collect(Collectors.toList())) Files.deleteIfExists(p);
+        }
+    }
+
+    private static void deleteTreeQuietly(Path dir) {
+        try {
+            deleteTree(dir);
+        } catch (IOException e) {
+            Log.warn("sync: cannot remove " + dir + ": " + e.getMessage());
+        }
+    }
+
+    private static void awaitQuietly(CountDownLatch latch, Duration max) {
+        try {
+            latch.await(max.toMillis(), TimeUnit.MILLISECONDS);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+    }
+}

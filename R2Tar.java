@@ -1,0 +1,234 @@
+// Tar: deterministic writing of kept files, and extraction that refuses hostile archives
+// (part of R2Common, included with //SOURCES).
+
+import org.apache.commons.compress.archivers.tar.TarArchiveEntry;
+import org.apache.commons.compress.archivers.tar.TarArchiveInputStream;
+import org.apache.commons.compress.archivers.tar.TarArchiveOutputStream;
+import org.apache.commons.compress.archivers.tar.TarConstants;
+
+import java.io.*;
+import java.nio.channels.Channels;
+import java.nio.channels.FileChannel;
+import java.nio.file.*;
+import java.nio.file.attribute.FileTime;
+import java.nio.file.attribute.PosixFilePermission;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.util.*;
+
+final class Tars {
+    /** Refuse archives with more entries than this: a tar of tiny entries is a bomb of its own kind. */
+    static final int MAX_ENTRIES = 2_000_000;
+
+    private Tars() {}
+
+    /**
+     * Writes the given town-relative paths (and the directories above them) into a tar, hashing while
+     * writing. Entries are sorted and carry mode and mtime but no owner, so the same files give the same
+     * bytes. With zeroTimes, mtimes are 0 too (for content that is rewritten each cycle but unchanged).
+     */
+    static FileEntry write(Path root, List<String> paths, Path tarFile, String snapshotPath, boolean zeroTimes)
+            throws IOException {
+        Sha256.HashingOutputStream hashing;
+        try (OutputStream file = Files.newOutputStream(tarFile, StandardOpenOption.CREATE_NEW)) {
+            hashing = new Sha256.HashingOutputStream(new BufferedOutputStream(file, 1 << 16));
+            try (TarArchiveOutputStream tar = new TarArchiveOutputStream(hashing)) {
+                tar.setLongFileMode(TarArchiveOutputStream.LONGFILE_POSIX);
+                tar.setBigNumberMode(TarArchiveOutputStream.BIGNUMBER_POSIX);
+                Set<String> dirsWritten = new HashSet<>();
+                for (String rel : new TreeSet<>(paths)) {
+                    Path source = root.resolve(rel);
+                    if (!Files.exists(source, LinkOption.NOFOLLOW_LINKS)) continue;   // removed since selected
+                    writeParents(root, rel, tar, dirsWritten, zeroTimes);
+                    if (Files.isSymbolicLink(source)) writeSymlink(source, rel, tar, zeroTimes);
+                    else if (Files.isRegularFile(source, LinkOption.NOFOLLOW_LINKS)) writeFile(source, rel, tar, zeroTimes);
+                }
+                tar.finish();
+            }
+        }
+        return hashing.entry(snapshotPath);
+    }
+
+    private static void writeParents(Path root, String rel, TarArchiveOutputStream tar, Set<String> written,
+                                     boolean zeroTimes) throws IOException {
+        String[] parts = rel.split("/");
+        StringBuilder dir = new StringBuilder();
+        for (int i = 0; i < parts.length - 1; i++) {
+            dir.append(parts[i]).append('/');
+            String name = dir.toString();
+            if (!written.add(name)) continue;
+            Path p = root.resolve(name);
+            TarArchiveEntry e = new TarArchiveEntry(name, TarConstants.LF_DIR);
+            e.setMode(TarArchiveEntry.DEFAULT_DIR_MODE & ~0777 | mode(p));
+            e.setModTime(zeroTimes ? 0 : Files.getLastModifiedTime(p, LinkOption.NOFOLLOW_LINKS).toMillis());
+            tar.putArchiveEntry(e);
+            tar.closeArchiveEntry();
+        }
+    }
+
+    private static void writeSymlink(Path source, String rel, TarArchiveOutputStream tar, boolean zeroTimes) throws IOException {
+        TarArchiveEntry e = new TarArchiveEntry(rel, TarConstants.LF_SYMLINK);
+        e.setLinkName(Files.readSymbolicLink(source).toString());
+        e.setModTime(zeroTimes ? 0 : Files.getLastModifiedTime(source, LinkOption.NOFOLLOW_LINKS).toMillis());
+        tar.putArchiveEntry(e);
+        tar.closeArchiveEntry();
+    }
+
+    private static void writeFile(Path source, String rel, TarArchiveOutputStream tar, boolean zeroTimes) throws IOException {
+        try (FileChannel ch = FileChannel.open(source, StandardOpenOption.READ)) {
+            // The size is taken once from the open file; a file that shrinks while being read (a live town)
+            // is padded so the archive stays well-formed, and the next cycle captures it again.
+            long size = ch.size();
+            TarArchiveEntry e = new TarArchiveEntry(rel);
+            e.setSize(size);
+            e.setMode(TarArchiveEntry.DEFAULT_FILE_MODE & ~0777 | mode(source));
+            e.setModTime(zeroTimes ? 0 : Files.getLastModifiedTime(source).toMillis());
+            tar.putArchiveEntry(e);
+            InputStream in = Channels.newInputStream(ch);
+            byte[] buf = new byte[1 << 16];
+            long left = size;
+            while (left > 0) {
+                int n = in.read(buf, 0, (int) Math.min(buf.length, left));
+                if (n < 0) {
+                    Log.warn("tar: " + rel + " shrank while being read; padded");
+                    Arrays.fill(buf, (byte) 0);
+                    n = (int) Math.min(buf.length, left);
+                }
+                tar.write(buf, 0, n);
+                left -= n;
+            }
+            tar.closeArchiveEntry();
+        }
+    }
+
+    private static int mode(Path p) throws IOException {
+        int mode = 0;
+        for (PosixFilePermission perm : Files.getPosixFilePermissions(p, LinkOption.NOFOLLOW_LINKS))
+            mode |= 1 << (8 - perm.ordinal());
+        return mode;
+    }
+
+    /** The town-relative names of the regular files and links in a tar (for checks and --verify). */
+    static List<String> list(Path tarFile) throws IOException {
+        List<String> names = new ArrayList<>();
+        try (TarArchiveInputStream in = new TarArchiveInputStream(new BufferedInputStream(Files.newInputStream(tarFile)))) {
+            for (TarArchiveEntry e; (e = in.getNextEntry()) != null; )
+                if (!e.isDirectory()) names.add(e.getName());
+        }
+        return names;
+    }
+
+    /**
+     * Extracts a tar into dest, refusing anything that could write outside it: absolute names, '..',
+     * links that point outside (symlinks may also point inside linkRoot, the town's final location),
+     * device nodes and fifos, sparse entries, and entries larger than the archive itself (a tar bomb).
+     * File modes and mtimes are kept. A refused archive throws; what was written stays inside dest.
+     */
+    static void extract(Path tarFile, Path dest, Path linkRoot) throws IOException {
+        String archive = tarFile.getFileName().toString();
+        Path destReal = dest.toRealPath();
+        long budget = Files.size(tarFile);
+        Set<String> regularFiles = new HashSet<>();
+        Map<Path, Integer> dirModes = new TreeMap<>(Comparator.reverseOrder());
+        int count = 0;
+        try (TarArchiveInputStream in = new TarArchiveInputStream(new BufferedInputStream(Files.newInputStream(tarFile), 1 << 16))) {
+            for (TarArchiveEntry e; (e = in.getNextEntry()) != null; ) {
+                if (++count > MAX_ENTRIES) throw refuse(archive, e.getName(), "more than " + MAX_ENTRIES + " entries");
+                String name = e.getName();
+                Path target = safeTarget(archive, destReal, name);
+                if (e.isDirectory()) {
+                    createDirs(archive, destReal, target, name);
+                    dirModes.put(target, e.getMode() & 0777);
+                } else if (e.isSymbolicLink()) {
+                    checkSymlink(archive, destReal, linkRoot, target, name, e.getLinkName());
+                    createDirs(archive, destReal, target.getParent(), name);
+                    Files.createSymbolicLink(target, Path.of(e.getLinkName()));
+                } else if (e.isLink()) {
+                    String linkName = stripSlash(e.getLinkName());
+                    if (!regularFiles.contains(linkName))
+                        throw refuse(archive, name, "hard link to '" + e.getLinkName() + "', which is not a file earlier in the archive");
+                    createDirs(archive, destReal, target.getParent(), name);
+                    Files.copy(safeTarget(archive, destReal, linkName), target, LinkOption.NOFOLLOW_LINKS);
+                    regularFiles.add(stripSlash(name));
+                } else if (e.isFile() && !e.isSparse() && e.getLinkFlag() != TarConstants.LF_GNUTYPE_SPARSE) {
+                    if (e.getSize() > budget)
+                        throw refuse(archive, name, "claims " + e.getSize() + " bytes, more than the archive holds");
+                    budget -= e.getSize();
+                    createDirs(archive, destReal, target.getParent(), name);
+                    writeEntry(archive, in, e, target);
+                    regularFiles.add(stripSlash(name));
+                } else {
+                    throw refuse(archive, name, "unsupported entry type (device, fifo or sparse file)");
+                }
+            }
+        } catch (EOFException e) {
+            throw new R2Exception(R2Common.EXIT_FAILED, archive + ": truncated archive");
+        }
+        for (Map.Entry<Path, Integer> d : dirModes.entrySet())   // deepest first, so a read-only dir is set last
+            Files.setPosixFilePermissions(d.getKey(), perms(d.getValue()));
+    }
+
+    private static void writeEntry(String archive, TarArchiveInputStream in, TarArchiveEntry e, Path target) throws IOException {
+        long written;
+        try (OutputStream out = Files.newOutputStream(target, StandardOpenOption.CREATE_NEW, LinkOption.NOFOLLOW_LINKS)) {
+            written = in.transferTo(out);
+        } catch (FileAlreadyExistsException ex) {
+            throw refuse(archive, e.getName(), "appears twice");
+        }
+        if (written != e.getSize()) throw new R2Exception(R2Common.EXIT_FAILED, archive + ": truncated at entry " + e.getName());
+        Files.setPosixFilePermissions(target, perms(e.getMode() & 0777));
+        Files.setLastModifiedTime(target, FileTime.fromMillis(e.getModTime().getTime()));
+    }
+
+    private static Path safeTarget(String archive, Path destReal, String name) {
+        String clean = stripSlash(name);
+        if (clean.isEmpty() || clean.startsWith("/") || clean.contains("\0") || name.startsWith("/"))
+            throw refuse(archive, name, "absolute or empty path");
+        for (String part : clean.split("/"))
+            if (part.equals("..")) throw refuse(archive, name, "path climbs out with '..'");
+        Path target = destReal.resolve(clean).normalize();
+        if (!target.startsWith(destReal) || target.equals(destReal)) throw refuse(archive, name, "path escapes the town");
+        return target;
+    }
+
+    /** Creates dirs, refusing when an existing component is a symlink (a link planted to redirect writes). */
+    private static void createDirs(String archive, Path destReal, Path dir, String name) throws IOException {
+        Path current = destReal;
+        for (Path part : destReal.relativize(dir)) {
+            current = current.resolve(part);
+            if (Files.isSymbolicLink(current)) throw refuse(archive, name, "path passes through a symlink");
+            if (!Files.exists(current, LinkOption.NOFOLLOW_LINKS)) Files.createDirectory(current);
+            else if (!Files.isDirectory(current, LinkOption.NOFOLLOW_LINKS)) throw refuse(archive, name, "path passes through a file");
+        }
+    }
+
+    private static void checkSymlink(String archive, Path destReal, Path linkRoot, Path target, String name, String link) {
+        if (link == null || link.isEmpty() || link.contains("\0")) throw refuse(archive, name, "empty symlink target");
+        Path linkPath = Path.of(link);
+        if (linkPath.isAbsolute()) {
+            Path normalized = linkPath.normalize();
+            if (linkRoot == null || !normalized.startsWith(linkRoot) || normalized.equals(linkRoot))
+                throw refuse(archive, name, "symlink points outside the town: " + link);
+            return;
+        }
+        Path resolved = target.getParent().resolve(linkPath).normalize();
+        if (!resolved.startsWith(destReal)) throw refuse(archive, name, "symlink points outside the town: " + link);
+    }
+
+    private static String stripSlash(String name) {
+        String s = name;
+        while (s.startsWith("./")) s = s.substring(2);
+        while (s.endsWith("/")) s = s.substring(0, s.length() - 1);
+        return s;
+    }
+
+    private static Set<PosixFilePermission> perms(int mode) {
+        StringBuilder sb = new StringBuilder();
+        String rwx = "rwxrwxrwx";
+        for (int i = 0; i < 9; i++) sb.append((mode & (1 << (8 - i))) != 0 ? rwx.charAt(i) : '-');
+        return PosixFilePermissions.fromString(sb.toString());
+    }
+
+    private static R2Exception refuse(String archive, String entry, String why) {
+        return new R2Exception(R2Common.EXIT_FAILED, archive + ": refusing entry '" + entry + "': " + why);
+    }
+}
