@@ -131,6 +131,11 @@ final class R2Options {
                     + "GASTOWN_API_TOKEN_FILE). Never printed.")
     String apiToken;
 
+    @Option(names = "--state-dir", defaultValue = "${env:R2_STATE_DIR:-/tmp/r2-state}", paramLabel = "DIR",
+            description = "Local state of this machine: the last sync's outcome and the failed-restore marker "
+                    + "(env R2_STATE_DIR, default ${DEFAULT-VALUE}).")
+    Path stateDir;
+
     @Option(names = "--debug", description = "Print stack traces of unexpected errors.")
     boolean debug;
 
@@ -168,7 +173,8 @@ final class R2Options {
                 throw usage("GASTOWN_API_URL must be an http(s):// URL");
         }
         return new Config(endpointUri, localStore ? null : accessKeyId, localStore ? null : secret,
-                localStore ? "local" : bucket, townId, townRoot.toAbsolutePath().normalize(), api, token);
+                localStore ? "local" : bucket, townId, townRoot.toAbsolutePath().normalize(), api, token,
+                stateDir.toAbsolutePath().normalize());
     }
 
     private static String require(String value, String env, String flag) {
@@ -205,7 +211,7 @@ final class R2Options {
 
 /** Validated settings, passed along instead of the command objects. toString never shows secrets. */
 record Config(URI endpoint, String accessKeyId, String secretAccessKey, String bucket, String townId,
-              Path townRoot, URI apiUrl, String apiToken) {
+              Path townRoot, URI apiUrl, String apiToken, Path stateDir) {
     boolean localStore() {
         return "file".equals(endpoint.getScheme());
     }
@@ -850,6 +856,84 @@ final class GitRepo {
         List<String> cmd = new ArrayList<>(List.of("git"));
         cmd.addAll(List.of(args));
         return Proc.check(repo, Proc.DEFAULT_TIMEOUT, cmd).stdout();
+    }
+}
+
+final class FileTrees {
+    private FileTrees() {}
+
+    /** Deletes a tree without following links out of it; read-only directories are made writable first. */
+    static void delete(Path dir) throws IOException {
+        if (!Files.exists(dir, LinkOption.NOFOLLOW_LINKS)) return;
+        try (Stream<Path> s = Files.walk(dir)) {
+            for (Path p : s.sorted(Comparator.reverseOrder()).collect(Collectors.toList())) {
+                if (!Files.isSymbolicLink(p) && Files.isDirectory(p)) p.toFile().setWritable(true);
+                Files.deleteIfExists(p);
+            }
+        }
+    }
+
+    static void deleteQuietly(Path dir) {
+        try {
+            delete(dir);
+        } catch (IOException e) {
+            Log.warn("cannot remove " + dir + ": " + e.getMessage());
+        }
+    }
+
+    /** Writes a small file through a temp file and a rename, so a reader never sees half of it. */
+    static void writeAtomically(Path file, byte[] data) throws IOException {
+        Files.createDirectories(file.getParent());
+        Path tmp = file.resolveSibling(file.getFileName() + ".tmp");
+        Files.write(tmp, data);
+        Files.move(tmp, file, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+    }
+}
+
+/**
+ * Local state shared by restore, sync and status, in the state dir. restore-failed.json stops the sync
+ * from backing up an empty or half-restored town over the good snapshots after a failed restore; the
+ * staging marker makes the next start finish a restore that was interrupted while moving into place.
+ */
+final class RestoreState {
+    static final String FAILED = "restore-failed.json";
+    static final String LAST_SYNC = "last-sync.json";
+    private static final String MOVING = "moving.json";
+
+    private RestoreState() {}
+
+    static void recordFailure(Config config, String error) {
+        try {
+            FileTrees.writeAtomically(config.stateDir().resolve(FAILED), R2Common.toJson(Map.of(
+                    "townId", config.townId(), "at", Instant.now().toString(), "error", Log.redact(error))));
+        } catch (IOException e) {
+            Log.warn("restore: cannot record the failure in " + config.stateDir() + ": " + e.getMessage());
+        }
+    }
+
+    static void clearFailure(Config config) {
+        try {
+            Files.deleteIfExists(config.stateDir().resolve(FAILED));
+        } catch (IOException e) {
+            Log.warn("cannot remove " + config.stateDir().resolve(FAILED) + ": " + e.getMessage());
+        }
+    }
+
+    static Optional<Path> failure(Config config) {
+        Path marker = config.stateDir().resolve(FAILED);
+        return Files.exists(marker) ? Optional.of(marker) : Optional.empty();
+    }
+
+    static void markMoving(Path staging, String timestamp) throws IOException {
+        FileTrees.writeAtomically(staging.resolve(MOVING), R2Common.toJson(Map.of("snapshot", timestamp)));
+    }
+
+    static boolean moving(Path staging) {
+        return Files.isRegularFile(staging.resolve(MOVING));
+    }
+
+    static String movingSnapshot(Path staging) throws IOException {
+        return R2Common.JSON.readTree(Files.readAllBytes(staging.resolve(MOVING))).path("snapshot").asText("unknown");
     }
 }
 

@@ -7,7 +7,6 @@ import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Option;
 
 import java.io.IOException;
-import java.lang.management.ManagementFactory;
 import java.net.InetAddress;
 import java.nio.channels.FileChannel;
 import java.nio.channels.FileLock;
@@ -147,10 +146,12 @@ public class R2Sync implements Callable<Integer> {
         Instant start = Instant.now();
         String timestamp = null;
         try (SyncLock lock = SyncLock.acquire(lockFile, lockWait)) {
+            refuseAfterFailedRestore();
             removeLeftoverWorkDirs();
             PointerState previous = readPointer();
             Manifest base = previousManifest(previous);
             Town town = Town.discover(config.townRoot());
+            refuseEmptyTownOverBackup(town, base);
             timestamp = claimSnapshot(previous);
             Path work = Files.createDirectories(workDir.resolve("r2-sync-" + timestamp + "-" + ProcessHandle.current().pid()));
             try {
@@ -166,18 +167,43 @@ public class R2Sync implements Callable<Integer> {
                 applyRetention(timestamp);
                 SyncResult result = new SyncResult(timestamp, manifest.problems(), transfer, Duration.between(start, Instant.now()));
                 report(result, null);
+                recordLastSync(result, null);
                 return result;
             } finally {
-                deleteTree(work);
+                FileTrees.delete(work);
             }
         } catch (IOException e) {
             R2Exception failure = new R2Exception(R2Common.EXIT_FAILED, "sync: " + e, e);
-            report(new SyncResult(timestamp, List.of(), Transfer.NONE, Duration.between(start, Instant.now())), failure);
+            fail(new SyncResult(timestamp, List.of(), Transfer.NONE, Duration.between(start, Instant.now())), failure);
             throw failure;
         } catch (R2Exception e) {
-            report(new SyncResult(timestamp, List.of(), Transfer.NONE, Duration.between(start, Instant.now())), e);
+            fail(new SyncResult(timestamp, List.of(), Transfer.NONE, Duration.between(start, Instant.now())), e);
             throw e;
         }
+    }
+
+    private void fail(SyncResult result, R2Exception failure) {
+        report(result, failure);
+        recordLastSync(result, failure);
+    }
+
+    /** After a failed restore the town on this volume is empty or stale: backing it up would bury the good snapshots. */
+    private void refuseAfterFailedRestore() {
+        RestoreState.failure(config).ifPresent(marker -> {
+            throw new R2Exception(R2Common.EXIT_FAILED, "sync: the restore on this machine failed (" + marker
+                    + "); a sync now would replace the good backups with this incomplete town. Fix the restore "
+                    + "(r2-restore --list / --snapshot), or delete " + marker + " to back up the town as it is.");
+        });
+    }
+
+    /** A town that lost every database and repo since the last snapshot is far likelier a wiped volume than intent. */
+    private void refuseEmptyTownOverBackup(Town town, Manifest base) {
+        boolean baseHadData = base != null && (!base.databases().isEmpty() || !base.repos().isEmpty());
+        if (baseHadData && town.databases().isEmpty() && town.rigs().isEmpty())
+            throw new R2Exception(R2Common.EXIT_FAILED, "sync: " + config.townRoot() + " holds no database and no rig, but "
+                    + "snapshot " + base.timestamp() + " holds " + base.databases().size() + " databases and " + base.repos().size()
+                    + " repos; refusing to publish an empty town over it. Restore it with r2-restore, or remove latest.json "
+                    + "by hand if the town was emptied on purpose.");
     }
 
     /** A sync that died (kill -9, power loss) leaves its work dir; we hold the lock, so none is in use. */
@@ -186,7 +212,7 @@ public class R2Sync implements Callable<Integer> {
         try (Stream<Path> s = Files.list(workDir)) {
             for (Path p : s.filter(p -> p.getFileName().toString().startsWith("r2-sync-")).collect(Collectors.toList())) {
                 Log.info("sync: removing the work dir of an interrupted sync: " + p);
-                deleteTree(p);
+                FileTrees.delete(p);
             }
         }
     }
@@ -259,7 +285,7 @@ public class R2Sync implements Callable<Integer> {
                     snapshot.add(entry, snapshot.dir().resolve(path));
                     Log.info("sync " + snapshot.timestamp() + ": dolt " + db + " " + Log.bytes(entry.size()) + " in " + Log.seconds(Duration.between(t, Instant.now())));
                 }
-                deleteTree(backupDir);
+                FileTrees.delete(backupDir);
                 snapshot.databases().add(facts);
             });
         }
@@ -274,7 +300,7 @@ public class R2Sync implements Callable<Integer> {
             if (r.ok() && Files.isRegularFile(backupDir.resolve("manifest"))) return;
             last = new R2Exception(R2Common.EXIT_FAILED, "dolt backup sync-url: exit " + r.exitCode() + ": " + r.tail());
             Log.warn("sync: " + dbDir.getFileName() + ": attempt " + attempt + " failed: " + last.getMessage());
-            deleteTreeQuietly(backupDir);
+            FileTrees.deleteQuietly(backupDir);
         }
         throw last;
     }
@@ -453,6 +479,22 @@ public class R2Sync implements Callable<Integer> {
         heartbeat.send(body);
     }
 
+    /** The outcome of the last sync on this machine, for the status view. */
+    private void recordLastSync(SyncResult result, R2Exception failure) {
+        Map<String, Object> state = new LinkedHashMap<>();
+        state.put("townId", config.townId());
+        state.put("finishedAt", Instant.now().toString());
+        state.put("status", failure != null ? "failed" : result.problems().isEmpty() ? "ok" : "partial");
+        state.put("snapshot", result.timestamp());
+        state.put("durationMs", result.took().toMillis());
+        if (failure != null) state.put("error", Log.redact(R2Cli.messageChain(failure)));
+        try {
+            FileTrees.writeAtomically(config.stateDir().resolve(RestoreState.LAST_SYNC), R2Common.toJson(state));
+        } catch (IOException e) {
+            Log.warn("sync: cannot record the outcome in " + config.stateDir() + ": " + e.getMessage());
+        }
+    }
+
     // ---------------------------------------------------------------------------------------------
     // Helpers
     // ---------------------------------------------------------------------------------------------
@@ -620,21 +662,6 @@ public class R2Sync implements Callable<Integer> {
     private static List<String> listFiles(Path dir) throws IOException {
         try (Stream<Path> s = Files.walk(dir)) {
             return s.filter(Files::isRegularFile).map(p -> dir.relativize(p).toString()).sorted().collect(Collectors.toList());
-        }
-    }
-
-    static void deleteTree(Path dir) throws IOException {
-        if (!Files.exists(dir, LinkOption.NOFOLLOW_LINKS)) return;
-        try (Stream<Path> s = Files.walk(dir)) {
-            for (Path p : s.sorted(Comparator.reverseOrder()).collect(Collectors.toList())) Files.deleteIfExists(p);
-        }
-    }
-
-    private static void deleteTreeQuietly(Path dir) {
-        try {
-            deleteTree(dir);
-        } catch (IOException e) {
-            Log.warn("sync: cannot remove " + dir + ": " + e.getMessage());
         }
     }
 

@@ -1,0 +1,477 @@
+///usr/bin/env jbang "$0" "$@" ; exit $?
+//JAVA 17+
+//SOURCES R2Common.java
+
+import picocli.CommandLine.ArgGroup;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Mixin;
+import picocli.CommandLine.Option;
+
+import java.io.IOException;
+import java.io.PrintWriter;
+import java.nio.file.*;
+import java.time.Duration;
+import java.time.Instant;
+import java.util.*;
+import java.util.concurrent.Callable;
+import java.util.stream.Collectors;
+import java.util.stream.Stream;
+
+@Command(name = "r2-restore", mixinStandardHelpOptions = true, version = R2Common.VERSION, sortOptions = false,
+        description = {
+                "Restores a Gas Town from R2 onto an empty volume: downloads a snapshot, checks every file "
+                        + "against its manifest, rebuilds the town in a staging directory on the volume "
+                        + "(<town-root>/.r2-restore), verifies the Dolt databases and git repositories, and "
+                        + "only then moves the town into place. Run it before `gt up`, with the Dolt server stopped.",
+                "A volume that already holds data is left as it is (its state takes priority) unless --force."},
+        exitCodeListHeading = "%nExit codes:%n",
+        exitCodeList = {
+                "0:restored, or nothing to do (the volume holds data, or no backup exists yet); "
+                        + "--verify: the snapshot would restore",
+                "1:the restore failed; the volume is as it was (a failed restore is also recorded in "
+                        + "the state dir, which stops the sync from backing up an empty town over good backups)",
+                "2:usage or configuration error"})
+public class R2Restore implements Callable<Integer> {
+
+    @Mixin
+    R2Options r2 = new R2Options();
+
+    @ArgGroup(exclusive = true)
+    Mode mode = new Mode();
+
+    static final class Mode {
+        @Option(names = "--list", description = "List the snapshots in R2 (timestamp, files, size, state, "
+                + "which one latest.json names) and exit.")
+        boolean list;
+
+        @Option(names = "--verify", description = "Download and check a snapshot end to end, with a trial restore "
+                + "of every database and repo in a temporary directory; touches nothing else. Exit 0 only if "
+                + "it would restore.")
+        boolean verify;
+    }
+
+    @Option(names = "--snapshot", paramLabel = "TIMESTAMP", description = "Restore (or verify) this snapshot "
+            + "instead of the one latest.json names, e.g. 20260217T120000Z. No fallback to another.")
+    String snapshot;
+
+    @Option(names = "--force", description = "Restore even though the volume holds data; the existing content "
+            + "is moved aside into <town-root>/.r2-aside-<time>/ (nothing is deleted).")
+    boolean force;
+
+    @Option(names = "--json", description = "With --list: print JSON instead of a table.")
+    boolean json;
+
+    @Option(names = "--work-dir", defaultValue = "${env:R2_WORK_DIR:-/tmp/r2-sync-work}", paramLabel = "DIR",
+            description = "Where --verify builds its trial restore (env R2_WORK_DIR, default ${DEFAULT-VALUE}).")
+    Path workDir;
+
+    static final String STAGING = ".r2-restore";
+
+    private Config config;
+    private ObjectStore store;
+
+    public static void main(String... args) {
+        System.exit(R2Cli.run(new R2Restore(), args));
+    }
+
+    @Override
+    public Integer call() throws IOException {
+        config = r2.toConfig();
+        if (snapshot != null && !Keys.TIMESTAMP_FORM.matcher(snapshot).matches())
+            throw R2Options.usage("--snapshot must look like 20260217T120000Z, not " + snapshot);
+        try (ObjectStore opened = ObjectStore.open(config)) {
+            store = opened;
+            if (mode.list) return listSnapshots();
+            if (mode.verify) return verify();
+            return restore();
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Restore, in the order it runs.
+    // ---------------------------------------------------------------------------------------------
+
+    private int restore() throws IOException {
+        Instant start = Instant.now();
+        Path root = config.townRoot();
+        Path staging = root.resolve(STAGING);
+        if (finishInterruptedMove(staging)) return R2Common.EXIT_OK;
+        if (Town.holdsData(root) && !force) {
+            Log.info("restore: " + root + " already holds data; the volume's state takes priority, nothing restored "
+                    + "(use --force to restore anyway)");
+            RestoreState.clearFailure(config);
+            return R2Common.EXIT_OK;
+        }
+        String chosen = null;
+        boolean fallback = false;
+        try {
+            List<String> candidates = candidates();
+            if (candidates.isEmpty()) {
+                Log.info("restore: no backup of town " + config.townId() + " exists yet; starting fresh (first boot)");
+                report("none", null, false, start, null);
+                RestoreState.clearFailure(config);
+                return R2Common.EXIT_OK;
+            }
+            List<String> refused = new ArrayList<>();
+            for (String candidate : candidates) {
+                FileTrees.delete(staging);
+                Files.createDirectories(staging);
+                try {
+                    Prepared prepared = downloadAndVerify(candidate, staging.resolve("download"));
+                    buildTown(prepared, staging.resolve("town"), root);
+                    chosen = candidate;
+                    break;
+                } catch (R2Exception e) {
+                    refused.add(candidate + ": " + e.getMessage());
+                    Log.error("restore: snapshot " + candidate + " is unusable: " + e.getMessage());
+                    if (snapshot != null) throw e;
+                }
+            }
+            if (chosen == null)
+                throw new R2Exception(R2Common.EXIT_FAILED, "restore: no snapshot could be restored: " + String.join("; ", refused));
+            fallback = !chosen.equals(candidates.get(0));
+            if (fallback)
+                Log.warn("restore: FALLBACK: the latest snapshot " + candidates.get(0) + " is unusable; restoring the older "
+                        + chosen + " instead. Work after " + chosen + " is not in this restore.");
+            if (Town.holdsData(root)) moveAside(root);
+            moveIntoPlace(staging, chosen);
+            Log.info("restore: town " + config.townId() + " restored from snapshot " + chosen + " in "
+                    + Log.seconds(Duration.between(start, Instant.now())));
+            report(chosen, null, fallback, start, null);
+            RestoreState.clearFailure(config);
+            return R2Common.EXIT_OK;
+        } catch (R2Exception | IOException e) {
+            if (!RestoreState.moving(staging)) FileTrees.deleteQuietly(staging);
+            R2Exception failure = e instanceof R2Exception r ? r : new R2Exception(R2Common.EXIT_FAILED, "restore: " + e, e);
+            report(chosen, failure, fallback, start, null);
+            RestoreState.recordFailure(config, R2Cli.messageChain(failure));
+            throw failure;
+        }
+    }
+
+    /** A restore killed while moving the town into place is finished, never started over on top of it. */
+    private boolean finishInterruptedMove(Path staging) throws IOException {
+        if (!RestoreState.moving(staging)) return false;
+        String ts = RestoreState.movingSnapshot(staging);
+        Log.warn("restore: a restore of snapshot " + ts + " was interrupted while moving into place; finishing it");
+        moveIntoPlace(staging, ts);
+        RestoreState.clearFailure(config);
+        return true;
+    }
+
+    /** The snapshots to try, best first: --snapshot alone, or latest.json's then the older complete ones. */
+    private List<String> candidates() {
+        if (snapshot != null) return List.of(snapshot);
+        Optional<Versioned> latest = store.get(config.keys().latest());
+        List<String> complete = completeSnapshots();
+        if (latest.isEmpty()) {
+            if (!complete.isEmpty())
+                throw new R2Exception(R2Common.EXIT_FAILED, "restore: latest.json is missing although snapshots exist ("
+                        + complete.get(0) + " is the newest); choose one with --snapshot (see --list)");
+            return List.of();
+        }
+        Pointer pointer;
+        try {
+            pointer = R2Common.fromJson(latest.get().data(), Pointer.class, "latest.json");
+        } catch (R2Exception e) {
+            throw new R2Exception(R2Common.EXIT_FAILED, "restore: " + e.getMessage()
+                    + "; not guessing which snapshot is current: choose one with --snapshot (see --list)");
+        }
+        List<String> result = new ArrayList<>(List.of(pointer.timestamp()));
+        complete.stream().filter(ts -> ts.compareTo(pointer.timestamp()) < 0).forEach(result::add);
+        return result;
+    }
+
+    /** Snapshot timestamps that have a manifest, newest first. */
+    private List<String> completeSnapshots() {
+        Keys keys = config.keys();
+        return store.list(keys.snapshots()).stream()
+                .filter(o -> o.key().endsWith("/" + Keys.MANIFEST))
+                .map(o -> keys.timestampOf(o.key())).filter(Objects::nonNull)
+                .sorted(Comparator.reverseOrder()).collect(Collectors.toList());
+    }
+
+    /** A snapshot downloaded into dir, every file checked against the manifest, the manifest against latest.json. */
+    record Prepared(String timestamp, Manifest manifest, Path dir) {
+        Path file(String path) {
+            return dir.resolve(path);
+        }
+    }
+
+    private Prepared downloadAndVerify(String timestamp, Path dir) throws IOException {
+        Instant t = Instant.now();
+        Keys keys = config.keys();
+        byte[] manifestJson = store.get(keys.object(timestamp, Keys.MANIFEST))
+                .orElseThrow(() -> new R2Exception(R2Common.EXIT_FAILED, "manifest.json of " + timestamp
+                        + " is missing (the snapshot was deleted or never finished)")).data();
+        checkAgainstPointer(timestamp, manifestJson);
+        Manifest manifest = R2Common.fromJson(manifestJson, Manifest.class, "manifest.json of " + timestamp);
+        if (!manifest.timestamp().equals(timestamp) || !manifest.townId().equals(config.townId()))
+            throw new R2Exception(R2Common.EXIT_FAILED, "manifest.json of " + timestamp + " belongs to "
+                    + manifest.townId() + "/" + manifest.timestamp());
+        Progress progress = new Progress("download", manifest.totalBytes());
+        for (FileEntry expected : manifest.files()) {
+            Path target = dir.resolve(expected.path());
+            Files.createDirectories(target.getParent());
+            FileEntry got = store.download(keys.object(timestamp, expected.path()), target, expected.path(), progress);
+            if (got.size() != expected.size())
+                throw new R2Exception(R2Common.EXIT_FAILED, expected.path() + " of " + timestamp + " has " + got.size()
+                        + " bytes, the manifest says " + expected.size() + " (truncated or replaced)");
+            if (!got.sha256().equals(expected.sha256()))
+                throw new R2Exception(R2Common.EXIT_FAILED, expected.path() + " of " + timestamp
+                        + " does not match its sha256 in the manifest (corrupted)");
+        }
+        progress.finish();
+        if (!manifest.problems().isEmpty())
+            Log.warn("restore: snapshot " + timestamp + " is PARTIAL; when it was taken these were not backed up: "
+                    + manifest.problems().stream().map(p -> p.part() + (p.carriedFrom() != null ? " (copy from " + p.carriedFrom() + ")" : ""))
+                    .collect(Collectors.joining(", ")));
+        Log.info("restore: snapshot " + timestamp + ": " + manifest.files().size() + " files, " + Log.bytes(manifest.totalBytes())
+                + " downloaded and verified in " + Log.seconds(Duration.between(t, Instant.now())));
+        return new Prepared(timestamp, manifest, dir);
+    }
+
+    /** When latest.json names this snapshot, the manifest must be the one it pins. */
+    private void checkAgainstPointer(String timestamp, byte[] manifestJson) {
+        Optional<Versioned> latest = store.get(config.keys().latest());
+        if (latest.isEmpty()) return;
+        try {
+            Pointer pointer = R2Common.fromJson(latest.get().data(), Pointer.class, "latest.json");
+            if (pointer.timestamp().equals(timestamp) && pointer.manifestSha256() != null
+                    && !pointer.manifestSha256().equals(Sha256.of(manifestJson)))
+                throw new R2Exception(R2Common.EXIT_FAILED, "manifest.json of " + timestamp
+                        + " is not the one latest.json pins (sha256 differs)");
+        } catch (R2Exception e) {
+            if (e.getMessage().contains("pins")) throw e;   // an unreadable pointer is judged elsewhere
+        }
+    }
+
+    /**
+     * Builds the whole town in townDir: databases (restored, fsck'd, constraints checked, branch heads
+     * compared), git repos (refs compared) with their worktrees and clones, then config and runtime files.
+     * Worktrees are created at their final paths' staging twins and repaired after the move.
+     */
+    private void buildTown(Prepared prepared, Path townDir, Path finalRoot) throws IOException {
+        Instant t = Instant.now();
+        Files.createDirectories(townDir);
+        for (DatabaseFacts db : prepared.manifest().databases()) restoreDatabase(prepared, db, townDir);
+        List<RepoFacts> repos = new ArrayList<>(prepared.manifest().repos());
+        repos.sort(Comparator.comparing((RepoFacts r) -> !r.bare()).thenComparing(RepoFacts::path));   // bare repos first
+        for (RepoFacts repo : repos) restoreRepo(prepared, repo, townDir);
+        for (String tar : List.of(Keys.CONFIG_TAR, Keys.RUNTIME_TAR))
+            if (prepared.manifest().file(tar).isPresent()) Tars.extract(prepared.file(tar), townDir, finalRoot);
+        Log.info("restore: snapshot " + prepared.timestamp() + ": " + prepared.manifest().databases().size() + " databases and "
+                + repos.size() + " repos rebuilt and verified in staging in " + Log.seconds(Duration.between(t, Instant.now())));
+    }
+
+    private void restoreDatabase(Prepared prepared, DatabaseFacts db, Path townDir) throws IOException {
+        Instant t = Instant.now();
+        Path backupDir = prepared.dir().resolve("dolt-" + db.name());
+        Files.createDirectories(backupDir);
+        Tars.extract(prepared.file(db.file()), backupDir, null);
+        if (!Files.isRegularFile(backupDir.resolve("manifest")))
+            throw new R2Exception(R2Common.EXIT_FAILED, db.file() + " holds no dolt backup (no manifest)");
+        Path doltData = Files.createDirectories(townDir.resolve(Town.DOLT_DATA));
+        dolt(doltData, "dolt backup restore " + db.name(), "backup", "restore", "file://" + backupDir.toAbsolutePath(), db.name());
+        Path dbDir = doltData.resolve(db.name());
+        dolt(dbDir, "dolt fsck " + db.name(), "fsck", "--quiet");
+        dolt(dbDir, "constraint check of " + db.name(), "constraints", "verify", "--all", "--output-only");
+        Map<String, String> branches = DoltServer.branches(dbDir);
+        if (!db.branches().isEmpty() && !branches.equals(db.branches()))
+            throw new R2Exception(R2Common.EXIT_FAILED, "database " + db.name() + " restored with branches " + branches
+                    + " but the manifest recorded " + db.branches());
+        FileTrees.delete(backupDir);
+        Log.info("restore: dolt " + db.name() + " restored, fsck and constraints clean, " + branches.size()
+                + " branches in " + Log.seconds(Duration.between(t, Instant.now())));
+    }
+
+    private static void dolt(Path cwd, String what, String... args) {
+        List<String> cmd = new ArrayList<>(List.of("dolt"));
+        cmd.addAll(List.of(args));
+        ProcResult r = Proc.run(cwd, Proc.DEFAULT_TIMEOUT, cmd);
+        if (!r.ok()) throw new R2Exception(R2Common.EXIT_FAILED, what + " failed: " + r.tail());
+    }
+
+    private void restoreRepo(Prepared prepared, RepoFacts repo, Path townDir) throws IOException {
+        Path target = townDir.resolve(repo.path());
+        Files.createDirectories(target.getParent());
+        if (repo.bare()) git(townDir, "init", "--quiet", "--bare", target.toString());
+        else git(townDir, "init", "--quiet", target.toString());
+        Path gitDir = repo.bare() ? target : target.resolve(".git");
+        if (!repo.shallow().isEmpty()) Files.write(gitDir.resolve("shallow"), repo.shallow());
+        if (!repo.empty()) {
+            // clone --bare fails for a shallow bundle and drops refs/remotes: fetch every ref instead.
+            git(target, "fetch", "--quiet", "--update-head-ok", prepared.file(repo.file()).toString(), "+refs/*:refs/*");
+            Map<String, String> refs = refs(target);
+            if (!refs.equals(repo.refs()))
+                throw new R2Exception(R2Common.EXIT_FAILED, "repo " + repo.path() + " restored with refs that differ from the manifest");
+        }
+        if (repo.head() != null && repo.head().startsWith("refs/")) git(target, "symbolic-ref", "HEAD", repo.head());
+        else if (repo.head() != null) git(target, "update-ref", "--no-deref", "HEAD", repo.head());
+        for (ConfigEntry e : repo.config()) {
+            if (e.value().contains("***@"))
+                Log.warn("restore: " + repo.path() + ": " + e.key() + " held a credential, which backups never store; set it again");
+            git(target, "config", "--add", e.key(), e.value());
+        }
+        if (!repo.bare() && !repo.empty()) git(target, "reset", "--quiet", "--hard");
+        for (WorktreeFacts wt : repo.worktrees()) {
+            if (Path.of(wt.path()).isAbsolute()) {
+                Log.warn("restore: worktree " + wt.path() + " of " + repo.path() + " lies outside the town; not recreated");
+                continue;
+            }
+            Path where = townDir.resolve(wt.path());
+            if (wt.branch() != null && wt.branch().startsWith("refs/heads/"))
+                git(target, "worktree", "add", "--quiet", where.toString(), wt.branch().substring("refs/heads/".length()));
+            else git(target, "worktree", "add", "--quiet", "--detach", where.toString(), wt.head());
+        }
+        git(target, "fsck", "--no-progress", "--no-dangling");
+    }
+
+    private static Map<String, String> refs(Path repo) {
+        Map<String, String> refs = new TreeMap<>();
+        for (String line : git(repo, "for-each-ref", "--format=%(objectname) %(refname)").lines().collect(Collectors.toList())) {
+            String[] parts = line.split(" ", 2);
+            if (parts.length == 2) refs.put(parts[1], parts[0]);
+        }
+        return refs;
+    }
+
+    private static String git(Path cwd, String... args) {
+        List<String> cmd = new ArrayList<>(List.of("git"));
+        cmd.addAll(List.of(args));
+        return Proc.check(cwd, Proc.DEFAULT_TIMEOUT, cmd).stdout();
+    }
+
+    /** --force: the existing content goes into .r2-aside-<time>/ on the same volume; nothing is deleted. */
+    private void moveAside(Path root) throws IOException {
+        Path aside = root.resolve(".r2-aside-" + Keys.format(Instant.now()));
+        Files.createDirectory(aside);
+        for (Path p : Town.sortedChildren(root)) {
+            String name = p.getFileName().toString();
+            if (Town.OWN_DIRS.contains(name) || p.equals(aside)) continue;
+            Files.move(p, aside.resolve(name), StandardCopyOption.ATOMIC_MOVE);
+        }
+        Log.warn("restore: --force: the volume's previous content was moved to " + aside);
+    }
+
+    /**
+     * Moves the staged town into the root entry by entry (each a rename on the same volume), mayor/ last,
+     * because gt recognises a town by mayor/town.json. A marker makes the next start finish an interrupted
+     * move; worktree links are repaired once everything is in place.
+     */
+    private void moveIntoPlace(Path staging, String timestamp) throws IOException {
+        Path root = config.townRoot();
+        Path townDir = staging.resolve("town");
+        RestoreState.markMoving(staging, timestamp);
+        if (Files.isDirectory(townDir)) {
+            List<Path> entries = Town.sortedChildren(townDir);
+            entries.sort(Comparator.comparing((Path p) -> p.getFileName().toString().equals("mayor")));
+            for (Path entry : entries) {
+                Path destination = root.resolve(entry.getFileName().toString());
+                if (Files.exists(destination, LinkOption.NOFOLLOW_LINKS))
+                    throw new R2Exception(R2Common.EXIT_FAILED, "restore: " + destination + " appeared while restoring; "
+                            + "the staged town is kept in " + staging);
+                Files.move(entry, destination, StandardCopyOption.ATOMIC_MOVE);
+            }
+        }
+        repairWorktrees(root);
+        FileTrees.delete(staging);
+    }
+
+    private static void repairWorktrees(Path root) throws IOException {
+        Town town = Town.discover(root);
+        for (Rig rig : town.rigs()) {
+            Path worktreesDir = rig.repo().resolve("worktrees");
+            if (!Files.isDirectory(worktreesDir)) continue;
+            List<String> args = new ArrayList<>(List.of("git", "worktree", "repair"));
+            for (Path meta : Town.sortedChildren(worktreesDir)) {
+                // gitdir still names the staging twin: <root>/.r2-restore/town/<rel>/.git
+                String staged = Files.readString(meta.resolve("gitdir")).strip();
+                String marker = "/" + STAGING + "/town/";
+                int at = staged.indexOf(marker);
+                Path worktree = at < 0 ? Path.of(staged).getParent() : root.resolve(staged.substring(at + marker.length())).getParent();
+                args.add(worktree.toString());
+            }
+            Proc.check(rig.repo(), Proc.DEFAULT_TIMEOUT, args);
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // --verify and --list
+    // ---------------------------------------------------------------------------------------------
+
+    /** A full trial restore in a temporary directory: exit 0 only if the snapshot would restore. */
+    private int verify() throws IOException {
+        List<String> candidates = candidates();
+        if (candidates.isEmpty()) throw new R2Exception(R2Common.EXIT_FAILED, "verify: town " + config.townId() + " has no snapshot");
+        String timestamp = candidates.get(0);
+        Files.createDirectories(workDir);
+        Path trial = Files.createTempDirectory(workDir, "r2-verify-");
+        try {
+            Prepared prepared = downloadAndVerify(timestamp, trial.resolve("download"));
+            buildTown(prepared, trial.resolve("town"), config.townRoot());
+            Log.info("verify: snapshot " + timestamp + " is complete and restores (" + prepared.manifest().files().size()
+                    + " files, " + prepared.manifest().databases().size() + " databases, " + prepared.manifest().repos().size() + " repos)"
+                    + (prepared.manifest().problems().isEmpty() ? "" : "; it is PARTIAL: " + prepared.manifest().problems().size() + " problem(s) recorded"));
+            return R2Common.EXIT_OK;
+        } finally {
+            FileTrees.delete(trial);
+        }
+    }
+
+    private int listSnapshots() {
+        Keys keys = config.keys();
+        String latest = store.get(keys.latest()).map(v -> {
+            try {
+                return R2Common.fromJson(v.data(), Pointer.class, "latest.json").timestamp();
+            } catch (R2Exception e) {
+                Log.warn("list: " + e.getMessage());
+                return null;
+            }
+        }).orElse(null);
+        Map<String, List<StoredObject>> byTimestamp = new TreeMap<>(Comparator.reverseOrder());
+        for (StoredObject o : store.list(keys.snapshots())) {
+            String ts = keys.timestampOf(o.key());
+            if (ts != null && !o.key().endsWith("/" + Keys.CLAIM)) byTimestamp.computeIfAbsent(ts, k -> new ArrayList<>()).add(o);
+        }
+        List<Map<String, Object>> rows = new ArrayList<>();
+        for (Map.Entry<String, List<StoredObject>> e : byTimestamp.entrySet()) {
+            boolean complete = e.getValue().stream().anyMatch(o -> o.key().endsWith("/" + Keys.MANIFEST));
+            Map<String, Object> row = new LinkedHashMap<>();
+            row.put("timestamp", e.getKey());
+            row.put("files", e.getValue().size());
+            row.put("bytes", e.getValue().stream().mapToLong(StoredObject::size).sum());
+            row.put("state", complete ? "complete" : "unfinished");
+            row.put("latest", e.getKey().equals(latest));
+            rows.add(row);
+        }
+        PrintWriter out = new PrintWriter(System.out, true);
+        if (json) {
+            out.println(new String(R2Common.toJson(rows), java.nio.charset.StandardCharsets.UTF_8));
+        } else {
+            out.printf("%-18s %6s %12s  %-10s %s%n", "SNAPSHOT", "FILES", "SIZE", "STATE", "");
+            for (Map<String, Object> row : rows)
+                out.printf("%-18s %6d %12s  %-10s %s%n", row.get("timestamp"), (Integer) row.get("files"),
+                        Log.bytes((Long) row.get("bytes")), row.get("state"), Boolean.TRUE.equals(row.get("latest")) ? "<- latest.json" : "");
+            if (rows.isEmpty()) out.println("(no snapshots for town " + config.townId() + ")");
+        }
+        return R2Common.EXIT_OK;
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Helpers
+    // ---------------------------------------------------------------------------------------------
+
+    private void report(String restored, R2Exception failure, boolean fallback, Instant start, String note) {
+        Map<String, Object> body = new LinkedHashMap<>();
+        body.put("townId", config.townId());
+        body.put("event", "restore");
+        body.put("status", failure != null ? "failed" : "none".equals(restored) ? "no-backup" : fallback ? "fallback" : "ok");
+        body.put("snapshot", "none".equals(restored) ? null : restored);
+        body.put("fallback", fallback);
+        body.put("durationMs", Duration.between(start, Instant.now()).toMillis());
+        if (failure != null) body.put("error", Log.redact(R2Cli.messageChain(failure)));
+        new Heartbeat(config).send(body);
+    }
+
+}
