@@ -118,7 +118,10 @@ final class S3Server implements AutoCloseable {
         return secretKey;
     }
 
-    /** Where the filesystem blob store keeps bucket {@code bucket} (one directory per bucket). */
+    /**
+     * Where the filesystem blob store keeps bucket {@code bucket}: one directory per bucket, objects as
+     * files under it. (Checked: S3Proxy 4.1.0 also serves a bucket made by just creating this dir.)
+     */
     Path bucketDir(String bucket) {
         return dir.resolve("blobs").resolve(bucket);
     }

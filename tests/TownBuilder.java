@@ -22,7 +22,9 @@ import java.util.stream.Collectors;
  *
  * Real git and real dolt; no server runs when build() returns. The town goes in {@code dir/town},
  * the rigs' upstream repos in {@code dir/upstream} (outside the town, as a real remote would be).
- * A fresh build takes about a second per rig here, so every test builds its own town.
+ * Measured here: about 1 s for the default two rigs (0.65 s for one), so every test builds its own
+ * town. A build-once-and-copy cache was not worth it: worktree .git files, the gitdir files under
+ * .repo.git/worktrees, config.json git_url and .dolt-data/config.yaml data_dir hold absolute paths.
  */
 final class TownBuilder {
     private List<String> rigs = List.of("alpha", "beta");
@@ -180,12 +182,14 @@ final class TownBuilder {
             Path rigDir = root.resolve(rig);
             makeUpstream(rig, 4);
 
-            // .repo.git: what `gt rig add` makes: a shallow single-branch bare clone, then a refspec
-            // so `git fetch` fills refs/remotes/origin/* (polecat spawns branch off origin/<default>).
+            // .repo.git: what `gt rig add` makes (gastown internal/git configureRefspec): a shallow
+            // single-branch bare clone, a refspec, and a depth-1 fetch of the default branch so
+            // refs/remotes/origin/main exists (polecat spawns branch off origin/<default>).
             Path repo = rigDir.resolve(".repo.git");
-            git(rigDir, "clone", "--quiet", "--bare", "--depth", "1", "--single-branch", gitUrl(rig), repo.toString());
+            String main = TestTown.DEFAULT_BRANCH;
+            git(rigDir, "clone", "--quiet", "--bare", "--single-branch", "--depth", "1", gitUrl(rig), repo.toString());
             git(repo, "config", "remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*");
-            git(repo, "fetch", "--quiet", "origin");
+            git(repo, "fetch", "--quiet", "--depth", "1", "origin", main + ":refs/remotes/origin/" + main);
 
             worktree(repo, rigDir.resolve("refinery/rig"), null, TestTown.DEFAULT_BRANCH);
             for (String polecat : TestTown.POLECATS) {
@@ -196,15 +200,17 @@ final class TownBuilder {
             // Agents leave uncommitted work around; no backup covers it (gastown-town.md).
             write(rigDir.resolve("polecats/" + TestTown.POLECATS.get(0) + "/" + rig + "/wip.txt"), "uncommitted\n", null);
 
-            // mayor/rig: a separate shallow clone borrowing .repo.git's objects, with a local commit.
+            // mayor/rig: a separate shallow clone, made as gt does with --reference-if-able .repo.git.
+            // git refuses a SHALLOW reference ("reference repository is shallow", only a notice with
+            // -if-able), so like a real town's mayor clone it ends up without alternates.
             Path mayor = rigDir.resolve("mayor/rig");
-            git(rigDir, "clone", "--quiet", "--depth", "1", "--reference-if-able", repo.toString(),
+            git(rigDir, "clone", "--quiet", "--single-branch", "--depth", "1", "--reference-if-able", repo.toString(),
                     gitUrl(rig), mayor.toString());
             commitFile(mayor, "MAYOR_NOTES.md", "mayor's unpushed note for " + rig + "\n", "mayor: notes");
 
             // crew/<name>: a separate shallow clone on its own branch, plus files only the crew dir holds.
             Path crew = rigDir.resolve("crew").resolve(TestTown.CREW);
-            git(rigDir, "clone", "--quiet", "--depth", "1", gitUrl(rig), crew.toString());
+            git(rigDir, "clone", "--quiet", "--single-branch", "--depth", "1", gitUrl(rig), crew.toString());
             git(crew, "checkout", "--quiet", "-b", "crew/" + TestTown.CREW);
             commitFile(crew, "crew.txt", "crew work on " + rig + "\n", "crew: unpushed work");
             String crewRel = rig + "/crew/" + TestTown.CREW;

@@ -1,0 +1,86 @@
+import software.amazon.awssdk.core.ResponseBytes;
+import software.amazon.awssdk.services.s3.S3Client;
+import software.amazon.awssdk.services.s3.model.NoSuchKeyException;
+import software.amazon.awssdk.services.s3.model.S3Object;
+
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.Optional;
+import java.util.TreeSet;
+import java.util.stream.Collectors;
+
+/**
+ * What a bucket holds for one town, read with an independent S3 client (not the product's store code),
+ * in the product's vocabulary: latest.json as a Pointer, manifests as Manifest records.
+ */
+record BucketView(S3Client s3, String bucket, String townId) {
+
+    static BucketView of(S3Server server, String bucket, String townId) {
+        return new BucketView(server.client(), bucket, townId);
+    }
+
+    Keys keys() {
+        return new Keys(townId);
+    }
+
+    Optional<byte[]> find(String key) {
+        try {
+            ResponseBytes<?> bytes = s3.getObjectAsBytes(b -> b.bucket(bucket).key(key));
+            return Optional.of(bytes.asByteArray());
+        } catch (NoSuchKeyException e) {
+            return Optional.empty();
+        }
+    }
+
+    byte[] get(String key) {
+        return find(key).orElseThrow(() -> new AssertionError("missing object " + key));
+    }
+
+    void put(String key, byte[] data) {
+        s3.putObject(b -> b.bucket(bucket).key(key), software.amazon.awssdk.core.sync.RequestBody.fromBytes(data));
+    }
+
+    void delete(String key) {
+        s3.deleteObject(b -> b.bucket(bucket).key(key));
+    }
+
+    /** Every key under the town's prefix (or the whole bucket with ""), sorted. */
+    List<String> keys(String prefix) {
+        return s3.listObjectsV2Paginator(b -> b.bucket(bucket).prefix(prefix)).contents().stream()
+                .map(S3Object::key).sorted().collect(Collectors.toList());
+    }
+
+    Optional<Pointer> latest() {
+        return find(keys().latest()).map(b -> R2Common.fromJson(b, Pointer.class, "latest.json"));
+    }
+
+    Manifest manifest(String timestamp) {
+        return R2Common.fromJson(get(keys().object(timestamp, Keys.MANIFEST)), Manifest.class, "manifest " + timestamp);
+    }
+
+    /** Timestamps of every snapshot prefix, complete or not, oldest first. */
+    List<String> prefixes() {
+        return keys(keys().snapshots()).stream().map(k -> keys().timestampOf(k))
+                .collect(Collectors.toCollection(TreeSet::new)).stream().collect(Collectors.toList());
+    }
+
+    /** Timestamps of snapshots that have a manifest, oldest first. */
+    List<String> completeSnapshots() {
+        return prefixes().stream().filter(ts -> find(keys().object(ts, Keys.MANIFEST)).isPresent()).collect(Collectors.toList());
+    }
+
+    /** Downloads a snapshot file to dir/<path>. */
+    Path download(String timestamp, String path, Path dir) {
+        Path target = dir.resolve(path);
+        try {
+            Files.createDirectories(target.getParent());
+            Files.write(target, get(keys().object(timestamp, path)));
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+        return target;
+    }
+}

@@ -1,0 +1,358 @@
+import org.apache.commons.compress.archivers.tar.TarArchiveEntry;
+import org.apache.commons.compress.archivers.tar.TarArchiveOutputStream;
+import org.apache.commons.compress.archivers.tar.TarConstants;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.TestInstance;
+
+import java.io.ByteArrayOutputStream;
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.*;
+
+import static org.junit.jupiter.api.Assertions.*;
+
+/**
+ * R2Restore: sync a realistic town, destroy it, restore it, and prove it is the same town; and refuse
+ * every broken or hostile backup without touching the volume.
+ */
+@TestInstance(TestInstance.Lifecycle.PER_CLASS)
+class R2RestoreTest {
+    private static final String TOWN = "town-r";
+    private final S3Server s3 = S3Server.shared();
+    private TestTown town;
+    private Path dir;
+    private TownState before;
+    /** A bucket holding one good snapshot of the town, never modified (tests copy it to change it). */
+    private String pristine;
+    private String snapshot;
+
+    @BeforeAll
+    void syncTown() {
+        dir = TestTools.tempDir("restore-test-");
+        town = TownBuilder.create().rigs("alpha", "beta").emptyRig("gamma").build(dir);
+        pristine = s3.newBucket();
+        try (TestDoltServer server = town.startDoltServer()) {
+            product(pristine, town.root()).sync("--immediate").assertOk();
+        }
+        before = TownState.capture(town.root());
+        snapshot = view(pristine).latest().orElseThrow().timestamp();
+    }
+
+    @AfterAll
+    void cleanUp() {
+        TestTools.deleteRecursively(dir);
+    }
+
+    private Product product(String bucket, Path root) {
+        return Product.of(root, s3, bucket, TOWN);
+    }
+
+    private BucketView view(String bucket) {
+        return BucketView.of(s3, bucket, TOWN);
+    }
+
+    /** A fresh, empty volume for one restore. */
+    private Path emptyVolume() {
+        try {
+            return Files.createDirectories(TestTools.tempDir("volume-").resolve("data"));
+        } catch (IOException e) {
+            throw new java.io.UncheckedIOException(e);
+        }
+    }
+
+    /** A new bucket holding a copy of every object of the pristine one. */
+    private String copyOfPristine() {
+        String bucket = s3.newBucket();
+        BucketView from = view(pristine);
+        BucketView to = view(bucket);
+        for (String key : from.keys("")) to.put(key, from.get(key));
+        return bucket;
+    }
+
+    @Test
+    void aRestoredTownIsTheTownThatWasBackedUp() {
+        Path volume = emptyVolume();
+        TestTools.ProcResult r = product(pristine, volume).restore().assertOk();
+        assertTrue(r.stderr().contains("restored from snapshot " + snapshot), r.stderr());
+        TownState.assertSame(before, TownState.capture(volume));
+
+        assertFalse(Files.exists(volume.resolve(".r2-restore")), "staging removed");
+        assertTrue(Files.isRegularFile(volume.resolve("mayor/town.json")));
+        for (String skipped : town.skippedFiles()) assertFalse(Files.exists(volume.resolve(skipped)), skipped + " must not come back");
+        // Worktrees were built in staging and moved: their links must point at the volume, not at staging.
+        String worktrees = TestTools.git(volume.resolve("alpha/.repo.git"), "worktree", "list", "--porcelain");
+        assertFalse(worktrees.contains(".r2-restore"), worktrees);
+        for (String wt : town.worktrees().keySet())
+            TestTools.git(volume.resolve(wt), "status", "--short");   // a working worktree
+        // The remote is the rig's real upstream again, and fetching from it works.
+        TestTools.git(volume.resolve("alpha/mayor/rig"), "fetch", "--quiet", "origin");
+        TestTools.git(volume.resolve("alpha/.repo.git"), "fetch", "--quiet", "origin");
+        // The databases come back clean.
+        for (String db : town.databases()) {
+            TestTools.dolt(volume.resolve(".dolt-data").resolve(db), "fsck");
+            TestTools.dolt(volume.resolve(".dolt-data").resolve(db), "constraints", "verify", "--all", "--output-only");
+        }
+    }
+
+    @Test
+    void aVolumeThatHoldsDataIsNotTouched() {
+        String tree = TreeHash.of(town.root());
+        TestTools.ProcResult r = product(pristine, town.root()).restore().assertOk();
+        assertTrue(r.stderr().contains("takes priority"), r.stderr());
+        assertEquals(tree, TreeHash.of(town.root()));
+    }
+
+    @Test
+    void noBackupAtAllIsANormalFirstBoot() {
+        Path volume = emptyVolume();
+        TestTools.ProcResult r = product(s3.newBucket(), volume).restore();
+        assertEquals(0, r.exitCode(), r.stderr());
+        assertTrue(r.stderr().contains("no backup"), r.stderr());
+        assertEquals(TreeHash.of(emptyVolume()), TreeHash.of(volume), "nothing written");
+    }
+
+    @Test
+    void aCorruptedObjectIsRefusedAndTheVolumeStaysUntouched() {
+        String bucket = copyOfPristine();
+        BucketView v = view(bucket);
+        String key = v.keys().object(snapshot, "git/alpha.bundle");
+        byte[] data = v.get(key);
+        data[data.length / 2] ^= 0x5a;
+        v.put(key, data);
+        assertRefused(bucket, "git/alpha.bundle", "sha256");
+    }
+
+    @Test
+    void aTruncatedObjectIsRefused() {
+        String bucket = copyOfPristine();
+        BucketView v = view(bucket);
+        String key = v.keys().object(snapshot, "dolt/hq.backup");
+        byte[] data = v.get(key);
+        v.put(key, Arrays.copyOf(data, data.length - 100));
+        assertRefused(bucket, "dolt/hq.backup", "bytes");
+    }
+
+    @Test
+    void aMissingObjectIsRefused() {
+        String bucket = copyOfPristine();
+        BucketView v = view(bucket);
+        v.delete(v.keys().object(snapshot, "config.tar"));
+        assertRefused(bucket, "config.tar", "missing");
+    }
+
+    @Test
+    void aManifestThatLiesIsRefused() throws Exception {
+        // The manifest claims another hash for a file; latest.json is re-pinned so only the lie remains.
+        String bucket = copyOfPristine();
+        BucketView v = view(bucket);
+        Manifest m = v.manifest(snapshot);
+        List<FileEntry> files = new ArrayList<>();
+        for (FileEntry f : m.files())
+            files.add(f.path().equals("runtime.tar") ? new FileEntry(f.path(), f.size(), Sha256.of("lie".getBytes())) : f);
+        Manifest lying = new Manifest(m.formatVersion(), m.tool(), m.townId(), m.timestamp(), m.createdAt(), m.versions(),
+                files, m.databases(), m.repos(), m.problems());
+        byte[] json = R2Common.toJson(lying);
+        v.put(v.keys().object(snapshot, Keys.MANIFEST), json);
+        v.put(v.keys().latest(), R2Common.toJson(new Pointer(snapshot, Sha256.of(json))));
+        assertRefused(bucket, "runtime.tar", "sha256");
+    }
+
+    @Test
+    void aManifestThatLatestJsonDoesNotPinIsRefused() {
+        String bucket = copyOfPristine();
+        BucketView v = view(bucket);
+        String key = v.keys().object(snapshot, Keys.MANIFEST);
+        v.put(key, (new String(v.get(key), StandardCharsets.UTF_8) + "\n").getBytes(StandardCharsets.UTF_8));
+        assertRefused(bucket, "manifest.json", "pins");
+    }
+
+    @Test
+    void aMalformedLatestJsonIsRefused() {
+        String bucket = copyOfPristine();
+        view(bucket).put(view(bucket).keys().latest(), "{\"timestamp\": 42".getBytes(StandardCharsets.UTF_8));
+        assertRefused(bucket, "latest.json", "not valid");
+    }
+
+    @Test
+    void aTarThatClimbsOutWithDotDotIsRefused() throws Exception {
+        String bucket = withConfigTar(tar(file("../escaped.txt", "x")));
+        assertRefused(bucket, "config.tar", "'..'");
+    }
+
+    @Test
+    void aTarWithASymlinkOutOfTheTownIsRefused() throws Exception {
+        String bucket = withConfigTar(tar(symlink("settings/evil", "/etc"), file("settings/evil/passwd", "x")));
+        assertRefused(bucket, "config.tar", "symlink points outside");
+    }
+
+    /** Runs a restore onto an empty volume and asserts it fails naming the culprit, writing nothing. */
+    private void assertRefused(String bucket, String culprit, String reason) {
+        Path volume = emptyVolume();
+        Path canary = volume.getParent().resolve("escaped.txt");
+        Product p = product(bucket, volume);
+        TestTools.ProcResult r = p.restore();
+        assertEquals(1, r.exitCode(), r.stderr());
+        assertTrue(r.stderr().contains(culprit) && r.stderr().contains(reason), "names " + culprit + " and '" + reason + "':\n" + r.stderr());
+        assertEquals(TreeHash.of(emptyVolume()), TreeHash.of(volume), "the volume is untouched:\n" + r.stderr());
+        assertFalse(Files.exists(canary), "nothing written outside the volume");
+        assertTrue(Files.exists(p.stateDir().resolve(RestoreState.FAILED)), "the failure is recorded for the sync");
+        assertEquals(1, p.sync("--immediate").exitCode(), "a sync refuses to back up over the good snapshots");
+    }
+
+    @Test
+    void snapshotOptionRestoresAnOlderSnapshot() throws Exception {
+        Path copyDir = TestTools.tempDir("older-");
+        TestTown own = TownBuilder.create().rigs("alpha").build(copyDir);
+        String bucket = s3.newBucket();
+        Product p = product(bucket, own.root());
+        p.sync("--immediate").assertOk();
+        String older = view(bucket).latest().orElseThrow().timestamp();
+        TownState olderState = TownState.capture(own.root());
+        Files.writeString(own.root().resolve("settings/config.json"), "{\"changed\":true}\n");
+        TestTools.dolt(own.doltDb("hq"), "sql", "-q", "create table later(id int primary key)");
+        TestTools.dolt(own.doltDb("hq"), "commit", "-Am", "later");
+        p.sync("--immediate").assertOk();
+
+        Path volume = emptyVolume();
+        product(bucket, volume).restore("--snapshot", older).assertOk();
+        TownState.assertSame(olderState, TownState.capture(volume));
+        TestTools.deleteRecursively(copyDir);
+    }
+
+    @Test
+    void anUnusableLatestSnapshotFallsBackToTheNewestOlderOneLoudly() throws Exception {
+        String bucket = copyOfPristine();
+        BucketView v = view(bucket);
+        // A second, newer snapshot of the same town, then corrupt it.
+        product(bucket, town.root()).sync("--immediate").assertOk();
+        String newest = v.latest().orElseThrow().timestamp();
+        assertNotEquals(snapshot, newest);
+        String key = v.keys().object(newest, "dolt/alpha.backup");
+        byte[] data = v.get(key);
+        data[10] ^= 1;
+        v.put(key, data);
+
+        Path volume = emptyVolume();
+        try (HeartbeatReceiver api = new HeartbeatReceiver()) {
+            TestTools.ProcResult r = product(bucket, volume).with("GASTOWN_API_URL", api.baseUrl()).restore().assertOk();
+            assertTrue(r.stderr().contains("FALLBACK"), r.stderr());
+            assertTrue(r.stderr().contains("restored from snapshot " + snapshot), r.stderr());
+            var body = R2Common.JSON.readTree(api.awaitRequests(1, Duration.ofSeconds(10)).get(0).body());
+            assertEquals("restore", body.path("event").asText());
+            assertEquals("fallback", body.path("status").asText());
+            assertTrue(body.path("fallback").asBoolean());
+            assertEquals(snapshot, body.path("snapshot").asText());
+        }
+        TownState.assertSame(before, TownState.capture(volume));
+    }
+
+    @Test
+    void listTellsTheTruthAsATableAndAsJson() throws Exception {
+        Product p = product(pristine, emptyVolume());
+        BucketView v = view(pristine);
+        long bytes = v.keys(v.keys().snapshot(snapshot)).stream()
+                .filter(k -> !k.endsWith(Keys.CLAIM)).mapToLong(k -> v.get(k).length).sum();
+        var rows = R2Common.JSON.readTree(p.restore("--list", "--json").assertOk().stdout());
+        assertEquals(1, rows.size());
+        assertEquals(snapshot, rows.get(0).path("timestamp").asText());
+        assertTrue(rows.get(0).path("latest").asBoolean());
+        assertEquals("complete", rows.get(0).path("state").asText());
+        assertEquals(bytes, rows.get(0).path("bytes").asLong());
+        assertEquals(13, rows.get(0).path("files").asInt(), "12 files and the manifest");
+        String table = p.restore("--list").assertOk().stdout();
+        assertTrue(table.lines().anyMatch(l -> l.startsWith(snapshot) && l.contains("complete") && l.contains("latest")), table);
+    }
+
+    @Test
+    void verifySaysYesForAGoodSnapshotAndNoForABadOneTouchingNothing() {
+        Path volume = emptyVolume();
+        Product good = product(pristine, volume);
+        TestTools.ProcResult ok = good.restore("--verify").assertOk();
+        assertTrue(ok.stderr().contains("restores"), ok.stderr());
+        assertEquals(TreeHash.of(emptyVolume()), TreeHash.of(volume));
+
+        String bucket = copyOfPristine();
+        BucketView v = view(bucket);
+        String key = v.keys().object(snapshot, "git/beta/crew/max.bundle");
+        byte[] data = v.get(key);
+        data[data.length - 1] ^= 1;
+        v.put(key, data);
+        TestTools.ProcResult bad = product(bucket, volume).restore("--verify");
+        assertEquals(1, bad.exitCode(), bad.stderr());
+        assertTrue(bad.stderr().contains("git/beta/crew/max.bundle"), bad.stderr());
+        assertEquals(TreeHash.of(emptyVolume()), TreeHash.of(volume));
+    }
+
+    @Test
+    void aRestoreKilledHalfWayIsCompletedByTheNextRun() throws Exception {
+        // Kill -9 at three moments: while downloading, while rebuilding in staging, and as late as we can see.
+        List<String> moments = List.of(".r2-restore/download", ".r2-restore/town/.dolt-data", ".r2-restore/moving.json");
+        for (String moment : moments) {
+            Path volume = emptyVolume();
+            Product p = product(pristine, volume);
+            try (Product.Started restore = p.start("R2Restore")) {
+                TestTools.await(() -> Files.exists(volume.resolve(moment)) || !restore.process().isAlive(), Duration.ofSeconds(60), 1);
+                restore.close();   // SIGKILL to the JVM and its dolt/git children
+            }
+            assertFalse(Files.exists(volume.resolve("mayor/town.json")) && Files.exists(volume.resolve(".r2-restore"))
+                    && !Files.exists(volume.resolve(".r2-restore/moving.json")), "a half town never looks complete");
+            TestTools.ProcResult again = p.restore().assertOk();
+            TownState.assertSame(before, TownState.capture(volume));
+            assertFalse(Files.exists(volume.resolve(".r2-restore")), moment + ": staging gone\n" + again.stderr());
+        }
+    }
+
+    // --- hostile tars -----------------------------------------------------------------------------
+
+    private record Entry(String name, String content, String link) {}
+
+    private static Entry file(String name, String content) {
+        return new Entry(name, content, null);
+    }
+
+    private static Entry symlink(String name, String target) {
+        return new Entry(name, null, target);
+    }
+
+    private static byte[] tar(Entry... entries) throws IOException {
+        ByteArrayOutputStream out = new ByteArrayOutputStream();
+        try (TarArchiveOutputStream tar = new TarArchiveOutputStream(out)) {
+            tar.setLongFileMode(TarArchiveOutputStream.LONGFILE_POSIX);
+            for (Entry e : entries) {
+                TarArchiveEntry te;
+                if (e.link() != null) {
+                    te = new TarArchiveEntry(e.name(), TarConstants.LF_SYMLINK);
+                    te.setLinkName(e.link());
+                } else {
+                    te = new TarArchiveEntry(e.name(), true);   // preserve the name as given, "../" included
+                    te.setSize(e.content().length());
+                }
+                tar.putArchiveEntry(te);
+                if (e.content() != null) tar.write(e.content().getBytes(StandardCharsets.UTF_8));
+                tar.closeArchiveEntry();
+            }
+        }
+        return out.toByteArray();
+    }
+
+    /** A copy of the pristine bucket whose config.tar is replaced, manifest and pointer re-pinned to match. */
+    private String withConfigTar(byte[] tar) {
+        String bucket = copyOfPristine();
+        BucketView v = view(bucket);
+        v.put(v.keys().object(snapshot, Keys.CONFIG_TAR), tar);
+        Manifest m = v.manifest(snapshot);
+        List<FileEntry> files = new ArrayList<>();
+        for (FileEntry f : m.files())
+            files.add(f.path().equals(Keys.CONFIG_TAR) ? new FileEntry(f.path(), tar.length, Sha256.of(tar)) : f);
+        byte[] json = R2Common.toJson(new Manifest(m.formatVersion(), m.tool(), m.townId(), m.timestamp(), m.createdAt(),
+                m.versions(), files, m.databases(), m.repos(), m.problems()));
+        v.put(v.keys().object(snapshot, Keys.MANIFEST), json);
+        v.put(v.keys().latest(), R2Common.toJson(new Pointer(snapshot, Sha256.of(json))));
+        return bucket;
+    }
+}

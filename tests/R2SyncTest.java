@@ -1,0 +1,338 @@
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.TestInstance;
+
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.time.Instant;
+import java.util.*;
+import java.util.stream.Collectors;
+
+import static org.junit.jupiter.api.Assertions.*;
+
+/**
+ * R2Sync against a realistic town (real git, real dolt, a real dolt sql-server) and a real S3 server.
+ * One town is built for the class; tests that change it build their own.
+ */
+@TestInstance(TestInstance.Lifecycle.PER_CLASS)
+class R2SyncTest {
+    private final S3Server s3 = S3Server.shared();
+    private TestTown town;
+    private Path dir;
+
+    @BeforeAll
+    void buildTown() {
+        dir = TestTools.tempDir("sync-test-");
+        town = TownBuilder.create().rigs("alpha", "beta").emptyRig("gamma").build(dir);
+    }
+
+    @AfterAll
+    void cleanUp() {
+        TestTools.deleteRecursively(dir);
+    }
+
+    private Product product(String bucket) {
+        return Product.of(town.root(), s3, bucket, "town-1");
+    }
+
+    @Test
+    void everyObjectHasTheSizeAndSha256ItsManifestStatesAndThePointerPinsTheManifest() throws Exception {
+        String bucket = s3.newBucket();
+        BucketView view = BucketView.of(s3, bucket, "town-1");
+        try (TestDoltServer server = town.startDoltServer()) {
+            product(bucket).sync("--immediate").assertOk();
+        }
+        Pointer latest = view.latest().orElseThrow();
+        byte[] manifestJson = view.get(view.keys().object(latest.timestamp(), Keys.MANIFEST));
+        assertEquals(Sha256.of(manifestJson), latest.manifestSha256(), "latest.json pins the manifest");
+        Manifest m = R2Common.fromJson(manifestJson, Manifest.class, "manifest");
+
+        Set<String> expected = new TreeSet<>(List.of("config.tar", "runtime.tar",
+                "dolt/hq.backup", "dolt/alpha.backup", "dolt/beta.backup", "dolt/gamma.backup",
+                "git/alpha.bundle", "git/beta.bundle",
+                "git/alpha/mayor/rig.bundle", "git/beta/mayor/rig.bundle",
+                "git/alpha/crew/max.bundle", "git/beta/crew/max.bundle"));
+        assertEquals(expected, m.files().stream().map(FileEntry::path).collect(Collectors.toCollection(TreeSet::new)));
+        for (FileEntry f : m.files()) {
+            byte[] data = view.get(view.keys().object(latest.timestamp(), f.path()));
+            assertEquals(f.size(), data.length, f.path() + " size");
+            assertEquals(f.sha256(), Sha256.of(data), f.path() + " sha256");
+        }
+        assertEquals("town-1", m.townId());
+        assertEquals(latest.timestamp(), m.timestamp());
+        assertEquals(R2Common.VERSION, m.tool());
+        assertEquals("unknown", m.versions().gt(), "gt is not on PATH in tests");
+        assertTrue(m.versions().dolt().matches("\\d+\\.\\d+\\.\\d+"), m.versions().dolt());
+        assertTrue(m.versions().git().startsWith("2."), m.versions().git());
+        assertTrue(m.problems().isEmpty(), m.problems().toString());
+        assertTrue(m.databases().stream().allMatch(DatabaseFacts::serverRunning), "backed up through the running server");
+
+        RepoFacts empty = m.repo("gamma/.repo.git").orElseThrow();
+        assertTrue(empty.empty(), "a repo with no commits is recorded without a bundle");
+        RepoFacts alpha = m.repo("alpha/.repo.git").orElseThrow();
+        assertFalse(alpha.shallow().isEmpty(), "the shallow boundary is recorded");
+        assertEquals(town.worktrees().keySet().stream().filter(p -> p.startsWith("alpha/")).collect(Collectors.toSet()),
+                alpha.worktrees().stream().map(WorktreeFacts::path).collect(Collectors.toSet()), "every worktree path");
+        assertTrue(alpha.config().contains(new ConfigEntry("remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*")),
+                alpha.config().toString());
+        assertTrue(alpha.config().contains(new ConfigEntry("remote.origin.url", town.gitUrl("alpha"))), alpha.config().toString());
+    }
+
+    @Test
+    void eachDoltBackupRestoresToTheSameBranchesCommitsAndWorkingSet() throws Exception {
+        String bucket = s3.newBucket();
+        BucketView view = BucketView.of(s3, bucket, "town-1");
+        try (TestDoltServer server = town.startDoltServer()) {
+            product(bucket).sync("--immediate").assertOk();
+        }
+        String ts = view.latest().orElseThrow().timestamp();
+        Path scratch = TestTools.tempDir("dolt-restore-");
+        try {
+            for (String db : town.databases()) {
+                Path tar = view.download(ts, "dolt/" + db + ".backup", scratch);
+                Path backup = Files.createDirectories(scratch.resolve("backup-" + db));
+                TestTools.check(List.of("tar", "-xf", tar.toString(), "-C", backup.toString()), scratch);
+                Path restored = Files.createDirectories(scratch.resolve("restored"));
+                TestTools.dolt(restored, "backup", "restore", "file://" + backup, db);
+
+                Map<String, String> original = new TreeMap<>();
+                DoltFacts.capture(town.doltDb(db), original);
+                Map<String, String> copy = new TreeMap<>();
+                DoltFacts.capture(restored.resolve(db), copy);
+                assertEquals(original, copy, "database " + db + " after dolt backup restore");
+                assertTrue(original.values().stream().anyMatch(v -> v.contains(TestTown.DOLT_BRANCH)), "second branch captured");
+            }
+        } finally {
+            TestTools.deleteRecursively(scratch);
+        }
+    }
+
+    @Test
+    void syncWorksWithTheDoltServerStopped() {
+        String bucket = s3.newBucket();
+        product(bucket).sync("--immediate").assertOk();
+        Manifest m = BucketView.of(s3, bucket, "town-1").manifest(BucketView.of(s3, bucket, "town-1").latest().orElseThrow().timestamp());
+        assertEquals(town.databases().size(), m.databases().size());
+        assertTrue(m.databases().stream().noneMatch(DatabaseFacts::serverRunning));
+    }
+
+    @Test
+    void eachBundleVerifiesAndHoldsEveryRefPolecatBranchesIncluded() throws Exception {
+        String bucket = s3.newBucket();
+        BucketView view = BucketView.of(s3, bucket, "town-1");
+        product(bucket).sync("--immediate").assertOk();
+        String ts = view.latest().orElseThrow().timestamp();
+        Manifest m = view.manifest(ts);
+        Path scratch = TestTools.tempDir("bundles-");
+        try {
+            Path verifier = scratch.resolve("verifier.git");
+            TestTools.git(scratch, "init", "--quiet", "--bare", verifier.toString());   // verify must run inside a repo
+            for (RepoFacts repo : m.repos()) {
+                if (repo.empty()) continue;
+                Path bundle = view.download(ts, repo.file(), scratch);
+                TestTools.git(verifier, "bundle", "verify", bundle.toString());
+                Set<String> bundled = TestTools.git(verifier, "bundle", "list-heads", bundle.toString()).lines()
+                        .map(l -> l.split(" ", 2)[1]).filter(r -> r.startsWith("refs/")).collect(Collectors.toSet());
+                Set<String> source = TestTools.git(town.root().resolve(repo.path()), "for-each-ref", "--format=%(refname)")
+                        .lines().collect(Collectors.toSet());
+                assertEquals(source, bundled, "refs of " + repo.path());
+            }
+            for (String rig : town.rigs())
+                for (String polecat : TestTown.POLECATS) {
+                    String branch = town.worktrees().get(rig + "/polecats/" + polecat + "/" + rig);
+                    assertNotNull(branch, "builder recorded the polecat worktree");
+                    assertTrue(m.repo(rig + "/.repo.git").orElseThrow().refs().containsKey("refs/heads/" + branch), branch);
+                }
+        } finally {
+            TestTools.deleteRecursively(scratch);
+        }
+    }
+
+    @Test
+    void theTarsHoldExactlyTheKeepLists() throws Exception {
+        String bucket = s3.newBucket();
+        BucketView view = BucketView.of(s3, bucket, "town-1");
+        product(bucket).sync("--immediate").assertOk();
+        String ts = view.latest().orElseThrow().timestamp();
+        Path scratch = TestTools.tempDir("tars-");
+        try {
+            Set<String> inTars = new TreeSet<>();
+            for (String tar : List.of(Keys.CONFIG_TAR, Keys.RUNTIME_TAR))
+                inTars.addAll(Tars.list(view.download(ts, tar, scratch)));
+            // Beyond the documented keep list: the Dolt server's users and grants, which no dolt backup holds.
+            Set<String> expected = new TreeSet<>(town.keptFiles());
+            Path doltcfg = town.doltData().resolve(".doltcfg");
+            if (Files.isDirectory(doltcfg))
+                try (var files = Files.list(doltcfg)) {
+                    files.forEach(f -> expected.add(".dolt-data/.doltcfg/" + f.getFileName()));
+                }
+            assertEquals(expected, inTars);
+            for (String skipped : town.skippedFiles()) assertFalse(inTars.contains(skipped), skipped + " must be skipped");
+            assertTrue(Tars.list(scratch.resolve(Keys.RUNTIME_TAR)).stream().allMatch(n -> n.contains(".runtime/")));
+        } finally {
+            TestTools.deleteRecursively(scratch);
+        }
+    }
+
+    @Test
+    void anUnchangedTownIsCopiedServerSideNotUploadedAgain() {
+        String bucket = s3.newBucket();
+        BucketView view = BucketView.of(s3, bucket, "town-1");
+        Product p = product(bucket);
+        p.sync("--immediate").assertOk();
+        TestTools.ProcResult second = p.sync("--immediate").assertOk();
+        // Repos are fingerprinted by refs and shallow boundary, so unchanged ones are never bundled again.
+        // (A dolt database's backup root moves whenever any dolt process opens it, so those may go up again.)
+        for (String repo : List.of("alpha/.repo.git", "alpha/mayor/rig", "alpha/crew/max", "beta/.repo.git"))
+            assertTrue(second.stderr().contains("git " + repo + " unchanged since"), repo + ":\n" + second.stderr());
+        assertTrue(second.stderr().matches("(?s).*copied ([6-9]|1\\d) unchanged.*"), second.stderr());
+        List<String> snapshots = view.completeSnapshots();
+        assertEquals(2, snapshots.size());
+        Manifest first = view.manifest(snapshots.get(0));
+        Manifest latest = view.manifest(snapshots.get(1));
+        assertEquals(first.files(), latest.files(), "same content, same entries");
+        for (FileEntry f : latest.files())
+            assertEquals(f.sha256(), Sha256.of(view.get(view.keys().object(latest.timestamp(), f.path()))), f.path());
+    }
+
+    @Test
+    void retentionKeepsTheNewestThreeAndTheOneLatestNames() {
+        String bucket = s3.newBucket();
+        BucketView view = BucketView.of(s3, bucket, "town-1");
+        Product p = product(bucket);
+        List<String> made = new ArrayList<>();
+        for (int i = 0; i < 5; i++) {
+            p.sync("--immediate").assertOk();
+            made.add(view.latest().orElseThrow().timestamp());
+        }
+        assertEquals(made.subList(2, 5), view.prefixes(), "the three newest remain, nothing else");
+        assertEquals(made.get(4), view.latest().orElseThrow().timestamp());
+    }
+
+    @Test
+    void concurrentSyncsSerializeOnTheLockAndBothPublish() throws Exception {
+        String bucket = s3.newBucket();
+        BucketView view = BucketView.of(s3, bucket, "town-1");
+        Product p = product(bucket);
+        try (Product.Started first = p.start("R2Sync", "--immediate");
+             Product.Started second = p.start("R2Sync", "--immediate")) {
+            assertEquals(0, first.process().waitFor(), first.output());
+            assertEquals(0, second.process().waitFor(), second.output());
+            String waited = first.output() + second.output();
+            assertTrue(waited.contains("another sync holds"), "one of them waited for the other:\n" + waited);
+            List<String> snapshots = view.completeSnapshots();
+            assertEquals(2, snapshots.size(), "neither sync was skipped");
+            assertEquals(snapshots.get(1), view.latest().orElseThrow().timestamp());
+            // Serialized: one finished ("ok in") before the other started ("started for town").
+            Instant firstDone = logTime(first.output(), ": ok in ");
+            Instant secondDone = logTime(second.output(), ": ok in ");
+            Instant laterStart = firstDone.isBefore(secondDone) ? logTime(second.output(), "started for town")
+                    : logTime(first.output(), "started for town");
+            assertFalse(laterStart.isBefore(firstDone.isBefore(secondDone) ? firstDone : secondDone), "runs overlapped");
+        }
+    }
+
+    private static Instant logTime(String log, String marker) {
+        String line = log.lines().filter(l -> l.contains(marker)).findFirst().orElseThrow(() -> new AssertionError("no '" + marker + "' in\n" + log));
+        return Instant.parse(line.substring(0, line.indexOf(' ')));
+    }
+
+    @Test
+    void theHeartbeatArrivesWithTheRightBodyAndToken() throws Exception {
+        String bucket = s3.newBucket();
+        try (HeartbeatReceiver api = new HeartbeatReceiver()) {
+            product(bucket).with("GASTOWN_API_URL", api.baseUrl()).with("GASTOWN_API_TOKEN", "tok-secret-123")
+                    .sync("--immediate").assertOk();
+            api.awaitRequests(1, Duration.ofSeconds(10));
+            HeartbeatReceiver.Request r = api.requests().get(0);
+            assertEquals("POST", r.method());
+            assertEquals("/api/gastown/heartbeat", r.path());
+            assertEquals("Bearer tok-secret-123", r.header("Authorization"));
+            var body = R2Common.JSON.readTree(r.body());
+            assertEquals("town-1", body.path("townId").asText());
+            assertEquals("sync", body.path("event").asText());
+            assertEquals("ok", body.path("status").asText());
+            assertEquals(BucketView.of(s3, bucket, "town-1").latest().orElseThrow().timestamp(), body.path("snapshot").asText());
+            assertTrue(body.path("bytesUploaded").asLong() > 0);
+            assertTrue(body.path("filesUploaded").asInt() >= 12);
+            assertTrue(body.path("durationMs").asLong() > 0);
+        }
+    }
+
+    @Test
+    void aFailedHeartbeatIsLoggedAndDoesNotUndoTheSnapshot() {
+        String bucket = s3.newBucket();
+        try (HeartbeatReceiver api = new HeartbeatReceiver()) {
+            api.respondWith(500);
+            TestTools.ProcResult r = product(bucket).with("GASTOWN_API_URL", api.baseUrl()).sync("--immediate");
+            assertEquals(0, r.exitCode(), r.stderr());
+            assertTrue(r.stderr().contains("heartbeat") && r.stderr().contains("500"), r.stderr());
+            assertTrue(BucketView.of(s3, bucket, "town-1").latest().isPresent());
+        }
+    }
+
+    @Test
+    void theDaemonSyncsEveryIntervalAndSurvivesAFailedCycle() throws Exception {
+        String bucket = s3.newBucket();
+        BucketView view = BucketView.of(s3, bucket, "town-1");
+        Product p = product(bucket);
+        try (HeartbeatReceiver api = new HeartbeatReceiver();
+             Product.Started daemon = p.with("GASTOWN_API_URL", api.baseUrl()).start("R2Sync", "--interval", "1s")) {
+            assertTrue(TestTools.await(() -> view.completeSnapshots().size() >= 2, Duration.ofSeconds(60), 200), daemon.output());
+            // A real cause of failure: the marker a failed restore leaves makes every cycle refuse.
+            Path marker = p.stateDir().resolve("restore-failed.json");
+            Files.writeString(marker, "{\"error\":\"test\"}");
+            assertTrue(TestTools.await(() -> api.requests().stream().anyMatch(r -> r.body().contains("\"failed\"")),
+                    Duration.ofSeconds(60), 200), daemon.output());
+            Files.delete(marker);
+            String failedAt = view.latest().orElseThrow().timestamp();
+            assertTrue(TestTools.await(() -> view.latest().orElseThrow().timestamp().compareTo(failedAt) > 0,
+                    Duration.ofSeconds(60), 200), "the daemon recovered:\n" + daemon.output());
+            assertTrue(daemon.process().isAlive());
+            daemon.process().destroy();   // SIGTERM
+            assertTrue(daemon.process().waitFor(30, java.util.concurrent.TimeUnit.SECONDS), daemon.output());
+            assertTrue(daemon.output().contains("daemon: stopped"), daemon.output());
+            assertTrue(daemon.output().contains("cycle failed"), daemon.output());
+        }
+        String ts = view.latest().orElseThrow().timestamp();
+        assertTrue(view.completeSnapshots().contains(ts), "latest.json names a complete snapshot after SIGTERM");
+    }
+
+    @Test
+    void aMissingOrInvalidSettingGivesExit2NamesItAndWritesNothing() {
+        String bucket = s3.newBucket();
+        BucketView view = BucketView.of(s3, bucket, "town-1");
+        Product p = product(bucket);
+        Map<String, String> cases = new LinkedHashMap<>();
+        cases.put("R2_ENDPOINT", null);
+        cases.put("R2_ACCESS_KEY_ID", null);
+        cases.put("R2_SECRET_ACCESS_KEY", null);
+        cases.put("R2_BUCKET", null);
+        cases.put("TOWN_ID", null);
+        cases.put("GT_TOWN_ROOT", dir.resolve("no-such-town").toString());
+        cases.put("GASTOWN_API_URL", "ftp://nope");
+        for (Map.Entry<String, String> c : cases.entrySet()) {
+            TestTools.ProcResult r = p.with(c.getKey(), c.getValue()).sync("--immediate");
+            assertEquals(2, r.exitCode(), c.getKey() + ":\n" + r.stderr());
+            String lines = r.stderr().strip();
+            assertTrue(lines.contains(c.getKey()), "the message names " + c.getKey() + ": " + lines);
+            assertEquals(1, lines.lines().count(), "one clear line: " + lines);
+            assertFalse(r.stderr().contains(p.env().get("R2_SECRET_ACCESS_KEY")));
+        }
+        assertTrue(view.keys("").isEmpty(), "nothing written to the bucket");
+        assertFalse(Files.exists(p.scratch().resolve("r2-sync.lock")), "no lock file");
+        assertFalse(Files.exists(p.scratch().resolve("work")), "no work dir");
+    }
+
+    @Test
+    void helpExplainsEveryOptionWithItsEnvVarAndNoSecret() {
+        Product p = product(s3.newBucket());
+        TestTools.ProcResult r = p.sync("--help").assertOk();
+        for (String env : List.of("R2_ENDPOINT", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_BUCKET", "TOWN_ID",
+                "GT_TOWN_ROOT", "GASTOWN_API_URL", "GASTOWN_API_TOKEN", "--immediate", "--interval", "Exit codes"))
+            assertTrue(r.stdout().contains(env), env + " in --help");
+        assertFalse(r.stdout().contains(p.env().get("R2_SECRET_ACCESS_KEY")), "secret printed by --help");
+    }
+}

@@ -1,0 +1,219 @@
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.net.InetSocketAddress;
+import java.net.Socket;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.time.Duration;
+import java.util.List;
+import java.util.Map;
+import java.util.TreeMap;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.TestInstance;
+
+/** Proves TownBuilder builds what gastown-town.md describes, and that TownState sees what matters. */
+@TestInstance(TestInstance.Lifecycle.PER_CLASS)
+class TownBuilderTest {
+    private Path dir;
+    private TestTown town; // shared, read-only: tests that change a town build their own
+
+    @BeforeAll
+    void build() {
+        dir = TestTools.tempDir("town-builder-test-");
+        town = TownBuilder.create().emptyRig("gamma").build(dir.resolve("shared"));
+    }
+
+    @AfterAll
+    void cleanUp() {
+        TestTools.deleteRecursively(dir);
+    }
+
+    @Test
+    void repoGitIsAShallowBareCloneWithOriginRefs() {
+        Path repo = town.rig("alpha").resolve(".repo.git");
+        assertEquals("true", git(repo, "rev-parse", "--is-bare-repository"));
+        assertEquals("true", git(repo, "rev-parse", "--is-shallow-repository"));
+        assertEquals("+refs/heads/*:refs/remotes/origin/*", git(repo, "config", "remote.origin.fetch"));
+        assertEquals(town.gitUrl("alpha"), git(repo, "config", "remote.origin.url"));
+        assertEquals(git(repo, "rev-parse", "main"), git(repo, "rev-parse", "refs/remotes/origin/main"));
+        assertEquals("4", git(town.upstream("alpha"), "rev-list", "--count", "main"), "upstream has history");
+        assertEquals("1", git(repo, "rev-list", "--count", "main"), "the clone is cut at depth 1");
+    }
+
+    @Test
+    void worktreesAreOnTheirBranchesWithPolecatCommitsInRepoGit() {
+        Path repo = town.rig("beta").resolve(".repo.git");
+        String list = git(repo, "worktree", "list", "--porcelain");
+        assertEquals(3, town.worktrees().keySet().stream().filter(p -> p.startsWith("beta/")).count());
+        town.worktrees().forEach((rel, branch) -> {
+            if (!rel.startsWith("beta/")) return;
+            Path wt = town.root().resolve(rel);
+            assertTrue(list.contains("worktree " + wt + "\n"), rel + " listed");
+            assertEquals(branch, git(wt, "rev-parse", "--abbrev-ref", "HEAD"));
+            if (rel.contains("/polecats/")) {
+                assertTrue(branch.startsWith("polecat/"), branch);
+                assertEquals("1", git(repo, "rev-list", "--count", "main.." + branch), "a commit not on main");
+            }
+        });
+        assertEquals("main", town.worktrees().get("beta/refinery/rig"));
+    }
+
+    @Test
+    void mayorAndCrewAreSeparateShallowClonesWithUnpushedWork() throws IOException {
+        Path mayor = town.rig("alpha").resolve("mayor/rig");
+        assertEquals("true", git(mayor, "rev-parse", "--is-shallow-repository"));
+        // gt clones it with --reference-if-able .repo.git, which git declines for a shallow reference.
+        assertFalse(Files.exists(mayor.resolve(".git/objects/info/alternates")));
+        assertEquals("1", git(mayor, "rev-list", "--count", "origin/main..HEAD"));
+
+        Path crew = town.rig("alpha").resolve("crew").resolve(TestTown.CREW);
+        assertEquals("true", git(crew, "rev-parse", "--is-shallow-repository"));
+        assertEquals("crew/" + TestTown.CREW, git(crew, "rev-parse", "--abbrev-ref", "HEAD"));
+        assertEquals("1", git(crew, "rev-list", "--count", "origin/main..HEAD"));
+        assertEquals("?? mail/\n?? state.json", git(crew, "status", "--porcelain"), "crew extras are untracked");
+    }
+
+    @Test
+    void emptyRigHasABareRepoWithoutCommits() {
+        Path repo = town.rig("gamma").resolve(".repo.git");
+        assertEquals("true", git(repo, "rev-parse", "--is-bare-repository"));
+        assertEquals("", git(repo, "for-each-ref"));
+        assertFalse(Files.exists(town.rig("gamma").resolve("refinery")));
+        assertTrue(Files.isRegularFile(town.rig("gamma").resolve("config.json")));
+    }
+
+    @Test
+    void everyDatabaseHasHistoryABranchAndAStagedAndUnstagedWorkingSet() {
+        assertEquals(List.of("hq", "alpha", "beta", "gamma"), town.databases());
+        for (String db : town.databases()) {
+            Path dbDir = town.doltDb(db);
+            assertTrue(Files.isDirectory(dbDir.resolve(".dolt")), db);
+            assertEquals("name\nfeature\nmain\n", sql(dbDir, "select name from dolt_branches order by name"));
+            assertEquals("4", sql(dbDir, "select count(*) from dolt_log").lines().skip(1).findFirst().orElseThrow(),
+                    db + ": init + 3 commits on main");
+            assertEquals("1", sql(dbDir, "select count(*) from dolt_log('main..feature')").lines().skip(1)
+                    .findFirst().orElseThrow(), db + ": feature has its own commit");
+            assertEquals("table_name,staged\nissues,1\nissues,0\nlabels,0\n",
+                    sql(dbDir, "select table_name, staged from dolt_status order by table_name, staged desc"));
+            assertTrue(sql(dbDir, "show create table dependencies").contains("FOREIGN KEY"), db);
+        }
+    }
+
+    @Test
+    void filesAreWhereTheDocSaysWithTheirModes() throws IOException {
+        for (String rel : town.keptFiles()) assertTrue(Files.isRegularFile(town.root().resolve(rel)), rel);
+        for (String rel : town.skippedFiles()) assertTrue(Files.isRegularFile(town.root().resolve(rel)), rel);
+        assertTrue(town.skippedFiles().containsAll(List.of(".beads/dolt/x", "daemon/dolt.pid", ".runtime/locks/l.lock",
+                "alpha/.runtime/locks/x.lock", "daemon/scripts/run.sh", "daemon/state.json")));
+        assertEquals("rw-------", mode("daemon/daemon.env"));
+        assertEquals("rwxr-xr-x", mode("plugins/p/run.sh"));
+        assertTrue(Files.readString(town.doltData().resolve("config.yaml")).contains("port: " + town.doltPort()));
+        assertTrue(Files.readString(town.rig("alpha").resolve("config.json")).contains(town.gitUrl("alpha")));
+        assertFalse(town.upstreamDir().startsWith(town.root()), "upstreams live outside the town");
+    }
+
+    @Test
+    void townStateCoversKeptFilesAndOnlyThose() {
+        TownState state = TownState.capture(town.root());
+        for (String rel : town.keptFiles()) assertTrue(state.facts().containsKey("file:" + rel), rel);
+        for (String rel : town.skippedFiles()) assertFalse(state.facts().containsKey("file:" + rel), rel);
+        assertEquals(town.keptFiles().size(), state.only("file:").facts().size(), state.only("file:").toString());
+        assertTrue(state.facts().get("git:alpha/.repo.git:shallow").matches("[0-9a-f]{40}\n"));
+        assertTrue(state.facts().get("worktree:alpha/polecats/nux/alpha").contains("branch refs/heads/polecat/nux-"));
+        assertTrue(state.facts().get("dolt:hq:rows:STAGED:issues").contains("hq-4"));
+        assertFalse(state.facts().get("dolt:hq:rows:main:issues").contains("hq-4"));
+        assertTrue(state.facts().get("dolt:hq:rows:WORKING:labels").contains("unstaged-label"));
+    }
+
+    @Test
+    void townStateIsStableAndSeesChanges() throws IOException {
+        TestTown own = TownBuilder.create().rigs("alpha").build(dir.resolve("changes"));
+        TownState before = TownState.capture(own.root());
+        TownState.assertSame(before, TownState.capture(own.root()));
+
+        Files.writeString(own.root().resolve("daemon/dolt.log"), "more log\n"); // skipped: no difference
+        TownState.assertSame(before, TownState.capture(own.root()));
+
+        Files.writeString(own.root().resolve("mayor/town.json"), "{}\n");
+        TestTools.dolt(own.doltDb("alpha"), "sql", "-q", "update issues set title = 'changed' where id = 'al-1'");
+        git(own.rig("alpha").resolve("crew").resolve(TestTown.CREW), "commit", "--allow-empty", "-m", "more");
+        String diff = before.diff(TownState.capture(own.root()));
+        assertTrue(diff.contains("file:mayor/town.json"), diff);
+        assertTrue(diff.contains("dolt:alpha:rows:WORKING:issues"), diff);
+        assertTrue(diff.contains("dolt:alpha:roots"), diff);
+        assertTrue(diff.contains("git:alpha/crew/max:refs"), diff);
+        assertFalse(diff.contains("dolt:hq:"), diff);
+    }
+
+    @Test
+    void doltServerStartsAnswersAndStops() {
+        TestTown own = TownBuilder.create().rigs("alpha").build(dir.resolve("server"));
+        TestDoltServer server = own.startDoltServer();
+        try (server) {
+            String dbs = server.query("show databases");
+            for (String db : own.databases()) assertTrue(dbs.contains(db + "\n"), dbs);
+            assertTrue(server.query("select count(*) from `alpha/feature`.issues").contains("4"));
+        }
+        assertFalse(server.isAlive());
+        assertTrue(TestTools.await(() -> !accepts(own.doltPort()), Duration.ofSeconds(10), 50), "port released");
+    }
+
+    /**
+     * The fact the product relies on (dolt 1.86.4): `dolt backup sync-url` inside .dolt-data/<db>
+     * works while the town's sql-server runs, and the backup holds every branch and the working set.
+     */
+    @Test
+    void doltBackupSyncWorksWhileServerRuns() {
+        TestTown own = TownBuilder.create().rigs("alpha").build(dir.resolve("backup"));
+        Map<String, String> before = new TreeMap<>();
+        DoltFacts.capture(own.doltDb("alpha"), before);
+        Path backup = dir.resolve("backup/alpha-backup");
+        try (TestDoltServer server = own.startDoltServer()) {
+            TestTools.dolt(own.doltDb("alpha"), "backup", "sync-url", "file://" + backup);
+            assertTrue(server.isAlive());
+        }
+        assertTrue(Files.isRegularFile(backup.resolve("manifest")));
+        Path restoreDir = dir.resolve("backup/restored");
+        TestTools.check(List.of(TestTools.dolt(), "backup", "restore", "file://" + backup, "alpha"),
+                mkdirs(restoreDir));
+        Map<String, String> after = new TreeMap<>();
+        DoltFacts.capture(restoreDir.resolve("alpha"), after);
+        assertEquals(before, after);
+    }
+
+    private static boolean accepts(int port) {
+        try (Socket s = new Socket()) {
+            s.connect(new InetSocketAddress("127.0.0.1", port), 500);
+            return true;
+        } catch (IOException e) {
+            return false;
+        }
+    }
+
+    private static Path mkdirs(Path p) {
+        try {
+            return Files.createDirectories(p);
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+    }
+
+    private String mode(String rel) throws IOException {
+        return PosixFilePermissions.toString(Files.getPosixFilePermissions(town.root().resolve(rel)));
+    }
+
+    private static String git(Path cwd, String... args) {
+        return TestTools.git(cwd, args).strip();
+    }
+
+    private static String sql(Path dbDir, String query) {
+        return TestTools.dolt(dbDir, "sql", "-r", "csv", "-q", query);
+    }
+}
