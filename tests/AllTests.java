@@ -25,6 +25,7 @@
 //SOURCES ../R2Restore.java
 //SOURCES Product.java
 //SOURCES BucketView.java
+//SOURCES TreeHash.java
 
 import static org.junit.platform.engine.discovery.ClassNameFilter.includeClassNamePatterns;
 import static org.junit.platform.engine.discovery.DiscoverySelectors.selectClass;

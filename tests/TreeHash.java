@@ -10,7 +10,9 @@ import java.util.stream.Stream;
 
 /**
  * A fingerprint of every entry under a directory (path, type, mode, mtime, size, content hash, link
- * target), to prove a tool left a tree exactly as it was. Equal strings mean an untouched tree.
+ * target), to prove a tool left a tree exactly as it was. Equal strings mean an untouched tree. The root's
+ * own attributes are left out: a tool may create and remove its staging dir there, which moves the
+ * root's mtime but changes nothing a user keeps.
  */
 final class TreeHash {
     private TreeHash() {}
@@ -18,7 +20,7 @@ final class TreeHash {
     static String of(Path root) {
         if (!Files.exists(root)) return "<absent>";
         try (Stream<Path> s = Files.walk(root)) {
-            List<Path> all = s.sorted().collect(Collectors.toList());
+            List<Path> all = s.filter(p -> !p.equals(root)).sorted().collect(Collectors.toList());
             StringBuilder sb = new StringBuilder();
             for (Path p : all) {
                 sb.append(root.relativize(p)).append(' ');
