@@ -99,6 +99,7 @@ public class R2Restore implements Callable<Integer> {
         if (Town.holdsData(root) && !force) {
             Log.info("restore: " + root + " already holds data; the volume's state takes priority, nothing restored "
                     + "(use --force to restore anyway)");
+            report("volume-has-data", null, false, start);
             RestoreState.clearFailure(config);
             return R2Common.EXIT_OK;
         }
@@ -108,7 +109,7 @@ public class R2Restore implements Callable<Integer> {
             List<String> candidates = candidates();
             if (candidates.isEmpty()) {
                 Log.info("restore: no backup of town " + config.townId() + " exists yet; starting fresh (first boot)");
-                report("none", null, false, start, null);
+                report("no-backup", null, false, start);
                 RestoreState.clearFailure(config);
                 return R2Common.EXIT_OK;
             }
@@ -137,13 +138,13 @@ public class R2Restore implements Callable<Integer> {
             moveIntoPlace(staging, chosen);
             Log.info("restore: town " + config.townId() + " restored from snapshot " + chosen + " in "
                     + Log.seconds(Duration.between(start, Instant.now())));
-            report(chosen, null, fallback, start, null);
+            report(chosen, null, fallback, start);
             RestoreState.clearFailure(config);
             return R2Common.EXIT_OK;
         } catch (R2Exception | IOException e) {
             if (!RestoreState.moving(staging)) FileTrees.deleteQuietly(staging);
             R2Exception failure = e instanceof R2Exception r ? r : new R2Exception(R2Common.EXIT_FAILED, "restore: " + e, e);
-            report(chosen, failure, fallback, start, null);
+            report(chosen, failure, fallback, start);
             RestoreState.recordFailure(config, R2Cli.messageChain(failure));
             throw failure;
         }
@@ -462,12 +463,14 @@ public class R2Restore implements Callable<Integer> {
     // Helpers
     // ---------------------------------------------------------------------------------------------
 
-    private void report(String restored, R2Exception failure, boolean fallback, Instant start, String note) {
+    /** Reports the outcome; restored is a snapshot timestamp, or "no-backup" / "volume-has-data" when none was needed. */
+    private void report(String restored, R2Exception failure, boolean fallback, Instant start) {
+        boolean snapshotRestored = restored != null && Keys.TIMESTAMP_FORM.matcher(restored).matches();
         Map<String, Object> body = new LinkedHashMap<>();
         body.put("townId", config.townId());
         body.put("event", "restore");
-        body.put("status", failure != null ? "failed" : "none".equals(restored) ? "no-backup" : fallback ? "fallback" : "ok");
-        body.put("snapshot", "none".equals(restored) ? null : restored);
+        body.put("status", failure != null ? "failed" : !snapshotRestored ? restored : fallback ? "fallback" : "ok");
+        body.put("snapshot", snapshotRestored ? restored : null);
         body.put("fallback", fallback);
         body.put("durationMs", Duration.between(start, Instant.now()).toMillis());
         if (failure != null) body.put("error", Log.redact(R2Cli.messageChain(failure)));

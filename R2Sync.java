@@ -83,6 +83,8 @@ public class R2Sync implements Callable<Integer> {
         if (!Files.isDirectory(config.townRoot()))
             throw R2Options.usage("town root " + config.townRoot() + " is not a directory (GT_TOWN_ROOT or --town-root)");
         heartbeat = new Heartbeat(config);
+        // However the JVM ends (SIGTERM, SIGINT), no dolt or git child outlives it.
+        Runtime.getRuntime().addShutdownHook(new Thread(Proc::killAll, "r2-sync-kill-children"));
         try (ObjectStore opened = ObjectStore.open(config)) {
             store = opened;
             return immediate ? syncOnce().exitCode() : runDaemon();
@@ -103,7 +105,6 @@ public class R2Sync implements Callable<Integer> {
             Log.info("daemon: stopping");
             stop.countDown();
             loop.interrupt();
-            Proc.killAll();
             awaitQuietly(stopped, Duration.ofSeconds(10));
         }, "r2-sync-shutdown"));
         Log.info("daemon: syncing " + config.townRoot() + " every " + DurationConverter.format(interval));
