@@ -445,6 +445,20 @@ final class Sha256 {
         return new FileEntry(snapshotPath, size, hex(md.digest()));
     }
 
+    /** Streams into a new file, hashing while writing; returns what arrived. */
+    static FileEntry copyToFile(InputStream in, Path target, String snapshotPath, Progress progress) throws IOException {
+        try (OutputStream file = Files.newOutputStream(target, StandardOpenOption.CREATE_NEW)) {
+            HashingOutputStream out = new HashingOutputStream(new BufferedOutputStream(file, 1 << 16));
+            byte[] buf = new byte[1 << 16];
+            for (int n; (n = in.read(buf)) > 0; ) {
+                out.write(buf, 0, n);
+                if (progress != null) progress.add(n);
+            }
+            out.flush();
+            return out.entry(snapshotPath);
+        }
+    }
+
     /** An output stream that hashes and counts what passes through it, so a file is hashed while written. */
     static final class HashingOutputStream extends FilterOutputStream {
         private final MessageDigest md = digest();

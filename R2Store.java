@@ -204,16 +204,8 @@ final class S3ObjectStore implements ObjectStore {
 
     @Override
     public FileEntry download(String key, Path target, String snapshotPath, Progress progress) {
-        try (InputStream in = s3.getObject(b -> b.bucket(bucket).key(key));
-             OutputStream file = Files.newOutputStream(target, StandardOpenOption.CREATE_NEW)) {
-            Sha256.HashingOutputStream out = new Sha256.HashingOutputStream(new BufferedOutputStream(file, 1 << 16));
-            byte[] buf = new byte[1 << 16];
-            for (int n; (n = in.read(buf)) > 0; ) {
-                out.write(buf, 0, n);
-                if (progress != null) progress.add(n);
-            }
-            out.flush();
-            return out.entry(snapshotPath);
+        try (InputStream in = s3.getObject(b -> b.bucket(bucket).key(key))) {
+            return Sha256.copyToFile(in, target, snapshotPath, progress);
         } catch (NoSuchKeyException e) {
             throw new R2Exception(R2Common.EXIT_FAILED, "s3: " + key + " is missing");
         } catch (SdkException e) {
@@ -384,16 +376,8 @@ final class DirObjectStore implements ObjectStore {
     public FileEntry download(String key, Path target, String snapshotPath, Progress progress) {
         Path source = path(key);
         if (!Files.isRegularFile(source)) throw new R2Exception(R2Common.EXIT_FAILED, "store: " + key + " is missing");
-        try (InputStream in = Files.newInputStream(source);
-             OutputStream file = Files.newOutputStream(target, StandardOpenOption.CREATE_NEW)) {
-            Sha256.HashingOutputStream out = new Sha256.HashingOutputStream(new BufferedOutputStream(file, 1 << 16));
-            byte[] buf = new byte[1 << 16];
-            for (int n; (n = in.read(buf)) > 0; ) {
-                out.write(buf, 0, n);
-                if (progress != null) progress.add(n);
-            }
-            out.flush();
-            return out.entry(snapshotPath);
+        try (InputStream in = Files.newInputStream(source)) {
+            return Sha256.copyToFile(in, target, snapshotPath, progress);
         } catch (IOException e) {
             throw new R2Exception(R2Common.EXIT_FAILED, "store: read " + key + ": " + e.getMessage(), e);
         }
