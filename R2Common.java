@@ -544,6 +544,8 @@ final class Proc {
                 p.destroyForcibly();
                 throw new R2Exception(R2Common.EXIT_FAILED, String.join(" ", args) + ": timed out after " + timeout);
             }
+            if (shuttingDown)
+                throw new R2Exception(R2Common.EXIT_FAILED, String.join(" ", args) + ": stopped by shutdown");
             return new ProcResult(List.copyOf(args), p.exitValue(), out.get(), err.get());
         } catch (InterruptedException e) {
             p.destroyForcibly();
@@ -569,8 +571,12 @@ final class Proc {
         return r;
     }
 
+    /** Set once the JVM is shutting down: a child that fails from then on was killed, not broken. */
+    static volatile boolean shuttingDown;
+
     /** Ends every running child and its descendants (used on shutdown). */
     static void killAll() {
+        shuttingDown = true;
         for (Process p : RUNNING) {
             p.descendants().forEach(ProcessHandle::destroyForcibly);
             p.destroyForcibly();
