@@ -103,6 +103,7 @@ public class R2Sync implements Callable<Integer> {
             // The pointer only ever moves to a fully uploaded snapshot, so ending mid-cycle is safe:
             // the next sync removes what this one leaves.
             Log.info("daemon: stopping");
+            Proc.shuttingDown = true;
             stop.countDown();
             loop.interrupt();
             awaitQuietly(stopped, Duration.ofSeconds(10));
@@ -174,18 +175,22 @@ public class R2Sync implements Callable<Integer> {
                 FileTrees.delete(work);
             }
         } catch (IOException e) {
-            R2Exception failure = new R2Exception(R2Common.EXIT_FAILED, "sync: " + e, e);
-            fail(new SyncResult(timestamp, List.of(), Transfer.NONE, Duration.between(start, Instant.now())), failure);
-            throw failure;
+            throw fail(timestamp, start, new R2Exception(R2Common.EXIT_FAILED, "sync: " + e, e));
         } catch (R2Exception e) {
-            fail(new SyncResult(timestamp, List.of(), Transfer.NONE, Duration.between(start, Instant.now())), e);
-            throw e;
+            throw fail(timestamp, start, e);
         }
     }
 
-    private void fail(SyncResult result, R2Exception failure) {
+    /** Reports a failed sync, unless the JVM is shutting down: then the cycle is abandoned, not failed. */
+    private R2Exception fail(String timestamp, Instant start, R2Exception failure) {
+        if (Proc.shuttingDown) {
+            Log.info("sync " + timestamp + ": abandoned (shutting down); the next sync removes what it left");
+            return failure;
+        }
+        SyncResult result = new SyncResult(timestamp, List.of(), Transfer.NONE, Duration.between(start, Instant.now()));
         report(result, failure);
         recordLastSync(result, failure);
+        return failure;
     }
 
     /** After a failed restore the town on this volume is empty or stale: backing it up would bury the good snapshots. */

@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # sourced: the variables are used by the scripts that source this file
 # Pinned versions of every tool the project installs, and the cache they live in (outside the repo).
 # Sourced by the installers, the launcher and the test runner: change a version here and only here.
 

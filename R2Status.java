@@ -1,0 +1,213 @@
+///usr/bin/env jbang "$0" "$@" ; exit $?
+//JAVA 17+
+//SOURCES R2Common.java
+
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Mixin;
+import picocli.CommandLine.Model.CommandSpec;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.Spec;
+
+import com.fasterxml.jackson.databind.JsonNode;
+
+import java.io.IOException;
+import java.io.PrintWriter;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.time.Instant;
+import java.util.*;
+import java.util.concurrent.Callable;
+import java.util.stream.Collectors;
+
+@Command(name = "r2-status", mixinStandardHelpOptions = true, version = R2Common.VERSION, sortOptions = false,
+        description = {
+                "Shows whether this town's 5-minute loss window is held: when the last snapshot succeeded and "
+                        + "its age (from R2: latest.json and its manifest), and this machine's last sync and any "
+                        + "failed restore (from the state dir: last-sync.json, restore-failed.json).",
+                "The window is held when the snapshot latest.json names is complete and at most "
+                        + "--interval + --slack old, and no failed restore stops the sync."},
+        exitCodeListHeading = "%nExit codes:%n",
+        exitCodeList = {
+                "0:the loss window is held",
+                "1:it is not held: no snapshot, too old, partial, a failed restore blocks the sync, or R2 "
+                        + "cannot be read (the output says which)",
+                "2:usage or configuration error"})
+public class R2Status implements Callable<Integer> {
+
+    @Mixin
+    R2Options r2 = new R2Options();
+
+    @Option(names = "--interval", defaultValue = "${env:R2_SYNC_INTERVAL:-5m}", converter = DurationConverter.class,
+            paramLabel = "DURATION", description = "The daemon's sync interval (env R2_SYNC_INTERVAL, default ${DEFAULT-VALUE}).")
+    Duration interval;
+
+    @Option(names = "--slack", defaultValue = "${env:R2_STATUS_SLACK:-2m}", converter = DurationConverter.class,
+            paramLabel = "DURATION", description = "Time a sync may take on top of the interval before the window "
+            + "counts as lost (env R2_STATUS_SLACK, default ${DEFAULT-VALUE}).")
+    Duration slack;
+
+    @Option(names = "--json", description = "Print one JSON object instead of text.")
+    boolean json;
+
+    @Spec
+    CommandSpec spec;
+
+    public static void main(String... args) {
+        System.exit(R2Cli.run(new R2Status(), args));
+    }
+
+    @Override
+    public Integer call() {
+        if (interval.isZero() || interval.isNegative()) throw R2Options.usage("--interval must be positive");
+        if (slack.isNegative()) throw R2Options.usage("--slack must not be negative");
+        Config config = r2.toConfig();
+        Instant now = Instant.now();
+        Latest latest = readLatest(config, now);
+        Map<String, Object> lastSync = readState(config.stateDir().resolve(RestoreState.LAST_SYNC));
+        Map<String, Object> restoreFailed = readState(config.stateDir().resolve(RestoreState.FAILED));
+        Verdict verdict = judge(latest, restoreFailed, lastSync);
+        Map<String, Object> status = status(config, now, latest, lastSync, restoreFailed, verdict);
+        print(status, latest, lastSync, restoreFailed, verdict);
+        return verdict.held() ? R2Common.EXIT_OK : R2Common.EXIT_FAILED;
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Reading R2 and the local state.
+    // ---------------------------------------------------------------------------------------------
+
+    /** What R2 says: the snapshot latest.json names and its manifest, or why that could not be read. */
+    record Latest(String timestamp, Duration age, Manifest manifest, String error) {
+        boolean present() {
+            return timestamp != null;
+        }
+    }
+
+    private static Latest readLatest(Config config, Instant now) {
+        Keys keys = config.keys();
+        try (ObjectStore store = ObjectStore.open(config)) {
+            Optional<Versioned> pointerObject = store.get(keys.latest());
+            if (pointerObject.isEmpty()) return new Latest(null, null, null, null);
+            Pointer pointer = R2Common.fromJson(pointerObject.get().data(), Pointer.class, "latest.json");
+            Duration age = Duration.between(Keys.parse(pointer.timestamp()), now);
+            Optional<Versioned> manifestObject = store.get(keys.object(pointer.timestamp(), Keys.MANIFEST));
+            if (manifestObject.isEmpty())
+                return new Latest(pointer.timestamp(), age, null, "manifest.json of " + pointer.timestamp() + " is missing");
+            byte[] manifestJson = manifestObject.get().data();
+            if (pointer.manifestSha256() != null && !pointer.manifestSha256().equals(Sha256.of(manifestJson)))
+                return new Latest(pointer.timestamp(), age, null, "manifest.json of " + pointer.timestamp()
+                        + " is not the one latest.json pins (sha256 differs)");
+            Manifest manifest = R2Common.fromJson(manifestJson, Manifest.class, "manifest.json of " + pointer.timestamp());
+            return new Latest(pointer.timestamp(), age, manifest, null);
+        } catch (R2Exception | IllegalArgumentException e) {
+            return new Latest(null, null, null, "cannot read " + keys.latest() + ": " + R2Cli.messageChain(e));
+        }
+    }
+
+    /** A small JSON file of the state dir as a map, or null when it does not exist. */
+    private static Map<String, Object> readState(Path file) {
+        if (!Files.isRegularFile(file)) return null;
+        try {
+            JsonNode node = R2Common.JSON.readTree(Files.readAllBytes(file));
+            Map<String, Object> map = new LinkedHashMap<>();
+            node.fields().forEachRemaining(e -> map.put(e.getKey(), e.getValue().isNumber() ? e.getValue().numberValue()
+                    : e.getValue().isTextual() ? e.getValue().asText() : e.getValue().toString()));
+            return map;
+        } catch (IOException e) {
+            return Map.of("error", file + " is unreadable: " + e.getMessage());
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // The verdict and its presentation.
+    // ---------------------------------------------------------------------------------------------
+
+    record Verdict(boolean held, String reason, List<String> warnings) {}
+
+    private Verdict judge(Latest latest, Map<String, Object> restoreFailed, Map<String, Object> lastSync) {
+        Duration limit = interval.plus(slack);
+        List<String> warnings = new ArrayList<>();
+        if (lastSync != null && "failed".equals(lastSync.get("status")))
+            warnings.add("the last sync on this machine failed at " + lastSync.get("finishedAt") + ": " + lastSync.get("error"));
+        if (restoreFailed != null)
+            return new Verdict(false, "the restore on this machine failed (" + restoreFailed.get("at") + ": "
+                    + restoreFailed.get("error") + "); the sync refuses to run until it is fixed", warnings);
+        if (latest.error() != null) return new Verdict(false, latest.error(), warnings);
+        if (!latest.present()) return new Verdict(false, "no snapshot of this town exists yet", warnings);
+        if (!latest.manifest().complete())
+            return new Verdict(false, "snapshot " + latest.timestamp() + " is partial; not backed up: "
+                    + latest.manifest().problems().stream().map(Problem::part).collect(Collectors.joining(", ")), warnings);
+        if (latest.age().compareTo(limit) > 0)
+            return new Verdict(false, "snapshot " + latest.timestamp() + " is " + human(latest.age()) + " old, more than "
+                    + DurationConverter.format(interval) + " interval + " + DurationConverter.format(slack) + " slack", warnings);
+        return new Verdict(true, "snapshot " + latest.timestamp() + " is " + human(latest.age()) + " old, within "
+                + DurationConverter.format(interval) + " interval + " + DurationConverter.format(slack) + " slack", warnings);
+    }
+
+    private Map<String, Object> status(Config config, Instant now, Latest latest, Map<String, Object> lastSync,
+                                       Map<String, Object> restoreFailed, Verdict verdict) {
+        Map<String, Object> status = new LinkedHashMap<>();
+        status.put("townId", config.townId());
+        status.put("checkedAt", now.toString());
+        status.put("held", verdict.held());
+        status.put("reason", verdict.reason());
+        status.put("warnings", verdict.warnings());
+        status.put("intervalSeconds", interval.toSeconds());
+        status.put("slackSeconds", slack.toSeconds());
+        if (latest.present()) {
+            Map<String, Object> l = new LinkedHashMap<>();
+            l.put("snapshot", latest.timestamp());
+            l.put("takenAt", Keys.parse(latest.timestamp()).toString());
+            l.put("ageSeconds", latest.age().toSeconds());
+            if (latest.manifest() != null) {
+                l.put("manifestCreatedAt", latest.manifest().createdAt());
+                l.put("complete", latest.manifest().complete());
+                l.put("files", latest.manifest().files().size());
+                l.put("bytes", latest.manifest().totalBytes());
+                l.put("problems", latest.manifest().problems().stream().map(Problem::part).collect(Collectors.toList()));
+            }
+            status.put("latest", l);
+        }
+        status.put("lastSync", lastSync);
+        status.put("restoreFailed", restoreFailed);
+        return status;
+    }
+
+    private void print(Map<String, Object> status, Latest latest, Map<String, Object> lastSync,
+                       Map<String, Object> restoreFailed, Verdict verdict) {
+        PrintWriter out = spec.commandLine().getOut();
+        if (json) {
+            out.println(new String(R2Common.toJson(status), StandardCharsets.UTF_8));
+            out.flush();
+            return;
+        }
+        out.printf("town         %s%n", status.get("townId"));
+        out.printf("loss window  %s: %s%n", verdict.held() ? "HELD" : "NOT HELD", verdict.reason());
+        if (latest.present()) {
+            String facts = latest.manifest() == null ? "" : ", " + (latest.manifest().complete() ? "complete" : "PARTIAL")
+                    + ", " + latest.manifest().files().size() + " files, " + Log.bytes(latest.manifest().totalBytes());
+            out.printf("latest       %s, %s ago%s%n", latest.timestamp(), human(latest.age()), facts);
+        } else {
+            out.printf("latest       none%n");
+        }
+        if (lastSync != null)
+            out.printf("last sync    %s %s, finished %s%s%n", lastSync.get("status"), Objects.toString(lastSync.get("snapshot"), "-"),
+                    lastSync.get("finishedAt"), lastSync.get("error") == null ? "" : ": " + lastSync.get("error"));
+        else
+            out.printf("last sync    none on this machine%n");
+        out.printf("restore      %s%n", restoreFailed == null ? "no failure recorded"
+                : "FAILED at " + restoreFailed.get("at") + ": " + restoreFailed.get("error"));
+        for (String warning : verdict.warnings()) out.printf("warning      %s%n", warning);
+        out.flush();
+    }
+
+    /** 2m13s, 1h04m, 3d02h: an age as an operator reads it. */
+    static String human(Duration d) {
+        long s = Math.max(0, d.toSeconds());
+        if (s < 60) return s + "s";
+        if (s < 3600) return String.format(Locale.ROOT, "%dm%02ds", s / 60, s % 60);
+        if (s < 86400) return String.format(Locale.ROOT, "%dh%02dm", s / 3600, s % 3600 / 60);
+        return String.format(Locale.ROOT, "%dd%02dh", s / 86400, s % 86400 / 3600);
+    }
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# r2-restore.sh: restores this Gas Town from R2 by running R2Restore.java with JBang.
+#
+#   r2-restore.sh                   restore onto an empty volume (run before `gt up`); a volume that
+#                                   holds data is left as it is, and no backup yet is a normal start
+#   r2-restore.sh --list            the snapshots in R2
+#   r2-restore.sh --verify          a trial restore of the latest snapshot in a temp dir
+#   r2-restore.sh --snapshot TS     that snapshot instead of the latest; --force: restore over data
+#
+# Every argument goes to R2Restore (`r2-restore.sh --help`), and R2Restore's exit code is this
+# script's: 0 restored or nothing to do, 1 failed, 2 usage or configuration. Configuration comes from
+# the environment (R2_ENDPOINT, R2_ACCESS_KEY_ID, R2_SECRET_ACCESS_KEY, R2_BUCKET, TOWN_ID,
+# GT_TOWN_ROOT, ...). The script may be a symlink (e.g. /usr/local/bin/r2-restore.sh): R2Restore.java
+# is found next to the file it points to.
+# JBang: $JBANG when set, else `jbang` on PATH, else the repo's own launcher (./jbang).
+set -Eeuo pipefail
+
+# Prints the directory this script really lives in, symlinks resolved.
+script_dir() {
+  dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")"
+}
+
+# Prints the JBang command to use: $JBANG, else jbang on PATH, else <dir>/jbang.
+# Usage: find_jbang <dir>
+find_jbang() {
+  if [[ -n "${JBANG:-}" ]]; then
+    printf '%s\n' "$JBANG"
+  elif command -v jbang > /dev/null 2>&1; then
+    command -v jbang
+  else
+    printf '%s\n' "$1/jbang"
+  fi
+}
+
+_main() {
+  local dir jbang
+  dir="$(script_dir)"
+  jbang="$(find_jbang "$dir")"
+  # exec: the JVM takes this process's place, so signals reach it directly.
+  exec "$jbang" "$dir/R2Restore.java" "$@"
+}
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  _main "$@"
+fi

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# r2-sync-daemon.sh: backs up this Gas Town to R2 by running R2Sync.java with JBang.
+#
+#   r2-sync-daemon.sh               the daemon: a sync at start, then one every R2_SYNC_INTERVAL (5m);
+#                                   SIGTERM ends it (a cycle in flight is abandoned, never published half)
+#   r2-sync-daemon.sh --immediate   one sync now, then exit; waits for a sync already running (the
+#                                   SIGTERM flush of startup.sh)
+#
+# Every argument goes to R2Sync (`r2-sync-daemon.sh --help`), and R2Sync's exit code is this script's:
+# 0 published, 1 failed, 2 usage or configuration, 3 published with parts missing. Configuration comes
+# from the environment (R2_ENDPOINT, R2_ACCESS_KEY_ID, R2_SECRET_ACCESS_KEY, R2_BUCKET, TOWN_ID,
+# GT_TOWN_ROOT, GASTOWN_API_URL, GASTOWN_API_TOKEN, ...). The script may be a symlink (e.g.
+# /usr/local/bin/r2-sync-daemon.sh): R2Sync.java is found next to the file it points to.
+# JBang: $JBANG when set, else `jbang` on PATH, else the repo's own launcher (./jbang).
+set -Eeuo pipefail
+
+# Prints the directory this script really lives in, symlinks resolved.
+script_dir() {
+  dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")"
+}
+
+# Prints the JBang command to use: $JBANG, else jbang on PATH, else <dir>/jbang.
+# Usage: find_jbang <dir>
+find_jbang() {
+  if [[ -n "${JBANG:-}" ]]; then
+    printf '%s\n' "$JBANG"
+  elif command -v jbang > /dev/null 2>&1; then
+    command -v jbang
+  else
+    printf '%s\n' "$1/jbang"
+  fi
+}
+
+_main() {
+  local dir jbang
+  dir="$(script_dir)"
+  jbang="$(find_jbang "$dir")"
+  # exec: the JVM takes this process's place, so signals (SIGTERM) reach it directly.
+  exec "$jbang" "$dir/R2Sync.java" "$@"
+}
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  _main "$@"
+fi
