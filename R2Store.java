@@ -202,16 +202,71 @@ final class S3ObjectStore implements ObjectStore {
         }
     }
 
+    /** Tries of one download whose body breaks off mid-stream (the SDK retries only the request itself). */
+    static final int DOWNLOAD_ATTEMPTS = 4;
+
     @Override
     public FileEntry download(String key, Path target, String snapshotPath, Progress progress) {
-        try (InputStream in = s3.getObject(b -> b.bucket(bucket).key(key))) {
-            return Sha256.copyToFile(in, target, snapshotPath, progress);
-        } catch (NoSuchKeyException e) {
-            throw new R2Exception(R2Common.EXIT_FAILED, "s3: " + key + " is missing");
-        } catch (SdkException e) {
-            throw wrap("get " + key, e);
-        } catch (IOException e) {
-            throw new R2Exception(R2Common.EXIT_FAILED, "download " + key + " to " + target + ": " + e.getMessage(), e);
+        for (int attempt = 1; ; attempt++) {
+            try (InputStream in = s3.getObject(b -> b.bucket(bucket).key(key))) {
+                return Sha256.copyToFile(new BodyStream(in), target, snapshotPath, progress);
+            } catch (BodyBroken e) {
+                // A transient cut must not make a restore fall back to an older snapshot: start the object over.
+                try {
+                    Files.deleteIfExists(target);
+                } catch (IOException ignored) {
+                    // CREATE_NEW on the next try reports it
+                }
+                String why = e.getCause().getMessage();
+                if (attempt >= DOWNLOAD_ATTEMPTS)
+                    throw new R2Exception(R2Common.EXIT_FAILED, "s3: get " + key + ": the download broke off " + attempt
+                            + " times: " + why, e.getCause());
+                Log.warn("s3: get " + key + ": the download broke off (" + why + "); retrying (" + attempt + "/" + DOWNLOAD_ATTEMPTS + ")");
+                try {
+                    Thread.sleep(ThreadLocalRandom.current().nextLong(100L << attempt));   // backoff with jitter
+                } catch (InterruptedException ie) {
+                    Thread.currentThread().interrupt();
+                    throw new R2Exception(R2Common.EXIT_FAILED, "s3: get " + key + ": interrupted");
+                }
+            } catch (NoSuchKeyException e) {
+                throw new R2Exception(R2Common.EXIT_FAILED, "s3: " + key + " is missing");
+            } catch (SdkException e) {
+                throw wrap("get " + key, e);
+            } catch (IOException e) {
+                throw new R2Exception(R2Common.EXIT_FAILED, "download " + key + " to " + target + ": " + e.getMessage(), e);
+            }
+        }
+    }
+
+    /** A read from a response body failed: the connection broke, not the local disk (whose errors stay IOExceptions). */
+    private static final class BodyBroken extends RuntimeException {
+        BodyBroken(IOException cause) {
+            super(cause);
+        }
+    }
+
+    /** A response body whose read failures are BodyBroken, so download can tell them from write failures. */
+    private static final class BodyStream extends FilterInputStream {
+        BodyStream(InputStream in) {
+            super(in);
+        }
+
+        @Override
+        public int read() {
+            try {
+                return in.read();
+            } catch (IOException e) {
+                throw new BodyBroken(e);
+            }
+        }
+
+        @Override
+        public int read(byte[] b, int off, int len) {
+            try {
+                return in.read(b, off, len);
+            } catch (IOException e) {
+                throw new BodyBroken(e);
+            }
         }
     }
 

@@ -166,7 +166,12 @@ public class R2Sync implements Callable<Integer> {
                 Transfer transfer = upload(snapshot, manifest, base);
                 movePointer(previous, manifest);
                 lastManifest = manifest;
-                applyRetention(timestamp);
+                try {
+                    applyRetention(timestamp);
+                } catch (R2Exception e) {
+                    // The snapshot is published; old objects left behind are the next sync's to remove.
+                    Log.warn("sync " + timestamp + ": retention failed, the next sync retries it: " + R2Cli.messageChain(e));
+                }
                 SyncResult result = new SyncResult(timestamp, manifest.problems(), transfer, Duration.between(start, Instant.now()));
                 report(result, null);
                 recordLastSync(result, null);

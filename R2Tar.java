@@ -131,7 +131,7 @@ final class Tars {
         Map<Path, Integer> dirModes = new TreeMap<>(Comparator.reverseOrder());
         int count = 0;
         try (TarArchiveInputStream in = new TarArchiveInputStream(new BufferedInputStream(Files.newInputStream(tarFile), 1 << 16))) {
-            for (TarArchiveEntry e; (e = in.getNextEntry()) != null; ) {
+            for (TarArchiveEntry e; (e = nextEntry(in, archive)) != null; ) {
                 if (++count > MAX_ENTRIES) throw refuse(archive, e.getName(), "more than " + MAX_ENTRIES + " entries");
                 String name = e.getName();
                 Path target = safeTarget(archive, destReal, name);
@@ -149,7 +149,7 @@ final class Tars {
                     createDirs(archive, destReal, target.getParent(), name);
                     Files.copy(safeTarget(archive, destReal, linkName), target, LinkOption.NOFOLLOW_LINKS);
                     regularFiles.add(stripSlash(name));
-                } else if (e.isFile() && !e.isSparse() && e.getLinkFlag() != TarConstants.LF_GNUTYPE_SPARSE) {
+                } else if (isRegularFile(e)) {
                     if (e.getSize() > budget)
                         throw refuse(archive, name, "claims " + e.getSize() + " bytes, more than the archive holds");
                     budget -= e.getSize();
@@ -165,6 +165,25 @@ final class Tars {
         }
         for (Map.Entry<Path, Integer> d : dirModes.entrySet())   // deepest first, so a read-only dir is set last
             Files.setPosixFilePermissions(d.getKey(), perms(d.getValue()));
+    }
+
+    /**
+     * Only these are regular files. TarArchiveEntry.isFile() is true for every type that is not a
+     * directory (device nodes and fifos too), so it cannot tell a device node from a file.
+     */
+    private static boolean isRegularFile(TarArchiveEntry e) {
+        byte flag = e.getLinkFlag();
+        return (flag == TarConstants.LF_NORMAL || flag == TarConstants.LF_OLDNORM || flag == TarConstants.LF_CONTIG)
+                && !e.isSparse() && !e.isDirectory();
+    }
+
+    /** The next entry; a header that cannot be read (a cut or damaged archive) is refused with the archive's name. */
+    private static TarArchiveEntry nextEntry(TarArchiveInputStream in, String archive) {
+        try {
+            return in.getNextEntry();
+        } catch (IOException | RuntimeException e) {
+            throw new R2Exception(R2Common.EXIT_FAILED, archive + ": truncated or damaged archive: " + e.getMessage());
+        }
     }
 
     private static void writeEntry(String archive, TarArchiveInputStream in, TarArchiveEntry e, Path target) throws IOException {

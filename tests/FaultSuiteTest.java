@@ -1,0 +1,1563 @@
+//SOURCES FaultProxy.java
+//SOURCES FaultKit.java
+//SOURCES HostileTar.java
+
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.node.ArrayNode;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.nio.channels.FileChannel;
+import java.nio.channels.FileLock;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.security.SecureRandom;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.HexFormat;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.Random;
+import java.util.Set;
+import java.util.SortedMap;
+import java.util.TreeMap;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.function.BooleanSupplier;
+import java.util.function.Consumer;
+import java.util.function.Function;
+import java.util.function.Predicate;
+import java.util.stream.Collectors;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.MethodOrderer;
+import org.junit.jupiter.api.Order;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.TestInstance;
+import org.junit.jupiter.api.TestMethodOrder;
+import software.amazon.awssdk.services.s3.S3Client;
+
+/**
+ * The fault suite: every fault is injected for real into real product processes (R2Sync and R2Restore
+ * as child JVMs, real git, real dolt, S3Proxy behind {@link FaultProxy}), and after each one the suite
+ * checks the promise of issue 4: latest.json always names a complete snapshot that verifies and
+ * restores to the town it was taken from, nothing on the volume is lost or damaged, and every failure
+ * says what went wrong. Each fault is counted; the suite's last line gives the figures, e.g.
+ * {@code fault suite: 110 faults injected, 110 survived, 0 data lost}, also written to /tmp/fault-figures.txt.
+ *
+ * <p>Groups (one test method each): kill -9 of the sync at every phase (three chains: local phases,
+ * uploads and retention, a multipart upload); storage faults (500/503, stalls, resets, cut bodies, lost
+ * answers) during sync and restore; a full disk during sync and restore; two writers for one town;
+ * hostile and broken backups; bad local state; secrets in every output. A group shares one town and
+ * bucket (a "lane"); the lanes run side by side, LANES at a time, started from {@code @BeforeAll}.
+ */
+@TestInstance(TestInstance.Lifecycle.PER_CLASS)
+@TestMethodOrder(MethodOrderer.OrderAnnotation.class)
+class FaultSuiteTest {
+    static final Duration SYNC_TIMEOUT = Duration.ofMinutes(3);
+    static final Duration POINT_TIMEOUT = Duration.ofSeconds(90);
+    static final int KEEP = 3;
+    /** Above the product's 64 MiB multipart threshold, so config.tar goes up in parts. */
+    static final int BIG_FILE = 70 * 1000 * 1000;
+    /** Enough to fill the small filesystems of the full-disk faults (and cheaper to move than BIG_FILE). */
+    static final int MEDIUM_FILE = 12 * 1000 * 1000;
+
+    /** Lanes (independent towns and buckets) run this many at a time: some wait on holds, stalls and backoff. */
+    static final int LANES = 4;
+
+    private final FaultKit.Tally tally = new FaultKit.Tally();
+    private final ExecutorService lanes = Executors.newFixedThreadPool(LANES, daemon("fault-lane"));
+    private final ExecutorService helpers = Executors.newCachedThreadPool(daemon("fault-helper"));
+    private final Map<String, FaultKit.Group> groups = new ConcurrentHashMap<>();
+    private final Map<String, CompletableFuture<Void>> tasks = new ConcurrentHashMap<>();
+    private final List<AutoCloseable> closeAtEnd = new ArrayList<>();
+    private S3Server s3;
+    private S3Client admin;
+    private FaultKit.Store store;
+    /** A small town synced once: the template that hostile and broken backups are made from. */
+    private Lane template;
+    private Map<String, byte[]> templateObjects;
+    private String templateTs;
+
+    /**
+     * Starts every group at once, LANES at a time; each test method waits for its group and reports it.
+     * Groups that share a lane (storage faults, then restore faults, then the full disk) run in order.
+     */
+    @BeforeAll
+    void start() {
+        s3 = S3Server.shared();
+        admin = s3.client();
+        store = new FaultKit.Store(admin);
+        // The template's first sync also writes the class-data archive every later product JVM uses.
+        template = lane("template", TownBuilder.create().rigs());
+        template.firstSync(true);
+        FaultKit.archiveDumped();
+        templateTs = template.pointer().timestamp();
+        templateObjects = new TreeMap<>();
+        String prefix = FaultKit.Store.town(template.townId);
+        for (String key : store.list(template.bucket, prefix).keySet())
+            templateObjects.put(key.substring(prefix.length()), store.get(template.bucket, key));
+
+        // Longest lanes first.
+        submit(() -> crashChain(group("crash-local"), "crash-local", localPhasePoints(), false), "crash-local");
+        submit(() -> crashChain(group("crash-upload"), "crash-upload", uploadAndRetentionPoints(), false), "crash-upload");
+        submit(() -> crashChain(group("crash-multipart"), "crash-multipart", multipartPoints(), true), "crash-multipart");
+        submit(() -> storageSyncFaults(group("storage-sync"), syncedLane("storage", false)), "storage-sync");
+        submit(() -> {
+            Lane lane = syncedLane("restore", true);
+            storageRestoreFaults(group("storage-restore"), lane);
+            fullDisk(group("full-disk"), lane);
+        }, "storage-restore", "full-disk");
+        submit(() -> hostileBackups(group("hostile")), "hostile");
+        submit(() -> badLocalState(group("local-state")), "local-state");
+        submit(() -> twoWriters(group("two-writers")), "two-writers");
+        submit(() -> secrets(group("secrets")), "secrets");
+    }
+
+    private FaultKit.Group group(String name) {
+        return groups.computeIfAbsent(name, tally::group);
+    }
+
+    private void submit(FaultKit.Body body, String... groupNames) {
+        CompletableFuture<Void> task = CompletableFuture.runAsync(() -> {
+            try {
+                body.run();
+            } catch (Throwable e) {
+                for (String g : groupNames) group(g).error("lane aborted", e);
+            }
+        }, lanes);
+        for (String g : groupNames) tasks.put(g, task);
+    }
+
+    /** Waits for the group's lane and fails with every fault the group did not survive. */
+    private void check(String groupName) {
+        tasks.get(groupName).join();
+        group(groupName).check();
+    }
+
+    @AfterAll
+    void report() throws Exception {
+        for (CompletableFuture<Void> t : tasks.values()) t.handle((v, e) -> null).join();
+        for (AutoCloseable c : closeAtEnd) {
+            try {
+                c.close();
+            } catch (Exception e) {
+                System.out.println("      cleanup: " + e);
+            }
+        }
+        admin.close();
+        lanes.shutdownNow();
+        helpers.shutdownNow();
+        System.out.println("      cpu: " + cpuReport());
+        String line = tally.line();
+        StringBuilder figures = new StringBuilder(line).append('\n');
+        new TreeMap<>(tally.perGroup).forEach((g, n) -> figures.append("  ").append(g).append(": ").append(n).append(" faults\n"));
+        Files.writeString(Path.of("/tmp/fault-figures.txt"), figures.toString());
+        System.out.println(line);
+        System.out.flush();
+    }
+
+    /** Where the CPU went: this JVM (proxy, checks), the S3 server, and every finished child (product, dolt, git). */
+    private static String cpuReport() {
+        try {
+            String[] f = Files.readString(Path.of("/proc/self/stat")).split("\\) ")[1].split(" ");
+            double children = (Long.parseLong(f[13]) + Long.parseLong(f[14])) / 100.0;
+            double self = ProcessHandle.current().info().totalCpuDuration().map(d -> d.toMillis() / 1000.0).orElse(-1.0);
+            double s3 = ProcessHandle.current().children().filter(h -> h.info().commandLine().orElse("").contains("s3proxy"))
+                    .mapToDouble(h -> h.info().totalCpuDuration().map(d -> d.toMillis() / 1000.0).orElse(0.0)).sum();
+            return String.format(Locale.ROOT, "test JVM %.0f s, S3 server %.0f s, finished children %.0f s", self, s3, children);
+        } catch (IOException | RuntimeException e) {
+            return "unknown (" + e + ")";
+        }
+    }
+
+    private static java.util.concurrent.ThreadFactory daemon(String name) {
+        return r -> {
+            Thread t = new Thread(r, name);
+            t.setDaemon(true);
+            return t;
+        };
+    }
+
+    @Test
+    @Order(1)
+    void killedSyncsDuringLocalPhasesLeaveARestorableLatestAndTheNextSyncCleansUp() {
+        check("crash-local");
+    }
+
+    @Test
+    @Order(2)
+    void killedSyncsDuringUploadsAndRetentionLeaveARestorableLatestAndTheNextSyncCleansUp() {
+        check("crash-upload");
+    }
+
+    @Test
+    @Order(3)
+    void killedMultipartUploadsAreAbortedByTheNextSync() {
+        check("crash-multipart");
+    }
+
+    @Test
+    @Order(4)
+    void storageFaultsDuringSyncEndInACompleteSnapshotOrAnUntouchedPointer() {
+        check("storage-sync");
+    }
+
+    @Test
+    @Order(5)
+    void storageFaultsDuringRestoreCompleteOrLeaveTheVolumeUntouched() {
+        check("storage-restore");
+    }
+
+    @Test
+    @Order(6)
+    void aFullDiskFailsCleanlyWithoutAPartialPointer() {
+        check("full-disk");
+    }
+
+    @Test
+    @Order(7)
+    void twoWritersNeverReplaceANewerSnapshot() {
+        check("two-writers");
+    }
+
+    @Test
+    @Order(8)
+    void hostileAndBrokenBackupsAreRefusedAndTouchNothing() {
+        check("hostile");
+    }
+
+    @Test
+    @Order(9)
+    void badLocalStateIsBackedUpAsFarAsPossibleAndReportedExactly() {
+        check("local-state");
+    }
+
+    @Test
+    @Order(10)
+    void secretsNeverAppearInLogsHeartbeatsManifestsOrStackTraces() {
+        check("secrets");
+    }
+
+    // =============================================================================================
+    // 1. Crashes: kill -9 of the sync (the JVM and its dolt/git children) at every phase
+    // =============================================================================================
+
+    /** What latest.json must name after the kill: the previous snapshot, or the killed sync's own. */
+    enum Expect { BEFORE, AFTER }
+
+    /** Decides when to kill: armed before the sync starts, then awaited while it runs. */
+    interface Trigger {
+        boolean await(FaultKit.Running run);
+    }
+
+    /** How the town changes before a crash point: not at all, new git refs (new bundles), or refs and files (new tars). */
+    enum Touch { NONE, REFS, ALL }
+
+    /**
+     * One kill point. pendingUpload: the kill must leave an unfinished multipart upload behind; doltServer: the
+     * town's dolt sql-server runs during the sync (gastown's normal state; dolt backup then goes through it).
+     */
+    record CrashPoint(String name, Expect expect, Touch touch, boolean pendingUpload, boolean doltServer,
+                      Function<Lane, Trigger> trigger) {}
+
+    /** The local phases: dolt backup, git bundle, tar, version probe, and kills at time offsets. */
+    private static List<CrashPoint> localPhasePoints() {
+        return List.of(
+                point("while claiming the snapshot prefix (claim.json)", Expect.BEFORE, Touch.NONE, holdRequest(FaultProxy.put("/claim.json"))),
+                point("during dolt backup of the first database", Expect.BEFORE, Touch.NONE, child(c -> c.contains("backup sync-url"), 1)),
+                point("during dolt backup of the second database", Expect.BEFORE, Touch.NONE, child(c -> c.contains("backup sync-url"), 2)),
+                new CrashPoint("during dolt backup through the town's running dolt sql-server (which lives on)", Expect.BEFORE,
+                        Touch.NONE, false, true, child(c -> c.contains("backup sync-url"), 1)),
+                point("during git bundle of .repo.git", Expect.BEFORE, Touch.REFS,
+                        child(c -> c.contains("bundle create") && c.contains("/git/alpha.bundle"), 1)),
+                point("during git bundle of the mayor clone", Expect.BEFORE, Touch.REFS,
+                        child(c -> c.contains("bundle create") && c.contains("mayor/rig.bundle"), 1)),
+                point("between config.tar and runtime.tar", Expect.BEFORE, Touch.ALL, logLine(": config.tar ")),
+                point("while probing tool versions", Expect.BEFORE, Touch.NONE, child(c -> c.contains("dolt version"), 1)),
+                point("at 30% of a sync's run time", Expect.BEFORE, Touch.ALL, afterFraction(0.3)),
+                point("at 70% of a sync's run time", Expect.BEFORE, Touch.ALL, afterFraction(0.7)));
+    }
+
+    /** Each upload, the manifest, the pointer, and retention (all held in the proxy while the kill lands). */
+    private static List<CrashPoint> uploadAndRetentionPoints() {
+        return List.of(
+                point("during the upload of dolt/alpha.backup", Expect.BEFORE, Touch.NONE, holdRequest(FaultProxy.put("/dolt/alpha.backup"))),
+                point("during the upload of git/alpha.bundle", Expect.BEFORE, Touch.REFS, holdRequest(FaultProxy.put("/git/alpha.bundle"))),
+                point("during the upload of config.tar", Expect.BEFORE, Touch.ALL, holdRequest(FaultProxy.put("/config.tar"))),
+                point("during the upload of runtime.tar", Expect.BEFORE, Touch.ALL, holdRequest(FaultProxy.put("/runtime.tar"))),
+                point("during the server-side copy of an unchanged config.tar", Expect.BEFORE, Touch.NONE,
+                        holdRequest(FaultProxy.copyTo("/config.tar"))),
+                point("during the upload of manifest.json", Expect.BEFORE, Touch.NONE, holdRequest(FaultProxy.put("/manifest.json"))),
+                point("between manifest.json and latest.json (pointer PUT held)", Expect.BEFORE, Touch.NONE,
+                        holdRequest(FaultProxy.put("/latest.json"))),
+                point("after latest.json landed, before its answer", Expect.AFTER, Touch.NONE, holdResponse(FaultProxy.put("/latest.json"))),
+                point("during retention: deleting old snapshots", Expect.AFTER, Touch.NONE, holdRequest(FaultProxy.deleteObjects())),
+                point("during retention: after the delete, before its answer", Expect.AFTER, Touch.NONE,
+                        holdResponse(FaultProxy.deleteObjects())),
+                point("during retention: listing unfinished uploads", Expect.AFTER, Touch.NONE, holdRequest(FaultProxy.listUploads())));
+    }
+
+    /** A 70 MB file in a rig's plugins/: tarring it, and the multipart upload of config.tar. */
+    private static List<CrashPoint> multipartPoints() {
+        return List.of(
+                point("while tarring a 70 MB config.tar", Expect.BEFORE, Touch.ALL, workFile("config.tar")),
+                point("while starting the multipart upload of config.tar", Expect.BEFORE, Touch.ALL,
+                        holdRequest(FaultProxy.createUpload("/config.tar"))),
+                new CrashPoint("during part 2 of the multipart upload (parts 1 and 3 in flight)", Expect.BEFORE, Touch.ALL, true, false,
+                        holdRequest(FaultProxy.uploadPart("/config.tar", 2))),
+                new CrashPoint("while completing the multipart upload", Expect.BEFORE, Touch.ALL, true, false,
+                        holdRequest(FaultProxy.completeUpload("/config.tar"))),
+                point("after the multipart upload completed, before its answer", Expect.BEFORE, Touch.ALL,
+                        holdResponse(FaultProxy.completeUpload("/config.tar"))));
+    }
+
+    /** One chain: a lane, its first snapshot, then every crash point in turn, then the last snapshot restored. */
+    private void crashChain(FaultKit.Group g, String name, List<CrashPoint> points, boolean bigFile) throws IOException {
+        Lane lane = lane(name, TownBuilder.create().rigs("alpha"));
+        if (bigFile) writeBigFile(lane.town.root().resolve("alpha/plugins/big.bin"), BIG_FILE);
+        // Short-lived children (git bundle, dolt version) start 0.2 s late, so a kill under load lands in them.
+        if (name.equals("crash-local")) lane.slowChildren();
+        lane.firstSync(false);
+        for (CrashPoint p : points) crash(g, lane, p);
+        g.step("the last snapshot of the chain verifies and restores", () -> assertLatestRestores(lane));
+    }
+
+    private static CrashPoint point(String name, Expect expect, Touch touch, Function<Lane, Trigger> trigger) {
+        return new CrashPoint(name, expect, touch, false, false, trigger);
+    }
+
+    /** One crash point: change the town, start a sync, kill it -9 at the point, then check everything. */
+    private void crash(FaultKit.Group g, Lane lane, CrashPoint cp) {
+        g.fault("kill -9 " + cp.name(), () -> {
+            if (cp.touch() != Touch.NONE) lane.touch(cp.touch() == Touch.ALL);
+            TownState state = lane.currentState();
+            TestDoltServer server = cp.doltServer() ? lane.town.startDoltServer() : null;
+            try {
+                crashAndCheck(lane, cp, state);
+            } finally {
+                if (server != null) server.close();
+            }
+        });
+    }
+
+    /** Starts a sync, kills it -9 at the point, then checks latest.json's snapshot and the next sync's cleanup. */
+    private void crashAndCheck(Lane lane, CrashPoint cp, TownState state) throws Exception {
+        FaultKit.Pointer before = lane.pointer();
+        Set<String> prefixesBefore = store.snapshots(lane.bucket, lane.townId).keySet();
+        lane.proxy.clearLog();
+        Trigger trigger = cp.trigger().apply(lane);
+        String killedOutput;
+        try (FaultKit.Running run = lane.startSync()) {
+            boolean reached = trigger.await(run);
+            run.kill9();
+            killedOutput = run.stderr();
+            if (!reached)
+                throw new AssertionError("the sync never reached the kill point (exit " + exitOf(run) + ")\n"
+                        + TestTools.tail(killedOutput, 3000) + "\n--- requests ---\n" + lane.proxy.logText());
+        } finally {
+            lane.proxy.clearRules();
+        }
+        assertTrue(FaultKit.lockFree(lane.lockFile), "the lock is still held after the kill");
+        List<String> logLines = killedOutput.lines().collect(Collectors.toList());
+        List<FaultProxy.Entry> requests = lane.proxy.log();
+        System.out.println("        " + lane.townId + " killed after: " + (logLines.isEmpty() ? "(no log line)" : logLines.get(logLines.size() - 1).replaceFirst("^\\S+ ", ""))
+                + (requests.isEmpty() ? "" : " | last request: " + requests.get(requests.size() - 1)));
+
+        // What the dead sync left, and where latest.json points.
+        FaultKit.Pointer after = lane.pointer();
+        if (after == null || after.timestamp() == null) throw new FaultKit.DataLoss("latest.json is gone or unreadable after the kill");
+        SortedMap<String, List<String>> snaps = store.snapshots(lane.bucket, lane.townId);
+        List<String> newPrefixes = snaps.keySet().stream().filter(ts -> !prefixesBefore.contains(ts)).collect(Collectors.toList());
+        if (newPrefixes.size() > 1) throw new AssertionError("one sync left several new prefixes: " + newPrefixes);
+        String killedTs = newPrefixes.isEmpty() ? null : newPrefixes.get(0);
+        boolean killedComplete = killedTs != null && snaps.get(killedTs).contains("manifest.json");
+        String expected = switch (cp.expect()) {
+            case BEFORE -> before.timestamp();
+            case AFTER -> killedTs;
+        };
+        if (!after.timestamp().equals(expected))
+            throw new AssertionError("latest.json names " + after.timestamp() + ", expected "
+                    + expected + " (before: " + before.timestamp() + ", killed sync: " + killedTs + ")\n" + TestTools.tail(killedOutput, 2000));
+        if (after.timestamp().equals(killedTs)) lane.states.put(killedTs, state);
+        if (cp.pendingUpload() && store.pendingUploads(lane.bucket, FaultKit.Store.town(lane.townId)).isEmpty())
+            throw new AssertionError("expected the kill to leave an unfinished multipart upload; there is none\n" + lane.proxy.logText());
+
+        // The promise: the snapshot latest.json names verifies and restores to its town.
+        assertLatestRestores(lane);
+
+        // The next sync succeeds and cleans what the dead one left.
+        boolean leftWorkDir = FaultKit.children(lane.workDir).stream().anyMatch(n -> n.startsWith("r2-sync-"));
+        TestTools.ProcResult next = lane.sync();
+        if (next.exitCode() != 0)
+            throw new AssertionError("the next sync failed (exit " + next.exitCode() + ")\n" + TestTools.tail(next.stderr(), 3000));
+        FaultKit.Pointer now = lane.pointer();
+        if (now.timestamp().compareTo(after.timestamp()) <= 0 || (killedTs != null && now.timestamp().compareTo(killedTs) <= 0))
+            throw new AssertionError("the next sync published " + now.timestamp() + ", not newer than " + after.timestamp() + "/" + killedTs);
+        lane.states.put(now.timestamp(), state);
+        if (leftWorkDir && !next.stderr().contains("removing the work dir of an interrupted sync"))
+            throw new AssertionError("the dead sync's work dir was there, but the next sync did not say it removed it");
+        assertCleanAfterSync(lane, killedTs, killedComplete);
+    }
+
+    /** After a successful sync: no work dir, no unfinished upload, no unfinished prefix, at most KEEP snapshots, lock free. */
+    private void assertCleanAfterSync(Lane lane, String abandoned, boolean abandonedComplete) {
+        List<String> work = FaultKit.children(lane.workDir).stream().filter(n -> n.startsWith("r2-sync-")).collect(Collectors.toList());
+        if (!work.isEmpty()) throw new AssertionError("work dirs left: " + work);
+        List<String> pending = store.pendingUploads(lane.bucket, FaultKit.Store.town(lane.townId));
+        if (!pending.isEmpty()) throw new AssertionError("unfinished multipart uploads left: " + pending);
+        SortedMap<String, List<String>> snaps = store.snapshots(lane.bucket, lane.townId);
+        List<String> unfinished = snaps.entrySet().stream().filter(e -> !e.getValue().contains("manifest.json"))
+                .map(e -> e.getKey() + e.getValue()).collect(Collectors.toList());
+        if (!unfinished.isEmpty()) throw new AssertionError("unfinished snapshot prefixes left: " + unfinished);
+        if (abandoned != null && !abandonedComplete && snaps.containsKey(abandoned))
+            throw new AssertionError("the abandoned prefix " + abandoned + " is still there");
+        if (snaps.size() > KEEP) throw new AssertionError("more than " + KEEP + " snapshots kept: " + snaps.keySet());
+        if (!FaultKit.lockFree(lane.lockFile)) throw new AssertionError("the lock is held after the sync ended");
+    }
+
+    // ---- triggers ----
+
+    private static Function<Lane, Trigger> holdRequest(Predicate<FaultProxy.Request> p) {
+        return lane -> {
+            FaultProxy.Rule rule = lane.proxy.on("crash", p).hold();
+            return run -> FaultKit.awaitWhileRunning(run, rule::isHeld, POINT_TIMEOUT);
+        };
+    }
+
+    private static Function<Lane, Trigger> holdResponse(Predicate<FaultProxy.Request> p) {
+        return lane -> {
+            FaultProxy.Rule rule = lane.proxy.on("crash", p).holdResponse();
+            return run -> FaultKit.awaitWhileRunning(run, rule::isHeld, POINT_TIMEOUT);
+        };
+    }
+
+    /** Kills while the nth distinct child process whose command line matches is alive. */
+    private static Function<Lane, Trigger> child(Predicate<String> cmd, int nth) {
+        return lane -> run -> {
+            Set<Long> seen = ConcurrentHashMap.newKeySet();
+            BooleanSupplier reached = () -> {
+                for (ProcessHandle h : run.process.descendants().collect(Collectors.toList())) {
+                    String c = h.info().commandLine().orElse("");
+                    if (cmd.test(c) && h.isAlive()) seen.add(h.pid());
+                }
+                return seen.size() >= nth;
+            };
+            return FaultKit.awaitWhileRunning(run, reached, POINT_TIMEOUT);
+        };
+    }
+
+    private static Function<Lane, Trigger> logLine(String text) {
+        return lane -> run -> FaultKit.awaitWhileRunning(run, () -> run.stderr().contains(text), POINT_TIMEOUT);
+    }
+
+    /** Kills as soon as a file of that name exists in the sync's work dir (it is being written). */
+    private static Function<Lane, Trigger> workFile(String name) {
+        return lane -> run -> FaultKit.awaitWhileRunning(run, () -> FaultKit.children(lane.workDir).stream()
+                .anyMatch(d -> Files.exists(lane.workDir.resolve(d).resolve(name))), POINT_TIMEOUT);
+    }
+
+    /**
+     * Kills at a fraction of the lane's last sync duration, whatever phase that is. A sync that gets faster
+     * under a lighter load must not finish first, so its pointer update is held as a backstop.
+     */
+    private static Function<Lane, Trigger> afterFraction(double fraction) {
+        return lane -> {
+            lane.proxy.on("backstop", FaultProxy.put("/latest.json")).hold();
+            long ms = (long) (lane.lastSyncTook.toMillis() * fraction);
+            return run -> run.stillRunningAfter(Duration.ofMillis(ms));
+        };
+    }
+
+    private static String exitOf(FaultKit.Running run) {
+        return run.alive() ? "still running" : String.valueOf(run.process.exitValue());
+    }
+
+    // =============================================================================================
+    // The promise, checked: latest.json's snapshot is intact, verifies, and restores to its town.
+    // =============================================================================================
+
+    private void assertLatestRestores(Lane lane) {
+        FaultKit.Pointer p = lane.pointer();
+        if (p == null || p.timestamp() == null) throw new FaultKit.DataLoss("latest.json is missing or unreadable");
+        String ts = p.timestamp();
+        store.assertIntact(lane.bucket, lane.townId, ts, p.manifestSha256());
+        TownState expected = lane.states.get(ts);
+        if (expected == null) throw new AssertionError("no recorded town state for " + ts + " (have " + lane.states.keySet() + ")");
+        Path base = TestTools.tempDir("fault-restore-");
+        try {
+            CompletableFuture<TestTools.ProcResult> verify = CompletableFuture.supplyAsync(
+                    () -> lane.restore(base.resolve("verify-root"), Map.of(), "--verify"), helpers);
+            TestTools.ProcResult restore = lane.restore(base.resolve("town"), Map.of());
+            TestTools.ProcResult v = verify.join();
+            if (v.exitCode() != 0)
+                throw new FaultKit.DataLoss("r2-restore --verify of " + ts + " exited " + v.exitCode() + "\n" + TestTools.tail(v.stderr(), 2000));
+            if (restore.exitCode() != 0)
+                throw new FaultKit.DataLoss("r2-restore of " + ts + " exited " + restore.exitCode() + "\n" + TestTools.tail(restore.stderr(), 2000));
+            if (restore.stderr().contains("FALLBACK"))
+                throw new FaultKit.DataLoss("the restore fell back from " + ts + "\n" + TestTools.tail(restore.stderr(), 2000));
+            String diff = expected.diff(TownState.capture(base.resolve("town")));
+            if (!diff.isEmpty()) throw new FaultKit.DataLoss("the town restored from " + ts + " differs from the synced one:\n" + diff);
+        } finally {
+            TestTools.deleteRecursively(base);
+        }
+    }
+
+    // =============================================================================================
+    // 2. Storage faults during sync: every object matches its manifest, or exit 1 and latest.json untouched
+    // =============================================================================================
+
+    enum Want { COMPLETES, FAILS }
+
+    private void storageSyncFaults(FaultKit.Group g, Lane lane) throws IOException {
+        syncFault(g, lane, "500 once on PUT dolt/hq.backup", Want.COMPLETES, 2, FaultProxy.put("/dolt/hq.backup"),
+                r -> r.fail(500, "InternalError"), false);
+        syncFault(g, lane, "503 SlowDown on every PUT of git/alpha.bundle", Want.FAILS, 5, FaultProxy.put("/git/alpha.bundle"),
+                r -> r.fail(503, "SlowDown").always(), true);
+        syncFault(g, lane, "403 AccessDenied (not retryable) on PUT dolt/alpha.backup", Want.FAILS, 1, FaultProxy.put("/dolt/alpha.backup"),
+                r -> r.fail(403, "AccessDenied"), true);
+        syncFault(g, lane, "connection reset once on PUT config.tar", Want.COMPLETES, 2, FaultProxy.put("/config.tar"),
+                FaultProxy.Rule::reset, true);
+        syncFault(g, lane, "connection reset on every PUT of manifest.json", Want.FAILS, 5, FaultProxy.put("/manifest.json"),
+                r -> r.reset().always(), true);
+        syncFault(g, lane, "body of latest.json cut short once", Want.COMPLETES, 2, FaultProxy.get("/latest.json"),
+                r -> r.cutResponse(10), false);
+        syncFault(g, lane, "body of the previous manifest cut short every time", Want.COMPLETES, 5, FaultProxy.get("/manifest.json"),
+                r -> r.cutResponse(40).always(), false);
+        syncFault(g, lane, "404 for an existing latest.json", Want.COMPLETES, 2, FaultProxy.get("/latest.json"),
+                r -> r.fail(404, "NoSuchKey"), false);
+        syncFault(g, lane, "3 s stall on GET latest.json", Want.COMPLETES, 1, FaultProxy.get("/latest.json"),
+                r -> r.stall(Duration.ofSeconds(3)), false);
+        syncFault(g, lane, "3 s stall on PUT runtime.tar", Want.COMPLETES, 1, FaultProxy.put("/runtime.tar"),
+                r -> r.stall(Duration.ofSeconds(3)), true);
+        syncFault(g, lane, "500 on every PUT of latest.json", Want.FAILS, 5, FaultProxy.put("/latest.json"),
+                r -> r.fail(500, "InternalError").always(), true);
+        syncFault(g, lane, "latest.json PUT applied but its answer lost (reset)", Want.COMPLETES, 2, FaultProxy.put("/latest.json"),
+                FaultProxy.Rule::resetAfterForward, true);
+        syncFault(g, lane, "claim.json PUT applied but its answer lost (reset)", Want.COMPLETES, 2, FaultProxy.put("/claim.json"),
+                FaultProxy.Rule::resetAfterForward, true);
+        syncFault(g, lane, "500 once on a server-side copy of an unchanged file", Want.COMPLETES, 2, FaultProxy.copyTo("/runtime.tar"),
+                r -> r.fail(500, "InternalError"), false);
+        syncFault(g, lane, "500 on every batch delete of retention", Want.COMPLETES, 5, FaultProxy.deleteObjects(),
+                r -> r.fail(500, "InternalError").always(), false);
+        syncFault(g, lane, "503 on every listing of retention", Want.COMPLETES, 5, FaultProxy.listObjects(),
+                r -> r.fail(503, "SlowDown").always(), false);
+        syncFault(g, lane, "500 on every listing of unfinished uploads", Want.COMPLETES, 5, FaultProxy.listUploads(),
+                r -> r.fail(500, "InternalError").always(), false);
+        // Multipart: a 70 MB file in a rig's plugins/ makes config.tar go up in parts.
+        g.step("a 70 MB file makes config.tar a multipart upload", () -> {
+            writeBigFile(lane.town.root().resolve("alpha/plugins/big.bin"), BIG_FILE);
+            lane.syncAndRecord();
+        });
+        syncFault(g, lane, "500 once on part 2 of a multipart upload", Want.COMPLETES, 2, FaultProxy.uploadPart("/config.tar", 2),
+                r -> r.fail(500, "InternalError"), true);
+        syncFault(g, lane, "reset on every try of part 3 of a multipart upload", Want.FAILS, 5, FaultProxy.uploadPart("/config.tar", 3),
+                r -> r.reset().always(), true);
+        syncFault(g, lane, "500 on every CompleteMultipartUpload", Want.FAILS, 5, FaultProxy.completeUpload("/config.tar"),
+                r -> r.fail(500, "InternalError").always(), true);
+        g.step("a clean sync after the faults cleans up and restores", () -> {
+            lane.syncAndRecord();
+            assertCleanAfterSync(lane, null, false);
+            assertLatestRestores(lane);
+        });
+    }
+
+    private void syncFault(FaultKit.Group g, Lane lane, String name, Want want, int maxAttempts,
+                           Predicate<FaultProxy.Request> target, Consumer<FaultProxy.Rule> arm, boolean touch) {
+        g.fault("storage: " + name, () -> {
+            if (touch) lane.touch(true);
+            TownState state = lane.currentState();
+            FaultKit.Pointer before = lane.pointer();
+            lane.proxy.clearLog();
+            FaultProxy.Rule rule = lane.proxy.on("fault", target);
+            arm.accept(rule);
+            TestTools.ProcResult r;
+            try {
+                r = lane.sync();
+            } finally {
+                lane.proxy.clearRules();
+            }
+            List<FaultProxy.Request> attempts = attempts(lane.proxy, rule);
+            if (rule.hits().isEmpty())
+                throw new AssertionError("the fault was never injected (no matching request)\n" + lane.proxy.logText());
+            if (attempts.size() > maxAttempts)
+                throw new AssertionError(attempts.size() + " attempts at the faulty request, more than " + maxAttempts + "\n" + lane.proxy.logText());
+            FaultKit.Pointer after = lane.pointer();
+            if (r.exitCode() == 0) {
+                if (after.sameBytes(before)) throw new AssertionError("exit 0 but latest.json did not move");
+                store.assertIntact(lane.bucket, lane.townId, after.timestamp(), after.manifestSha256());
+                lane.states.put(after.timestamp(), state);
+            } else if (r.exitCode() == 1) {
+                if (!after.sameBytes(before)) {
+                    store.assertIntact(lane.bucket, lane.townId, after.timestamp(), after.manifestSha256());
+                    throw new AssertionError("exit 1 but latest.json moved from " + before.timestamp() + " to " + after.timestamp()
+                            + "\n" + TestTools.tail(r.stderr(), 2000));
+                }
+                store.assertIntact(lane.bucket, lane.townId, before.timestamp(), before.manifestSha256());
+                if (!r.stderr().contains("ERROR") || r.stderr().contains("\tat "))
+                    throw new AssertionError("a failed sync must say why in one line, without a stack trace:\n" + TestTools.tail(r.stderr(), 2000));
+            } else {
+                throw new AssertionError("exit " + r.exitCode() + " (only 0 or 1 are right here)\n" + TestTools.tail(r.stderr(), 2000));
+            }
+            Want got = r.exitCode() == 0 ? Want.COMPLETES : Want.FAILS;
+            if (got != want)
+                throw new AssertionError("expected the sync to " + want + " but it " + got + " (exit " + r.exitCode() + ")\n"
+                        + TestTools.tail(r.stderr(), 2500) + "\n--- requests ---\n" + TestTools.tail(lane.proxy.logText(), 3000));
+            if (want == Want.FAILS && maxAttempts > 1 && attempts.size() < maxAttempts)
+                throw new AssertionError("a persistent fault was tried " + attempts.size() + " times, expected " + maxAttempts);
+            if (attempts.size() > 1) {
+                List<Long> gaps = new ArrayList<>();
+                for (int i = 1; i < attempts.size(); i++)
+                    gaps.add((attempts.get(i).atNanos() - attempts.get(i - 1).atNanos()) / 1_000_000);
+                System.out.println("        " + attempts.size() + " attempts, gaps between them (ms, backoff with jitter): " + gaps);
+            }
+        });
+    }
+
+    /** The faulty request and its retries: every request to the same method and target (path and query) from the first hit on. */
+    private static List<FaultProxy.Request> attempts(FaultProxy proxy, FaultProxy.Rule rule) {
+        if (rule.hits().isEmpty()) return List.of();
+        FaultProxy.Request first = rule.hits().get(0);
+        List<FaultProxy.Request> requests = proxy.log().stream().map(FaultProxy.Entry::request).distinct()
+                .sorted(java.util.Comparator.comparingInt(FaultProxy.Request::index)).collect(Collectors.toList());
+        return requests.stream().filter(r -> r.index() >= first.index() && r.method().equals(first.method())
+                && r.target().equals(first.target())).collect(Collectors.toList());
+    }
+
+    // =============================================================================================
+    // 3. Storage faults during restore: the restore completes, or the volume is as it was
+    // =============================================================================================
+
+    private void storageRestoreFaults(FaultKit.Group g, Lane lane) {
+        restoreFault(g, lane, "500 once on GET dolt/hq.backup", Want.COMPLETES, false, FaultProxy.get("/dolt/hq.backup"),
+                r -> r.fail(500, "InternalError"));
+        restoreFault(g, lane, "503 on every GET of git/alpha.bundle", Want.FAILS, false, FaultProxy.get("/git/alpha.bundle"),
+                r -> r.fail(503, "SlowDown").always());
+        restoreFault(g, lane, "body of config.tar cut short once", Want.COMPLETES, false, FaultProxy.get("/config.tar"),
+                r -> r.cutResponse(1000));
+        restoreFault(g, lane, "connection reset on every GET of manifest.json (--force over a town)", Want.FAILS, true,
+                FaultProxy.get("/manifest.json"), r -> r.reset().always());
+        restoreFault(g, lane, "3 s stall on GET latest.json", Want.COMPLETES, false, FaultProxy.get("/latest.json"),
+                r -> r.stall(Duration.ofSeconds(3)));
+        restoreFault(g, lane, "body of runtime.tar cut short every time (--force over a town)", Want.FAILS, true,
+                FaultProxy.get("/runtime.tar"), r -> r.cutResponse(100).always());
+        restoreFault(g, lane, "500 on every GET of latest.json", Want.FAILS, false, FaultProxy.get("/latest.json"),
+                r -> r.fail(500, "InternalError").always());
+    }
+
+    private void restoreFault(FaultKit.Group g, Lane lane, String name, Want want, boolean force,
+                              Predicate<FaultProxy.Request> target, Consumer<FaultProxy.Rule> arm) {
+        g.fault("restore: " + name, () -> {
+            FaultKit.Pointer latest = lane.pointer();
+            Path base = TestTools.tempDir("fault-restore-");
+            Path root = base.resolve("town");
+            try {
+                if (force) writeSentinelTown(root);
+                else Files.createDirectories(root);
+                SortedMap<String, String> before = FaultKit.tree(base);
+                lane.proxy.clearLog();
+                FaultProxy.Rule rule = lane.proxy.on("fault", target);
+                arm.accept(rule);
+                TestTools.ProcResult r;
+                try {
+                    r = lane.restore(root, Map.of("R2_ENDPOINT", lane.proxy.endpoint()), force ? new String[] {"--force"} : new String[0]);
+                } finally {
+                    lane.proxy.clearRules();
+                }
+                if (rule.hits().isEmpty()) throw new AssertionError("the fault was never injected\n" + lane.proxy.logText());
+                if (r.exitCode() == 0) {
+                    if (r.stderr().contains("FALLBACK"))
+                        throw new FaultKit.DataLoss("a transient fault made the restore fall back to an older snapshot:\n" + TestTools.tail(r.stderr(), 2000));
+                    String diff = lane.states.get(latest.timestamp()).diff(TownState.capture(root));
+                    if (!diff.isEmpty()) throw new FaultKit.DataLoss("restored town differs:\n" + diff);
+                } else {
+                    FaultKit.assertUntouched("the volume after a failed restore", before, FaultKit.tree(base));
+                    if (r.stderr().contains("\tat ")) throw new AssertionError("stack trace in a failed restore:\n" + r.stderr());
+                }
+                Want got = r.exitCode() == 0 ? Want.COMPLETES : Want.FAILS;
+                if (got != want || (r.exitCode() != 0 && r.exitCode() != 1))
+                    throw new AssertionError("expected the restore to " + want + " but it " + got + " (exit " + r.exitCode() + ")\n"
+                            + TestTools.tail(r.stderr(), 2500) + "\n--- requests ---\n" + TestTools.tail(lane.proxy.logText(), 2000));
+            } finally {
+                TestTools.deleteRecursively(base);
+            }
+        });
+    }
+
+    // =============================================================================================
+    // 4. A full disk during sync and restore (a small tmpfs made for the test)
+    // =============================================================================================
+
+    private void fullDisk(FaultKit.Group g, Lane lane) {
+        diskSync(g, lane, "work dir fills up while tarring config.tar (6 MB filesystem)", "6m", "no space left");
+        diskSync(g, lane, "work dir fills up during dolt backup (160 KB filesystem)", "160k", "no space left");
+        diskRestore(g, lane, "town volume fills up while downloading (6 MB filesystem)", "6m", false);
+        diskRestore(g, lane, "town volume fills up while extracting, --force over a town (20 MB filesystem)", "20m", true);
+        g.fault("disk: --verify with a full work dir", () -> {
+            try (FaultKit.SmallFs fs = FaultKit.SmallFs.mount("6m")) {
+                SortedMap<String, String> before = FaultKit.tree(fs.dir());
+                Path root = TestTools.tempDir("fault-verify-");
+                TestTools.ProcResult r = lane.restore(root, Map.of("R2_WORK_DIR", fs.dir().toString()), "--verify");
+                if (r.exitCode() != 1) throw new AssertionError("--verify on a full disk: exit " + r.exitCode() + "\n" + r.stderr());
+                assertMentions(r.stderr(), "no space left");
+                FaultKit.assertUntouched("the work dir filesystem", before, FaultKit.tree(fs.dir()));
+            }
+        });
+    }
+
+    private void diskSync(FaultKit.Group g, Lane lane, String name, String size, String mention) {
+        g.fault("disk: sync: " + name, () -> {
+            lane.touch(true);
+            FaultKit.Pointer before = lane.pointer();
+            Set<String> dbDirs = lane.town.databases().stream().map(db -> ".dolt-data/" + db + "/.dolt").collect(Collectors.toSet());
+            SortedMap<String, String> townBefore = FaultKit.tree(lane.town.root(), dbDirs);
+            TownState doltBefore = lane.currentState().only("dolt:");
+            try (FaultKit.SmallFs fs = FaultKit.SmallFs.mount(size)) {
+                TestTools.ProcResult r = lane.sync(Map.of("R2_WORK_DIR", fs.dir().toString()));
+                if (r.exitCode() != 1) throw new AssertionError("exit " + r.exitCode() + " on a full disk\n" + TestTools.tail(r.stderr(), 3000));
+                assertMentions(r.stderr(), mention);
+                if (!lane.pointer().sameBytes(before)) throw new FaultKit.DataLoss("latest.json changed after a failed sync");
+                store.assertIntact(lane.bucket, lane.townId, before.timestamp(), before.manifestSha256());
+                if (!FaultKit.filesUnder(fs.dir()).isEmpty())
+                    throw new AssertionError("the failed sync left files in its work dir: " + FaultKit.filesUnder(fs.dir()));
+            }
+            FaultKit.assertUntouched("the town after a failed sync", townBefore, FaultKit.tree(lane.town.root(), dbDirs));
+            String diff = doltBefore.diff(TownState.capture(lane.town.root()).only("dolt:"));
+            if (!diff.isEmpty()) throw new FaultKit.DataLoss("the databases changed:\n" + diff);
+            lane.syncAndRecord(); // the next sync with room works and cleans up
+            assertCleanAfterSync(lane, null, false);
+        });
+    }
+
+    private void diskRestore(FaultKit.Group g, Lane lane, String name, String size, boolean force) {
+        g.fault("disk: restore: " + name, () -> {
+            try (FaultKit.SmallFs fs = FaultKit.SmallFs.mount(size)) {
+                Path root = fs.dir().resolve("town");
+                if (force) writeSentinelTown(root);
+                else Files.createDirectories(root);
+                SortedMap<String, String> before = FaultKit.tree(fs.dir());
+                TestTools.ProcResult r = lane.restore(root, Map.of(), force ? new String[] {"--force"} : new String[0]);
+                if (r.exitCode() != 1) throw new AssertionError("exit " + r.exitCode() + " on a full disk\n" + TestTools.tail(r.stderr(), 3000));
+                assertMentions(r.stderr(), "no space left");
+                FaultKit.assertUntouched("the volume after a failed restore", before, FaultKit.tree(fs.dir()));
+            }
+        });
+    }
+
+    // =============================================================================================
+    // 5. Two writers for one town
+    // =============================================================================================
+
+    private void twoWriters(FaultKit.Group g) {
+        Lane lane = lane("writers", TownBuilder.create().rigs("alpha"));
+        lane.firstSync(false);
+        Map<String, String> otherHost = lane.otherMachine();
+
+        g.fault("writers: the older writer loses at the pointer and says so", () -> {
+            lane.touch(true);
+            TownState state = lane.currentState();
+            FaultProxy.Rule held = lane.proxy.on("writer A", FaultProxy.put("/latest.json")).hold();
+            try (FaultKit.Running a = lane.startSync()) {
+                if (!FaultKit.awaitWhileRunning(a, held::isHeld, POINT_TIMEOUT))
+                    throw new AssertionError("writer A never reached its pointer update\n" + a.stderr());
+                String tsA = startedTimestamp(a.stderr());
+                TestTools.ProcResult b = lane.sync(otherHost);
+                if (b.exitCode() != 0) throw new AssertionError("writer B failed: " + b.stderr());
+                String tsB = lane.pointer().timestamp();
+                lane.states.put(tsB, state);
+                held.release(true);
+                TestTools.ProcResult ra = a.await(SYNC_TIMEOUT);
+                if (ra.exitCode() == 0) throw new AssertionError("writer A exited 0 although writer B published " + tsB + " meanwhile");
+                assertMentions(ra.stderr(), "conflict");
+                assertMentions(ra.stderr(), tsB);
+                if (!lane.pointer().timestamp().equals(tsB))
+                    throw new FaultKit.DataLoss("latest.json names " + lane.pointer().timestamp() + ", not the newer " + tsB);
+                if (store.snapshots(lane.bucket, lane.townId).containsKey(tsA))
+                    throw new AssertionError("the loser's snapshot " + tsA + " was not discarded");
+            } finally {
+                lane.proxy.clearRules();
+            }
+            assertLatestRestores(lane);
+        });
+
+        g.fault("writers: a newer writer held at the pointer replaces an older one, never the reverse", () -> {
+            lane.touch(true);
+            TownState state = lane.currentState();
+            FaultProxy.Rule aFirstUpload = lane.proxy.on("writer A", FaultProxy.put("/dolt/alpha.backup")).hold();
+            try (FaultProxy proxyB = new FaultProxy(s3.endpoint());
+                 FaultKit.Running a = lane.startSync()) {
+                if (!FaultKit.awaitWhileRunning(a, aFirstUpload::isHeld, POINT_TIMEOUT))
+                    throw new AssertionError("writer A never reached its first upload\n" + a.stderr());
+                String tsA = startedTimestamp(a.stderr());
+                FaultProxy.Rule bPointer = proxyB.on("writer B", FaultProxy.put("/latest.json")).hold();
+                try (FaultKit.Running b = lane.startSync(FaultKit.env(otherHost, "R2_ENDPOINT", proxyB.endpoint()))) {
+                    if (!FaultKit.awaitWhileRunning(b, bPointer::isHeld, POINT_TIMEOUT))
+                        throw new AssertionError("writer B never reached its pointer update\n" + b.stderr());
+                    String tsB = startedTimestamp(b.stderr());
+                    if (tsB.compareTo(tsA) <= 0) throw new AssertionError("B (" + tsB + ") should be newer than A (" + tsA + ")");
+                    aFirstUpload.release(true);
+                    TestTools.ProcResult ra = a.await(SYNC_TIMEOUT);
+                    if (ra.exitCode() != 0) throw new AssertionError("writer A failed: " + ra.stderr());
+                    bPointer.release(true);
+                    TestTools.ProcResult rb = b.await(SYNC_TIMEOUT);
+                    if (rb.exitCode() != 0) throw new AssertionError("writer B failed: " + rb.stderr());
+                    assertMentions(rb.stderr(), "older than ours");
+                    lane.states.put(tsB, state);
+                    lane.states.put(tsA, state);
+                    if (!lane.pointer().timestamp().equals(tsB))
+                        throw new FaultKit.DataLoss("latest.json names " + lane.pointer().timestamp() + ", not the newest " + tsB);
+                }
+            } finally {
+                lane.proxy.clearRules();
+            }
+            assertLatestRestores(lane);
+        });
+
+        g.fault("writers: two syncs started at once both end, the newest snapshot wins", () -> {
+            lane.touch(true);
+            TownState state = lane.currentState();
+            try (FaultKit.Running a = lane.startSync(); FaultKit.Running b = lane.startSync(otherHost)) {
+                TestTools.ProcResult ra = a.await(SYNC_TIMEOUT);
+                TestTools.ProcResult rb = b.await(SYNC_TIMEOUT);
+                String tsA = startedTimestamp(ra.stderr());
+                String tsB = startedTimestamp(rb.stderr());
+                if (tsA.equals(tsB)) throw new AssertionError("both writers claimed " + tsA);
+                String newest = tsA.compareTo(tsB) > 0 ? tsA : tsB;
+                lane.states.put(newest, state);
+                for (TestTools.ProcResult r : List.of(ra, rb)) {
+                    if (r.exitCode() != 0 && r.exitCode() != 1) throw new AssertionError("exit " + r.exitCode() + "\n" + r.stderr());
+                    if (r.exitCode() == 1) assertMentions(r.stderr(), "conflict");
+                }
+                if (!lane.pointer().timestamp().equals(newest))
+                    throw new FaultKit.DataLoss("latest.json names " + lane.pointer().timestamp() + ", not the newest " + newest);
+            }
+            assertLatestRestores(lane);
+        });
+    }
+
+    private static String startedTimestamp(String log) {
+        java.util.regex.Matcher m = java.util.regex.Pattern.compile("sync (\\d{8}T\\d{6}Z): started").matcher(log);
+        if (!m.find()) throw new AssertionError("no 'started' line in:\n" + log);
+        return m.group(1);
+    }
+
+    // =============================================================================================
+    // 6. Hostile or broken backups: refused with a clear error, nothing written outside staging
+    // =============================================================================================
+
+    private void hostileBackups(FaultKit.Group g) {
+        String snap = "snapshots/" + templateTs + "/";
+        hostile(g, "truncated object (config.tar cut in half)", "(truncated or replaced)", false,
+                o -> o.put(snap + "config.tar", java.util.Arrays.copyOf(o.get(snap + "config.tar"), o.get(snap + "config.tar").length / 2)));
+        hostile(g, "corrupted object (one byte of dolt/hq.backup flipped)", "does not match its sha256", true,
+                o -> o.get(snap + "dolt/hq.backup")[700] ^= 0x5a);
+        hostile(g, "missing object (runtime.tar deleted)", "runtime.tar is missing", false,
+                o -> o.remove(snap + "runtime.tar"));
+        hostile(g, "manifest with a wrong checksum", "config.tar of " + templateTs + " does not match its sha256", true,
+                o -> editManifest(o, m -> fileEntry(m, "config.tar").put("sha256", "0".repeat(64))));
+        hostile(g, "manifest with a wrong size", "the manifest says", false,
+                o -> editManifest(o, m -> fileEntry(m, "runtime.tar").put("size", 12345)));
+        hostile(g, "malformed latest.json", "latest.json is not valid", true,
+                o -> o.put("latest.json", "{\"timestamp\": \"2026".getBytes(StandardCharsets.UTF_8)));
+        hostile(g, "latest.json that is JSON but names no snapshot", "latest.json is not valid", false,
+                o -> o.put("latest.json", "{\"timestamp\": \"../../etc\"}".getBytes(StandardCharsets.UTF_8)));
+        hostile(g, "malformed manifest.json (pinned by latest.json)", "manifest.json of " + templateTs + " is not valid", true,
+                o -> {
+                    o.put(snap + "manifest.json", "{\"formatVersion\": 1, \"files\": [".getBytes(StandardCharsets.UTF_8));
+                    pin(o);
+                });
+        hostile(g, "manifest.json replaced without the pointer", "is not the one latest.json pins", false,
+                o -> {
+                    byte[] m = o.get(snap + "manifest.json");
+                    o.put(snap + "manifest.json", (new String(m, StandardCharsets.UTF_8) + "\n").getBytes(StandardCharsets.UTF_8));
+                });
+        hostile(g, "manifest listing a file outside the snapshot", "unsafe file path", true,
+                o -> editManifest(o, m -> fileEntry(m, "runtime.tar").put("path", "../../other-town/runtime.tar")));
+        hostile(g, "latest.json naming a deleted snapshot (the only one)", "manifest.json of " + templateTs + " is missing", false,
+                o -> o.keySet().removeIf(k -> k.startsWith(snap)));
+        g.fault("hostile: latest.json naming a deleted snapshot, an older one intact: refused, then a loud fallback", () -> {
+            Map<String, byte[]> objects = new TreeMap<>(templateObjects);
+            objects.put("latest.json", "{\"timestamp\": \"20990101T000000Z\"}".getBytes(StandardCharsets.UTF_8));
+            String bucket = s3.newBucket();
+            objects.forEach((k, v) -> store.put(bucket, FaultKit.Store.town(template.townId) + k, v));
+            Path base = TestTools.tempDir("fault-hostile-");
+            try {
+                TestTools.ProcResult r = template.restoreFrom(bucket, base.resolve("town"), base.resolve("state"));
+                if (r.exitCode() != 0) throw new AssertionError("exit " + r.exitCode() + "\n" + r.stderr());
+                assertMentions(r.stderr(), "manifest.json of 20990101T000000Z is missing");
+                assertMentions(r.stderr(), "FALLBACK");
+                String diff = template.states.get(templateTs).diff(TownState.capture(base.resolve("town")));
+                if (!diff.isEmpty()) throw new FaultKit.DataLoss("the fallback restore differs from " + templateTs + ":\n" + diff);
+            } finally {
+                TestTools.deleteRecursively(base);
+            }
+        });
+        hostile(g, "latest.json missing while a snapshot exists", "latest.json is missing although snapshots exist", true,
+                o -> o.remove("latest.json"));
+        // Tars with hostile content; the manifest and pointer are fixed up, so only the content is hostile.
+        hostileTar(g, "config.tar", "entry with ../ climbing out", "climbs out with '..'",
+                (t, c) -> t.file("../../../canary/pwned-dotdot", "pwned"));
+        hostileTar(g, "config.tar", "absolute path", "absolute", (t, c) -> t.file(c.resolve("pwned-absolute").toString(), "pwned"));
+        hostileTar(g, "config.tar", "symlink pointing outside (absolute)", "symlink points outside the town",
+                (t, c) -> t.symlink("settings/evil", c.toString()).file("settings/evil/pwned-symlink", "pwned"));
+        hostileTar(g, "config.tar", "symlink pointing outside (relative)", "symlink points outside the town",
+                (t, c) -> t.symlink("settings/evil", "../../../canary").file("settings/evil/pwned-symlink", "pwned"));
+        hostileTar(g, "config.tar", "write through a symlink inside the town", "passes through a symlink",
+                (t, c) -> t.symlink("settings/loop", ".").file("settings/loop/pwned-through", "pwned"));
+        hostileTar(g, "config.tar", "hard link to a file outside", "hard link to",
+                (t, c) -> t.hardlink("settings/hl", "../../../canary/secret.txt"));
+        hostileTar(g, "config.tar", "hard link to /etc/passwd", "hard link to", (t, c) -> t.hardlink("settings/passwd", "/etc/passwd"));
+        hostileTar(g, "config.tar", "character device node", "unsupported entry type", (t, c) -> t.charDevice("settings/null", 1, 3));
+        hostileTar(g, "config.tar", "block device node", "unsupported entry type", (t, c) -> t.blockDevice("settings/disk", 8, 0));
+        hostileTar(g, "config.tar", "fifo", "unsupported entry type", (t, c) -> t.fifo("settings/pipe"));
+        hostileTar(g, "config.tar", "oversized entry (a tar bomb claiming 7 GiB)", "more than the archive holds",
+                (t, c) -> t.bomb("plugins/bomb.bin", 7L << 30));
+        hostileTar(g, "runtime.tar", "entry appearing twice (overwrite)", "appears twice",
+                (t, c) -> t.file(".runtime/twice.json", "one").file(".runtime/twice.json", "two"));
+        hostileTar(g, "dolt/hq.backup", "dolt backup tar with ../ entry", "climbs out with '..'",
+                (t, c) -> t.file("../../../canary/pwned-dolt", "pwned"));
+        hostileTar(g, "dolt/hq.backup", "dolt backup tar without a dolt backup", "holds no dolt backup",
+                (t, c) -> t.file("README", "not a backup"));
+        hostile(g, "tar cut short (hashes fixed up)", "truncated", false,
+                o -> replaceFile(o, "config.tar", java.util.Arrays.copyOf(o.get(snap + "config.tar"), 3000)));
+    }
+
+    /** A hostile tar for {@code path}: benign entries first, then what {@code content} adds. */
+    private void hostileTar(FaultKit.Group g, String path, String name, String mention,
+                            java.util.function.BiFunction<HostileTar, Path, HostileTar> content) {
+        hostile(g, path + " with " + name, mention, name.length() % 2 == 0, (o, canary) -> {
+            HostileTar t = new HostileTar().dir("settings/").file("settings/ok.json", "{}");
+            replaceFile(o, path, content.apply(t, canary).bytes());
+        });
+    }
+
+    private void hostile(FaultKit.Group g, String name, String mention, boolean force, Consumer<Map<String, byte[]>> mutate) {
+        hostile(g, name, mention, force, (o, canary) -> mutate.accept(o));
+    }
+
+    /**
+     * Restores a damaged copy of the template snapshot into a town (an empty root, or with --force one
+     * that holds data) next to a canary dir: the restore must fail naming the problem, and nothing under
+     * their common parent may change (no staging left, nothing written outside it, the town untouched).
+     */
+    private void hostile(FaultKit.Group g, String name, String mention, boolean force,
+                         java.util.function.BiConsumer<Map<String, byte[]>, Path> mutate) {
+        g.fault("hostile: " + name, () -> {
+            Path base = TestTools.tempDir("fault-hostile-");
+            try {
+                Path root = base.resolve("town");
+                Path canary = base.resolve("canary");
+                Files.createDirectories(canary);
+                Files.writeString(canary.resolve("secret.txt"), "canary\n");
+                if (force) writeSentinelTown(root);
+                else Files.createDirectories(root);
+                Map<String, byte[]> objects = new TreeMap<>();
+                templateObjects.forEach((k, v) -> objects.put(k, v.clone()));
+                mutate.accept(objects, canary);
+                String bucket = s3.newBucket();
+                objects.forEach((k, v) -> store.put(bucket, FaultKit.Store.town(template.townId) + k, v));
+                SortedMap<String, String> before = FaultKit.tree(base);
+                Path state = TestTools.tempDir("fault-state-");
+                TestTools.ProcResult r = template.restoreFrom(bucket, root, state, force ? new String[] {"--force"} : new String[0]);
+                FaultKit.assertUntouched("the town and its surroundings", before, FaultKit.tree(base));
+                if (r.exitCode() != 1)
+                    throw new AssertionError("a hostile backup was not refused (exit " + r.exitCode() + ")\n" + TestTools.tail(r.stderr(), 2500));
+                assertMentions(r.stderr(), mention);
+                if (r.stderr().contains("\tat ")) throw new AssertionError("stack trace:\n" + r.stderr());
+                if (!Files.exists(state.resolve("restore-failed.json")))
+                    throw new AssertionError("no restore-failed.json marker after a failed restore");
+            } finally {
+                TestTools.deleteRecursively(base);
+            }
+        });
+    }
+
+    private void replaceFile(Map<String, byte[]> objects, String path, byte[] data) {
+        objects.put("snapshots/" + templateTs + "/" + path, data);
+        editManifest(objects, m -> fileEntry(m, path).put("size", data.length).put("sha256", FaultKit.sha256(data)));
+    }
+
+    private void editManifest(Map<String, byte[]> objects, Consumer<ObjectNode> edit) {
+        String key = "snapshots/" + templateTs + "/manifest.json";
+        try {
+            ObjectNode m = (ObjectNode) FaultKit.JSON.readTree(objects.get(key));
+            edit.accept(m);
+            objects.put(key, FaultKit.JSON.writerWithDefaultPrettyPrinter().writeValueAsBytes(m));
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+        pin(objects);
+    }
+
+    /** Makes latest.json pin the (edited) manifest, so only the part under test is broken. */
+    private void pin(Map<String, byte[]> objects) {
+        byte[] manifest = objects.get("snapshots/" + templateTs + "/manifest.json");
+        String pointer = "{\n  \"timestamp\" : \"" + templateTs + "\",\n  \"manifestSha256\" : \"" + FaultKit.sha256(manifest) + "\"\n}";
+        objects.put("latest.json", pointer.getBytes(StandardCharsets.UTF_8));
+    }
+
+    private static ObjectNode fileEntry(ObjectNode manifest, String path) {
+        for (JsonNode f : (ArrayNode) manifest.get("files"))
+            if (f.path("path").asText().equals(path)) return (ObjectNode) f;
+        throw new AssertionError("no " + path + " in the template manifest");
+    }
+
+    // =============================================================================================
+    // 7. Bad local state
+    // =============================================================================================
+
+    private void badLocalState(FaultKit.Group g) throws IOException {
+        Lane lane = lane("local", TownBuilder.create().rigs("alpha"));
+        HeartbeatReceiver api = new HeartbeatReceiver();
+        closeAtEnd.add(api);
+        String token = "gtk_" + HexFormat.of().formatHex(new SecureRandom().generateSeed(12));
+        lane.setSyncEnv("GASTOWN_API_URL", api.baseUrl(), "GASTOWN_API_TOKEN", token);
+        lane.firstSync(false);
+        TestTown town = lane.town;
+
+        g.fault("local: a stale lock file left by a dead process", () -> {
+            Files.writeString(lane.lockFile, "999999999\n");
+            lane.touch(true);
+            lane.syncAndRecord();
+        });
+        g.fault("local: a lock held by a live process: bounded wait, clear error, nothing written", () -> {
+            FaultKit.Pointer before = lane.pointer();
+            Set<String> prefixes = store.snapshots(lane.bucket, lane.townId).keySet();
+            try (FileChannel ch = FileChannel.open(lane.lockFile, StandardOpenOption.WRITE); FileLock held = ch.lock()) {
+                TestTools.ProcResult r = lane.sync(Map.of("R2_SYNC_LOCK_WAIT", "1s"));
+                if (r.exitCode() != 1) throw new AssertionError("exit " + r.exitCode() + " with the lock held\n" + r.stderr());
+                assertMentions(r.stderr(), "another sync still holds");
+            }
+            if (!lane.pointer().sameBytes(before) || !store.snapshots(lane.bucket, lane.townId).keySet().equals(prefixes))
+                throw new AssertionError("a sync that never got the lock wrote to the bucket");
+        });
+        g.fault("local: a leftover work dir of a dead sync (with a read-only dir in it)", () -> {
+            Path leftover = lane.workDir.resolve("r2-sync-20200101T000000Z-999999");
+            Files.createDirectories(leftover.resolve("dolt/hq/ro"));
+            Files.writeString(leftover.resolve("dolt/hq/ro/table"), "junk");
+            Files.setPosixFilePermissions(leftover.resolve("dolt/hq/ro"), PosixFilePermissions.fromString("r-xr-xr-x"));
+            lane.touch(true);
+            TestTools.ProcResult r = lane.syncAndRecord();
+            assertMentions(r.stderr(), "removing the work dir of an interrupted sync");
+            if (Files.exists(leftover)) throw new AssertionError("the leftover work dir is still there");
+        });
+        g.fault("local: a leftover restore staging dir on an empty volume", () -> {
+            Path base = TestTools.tempDir("fault-staging-");
+            Path root = base.resolve("town");
+            Files.createDirectories(root.resolve(".r2-restore/download/dolt"));
+            Files.writeString(root.resolve(".r2-restore/download/dolt/hq.backup"), "half a download");
+            Files.createDirectories(root.resolve(".r2-restore/town/mayor"));
+            Files.writeString(root.resolve(".r2-restore/town/mayor/town.json"), "{\"stale\":true}");
+            TestTools.ProcResult r = lane.restore(root, Map.of());
+            if (r.exitCode() != 0) throw new AssertionError("restore over a leftover staging dir failed\n" + r.stderr());
+            if (Files.exists(root.resolve(".r2-restore"))) throw new AssertionError("the staging dir is still there");
+            String diff = lane.states.get(lane.pointer().timestamp()).diff(TownState.capture(root));
+            if (!diff.isEmpty()) throw new FaultKit.DataLoss("restored town differs:\n" + diff);
+            TestTools.deleteRecursively(base);
+        });
+        g.fault("local: the Dolt server died (kill -9), leaving sql-server.info behind", () -> {
+            TestDoltServer server = town.startDoltServer();
+            try {
+                ProcessHandle.of(server.pid()).ifPresent(ProcessHandle::destroyForcibly);
+                TestTools.await(() -> !server.isAlive(), Duration.ofSeconds(10), 20);
+            } finally {
+                server.close();
+            }
+            if (!Files.exists(town.doltData().resolve(".dolt/sql-server.info")))
+                throw new AssertionError("test setup: the dead server left no sql-server.info");
+            lane.touch(true);
+            TestTools.ProcResult r = lane.syncAndRecord();
+            if (r.stderr().contains("NOT backed up")) throw new AssertionError("a dead server's leftovers stopped a backup:\n" + r.stderr());
+            assertLatestRestores(lane);
+        });
+        g.fault("local: every database locked by another dolt process: partial, carried over, reported", () -> {
+            lane.touch(true);
+            TownState state = lane.currentState();
+            String prev = lane.pointer().timestamp();
+            TestDoltServer server = town.startDoltServer();
+            Path info = town.doltData().resolve(".dolt/sql-server.info");
+            Path aside = town.doltData().resolve("sql-server.info.aside");
+            try {
+                // Without sql-server.info the dolt CLI does not route through the server and finds the lock.
+                Files.move(info, aside);
+                TestTools.ProcResult r = lane.sync();
+                assertPartial(lane, r, api, Set.of("database alpha", "database hq"), prev,
+                        new TownState(merge(state.without("dolt:"), lane.states.get(prev).only("dolt:"))));
+            } finally {
+                if (Files.exists(aside)) Files.move(aside, info);
+                server.close();
+            }
+        });
+        g.fault("local: a broken database (its noms manifest overwritten): partial, carried over, restorable", () -> {
+            Path manifest = town.doltDb("alpha").resolve(".dolt/noms/manifest");
+            byte[] good = Files.readAllBytes(manifest);
+            lane.touch(true);
+            String prev = lane.pointer().timestamp();
+            TownState state = lane.currentState();
+            try {
+                Files.writeString(manifest, "garbage, not a dolt manifest");
+                TestTools.ProcResult r = lane.sync();
+                // The partial snapshot restores: alpha as the previous snapshot had it, the rest as now.
+                assertPartial(lane, r, api, Set.of("database alpha"), prev,
+                        new TownState(merge(state.without("dolt:alpha:"), lane.states.get(prev).only("dolt:alpha:"))));
+                assertLatestRestores(lane);
+            } finally {
+                Files.write(manifest, good);
+            }
+        });
+        g.fault("local: a rig repo with a missing object: partial, carried over, restorable", () -> {
+            Path repo = town.rig("alpha").resolve(".repo.git");
+            Path object = looseObject(repo);
+            byte[] content = Files.readAllBytes(object);
+            lane.touch(false);
+            String prev = lane.pointer().timestamp();
+            TownState state = lane.currentState();
+            try {
+                Files.delete(object);
+                TestTools.ProcResult r = lane.sync();
+                // The partial snapshot restores: .repo.git as the previous snapshot had it, the rest as now.
+                assertPartial(lane, r, api, Set.of("repo alpha/.repo.git"), prev, new TownState(merge(
+                        state.without("git:alpha/.repo.git:"), lane.states.get(prev).only("git:alpha/.repo.git:"))));
+                if (!r.stderr().contains("repo alpha/.repo.git NOT backed up"))
+                    throw new AssertionError("the log does not name the repo:\n" + r.stderr());
+                assertLatestRestores(lane);
+            } finally {
+                Files.write(object, content);
+            }
+            TestTools.ProcResult ok = lane.syncAndRecord();
+            if (ok.stderr().contains("NOT backed up")) throw new AssertionError("still partial after the repair:\n" + ok.stderr());
+        });
+        g.fault("local: nothing can be backed up (all databases and repos broken): exit 1, pointer untouched", () -> {
+            List<Path> objects = new ArrayList<>();
+            Map<Path, byte[]> saved = new LinkedHashMap<>();
+            for (String db : town.databases()) objects.add(town.doltDb(db).resolve(".dolt/noms/manifest"));
+            for (String repo : List.of("alpha/.repo.git", "alpha/mayor/rig/.git", "alpha/crew/max/.git"))
+                objects.add(looseObject(town.root().resolve(repo)));
+            FaultKit.Pointer before = lane.pointer();
+            lane.touch(false);
+            try {
+                for (Path p : objects) {
+                    saved.put(p, Files.readAllBytes(p));
+                    if (p.getFileName().toString().equals("manifest")) Files.writeString(p, "garbage");
+                    else Files.delete(p);
+                }
+                TestTools.ProcResult r = lane.sync();
+                if (r.exitCode() != 1) throw new AssertionError("exit " + r.exitCode() + " when nothing could be backed up\n" + r.stderr());
+                assertMentions(r.stderr(), "no database or repo could be backed up");
+                if (!lane.pointer().sameBytes(before)) throw new FaultKit.DataLoss("latest.json moved to a snapshot of nothing");
+                Map<String, Object> hb = lastHeartbeat(api);
+                if (!"failed".equals(hb.get("status"))) throw new AssertionError("heartbeat status " + hb.get("status") + ", expected failed");
+            } finally {
+                for (Map.Entry<Path, byte[]> e : saved.entrySet()) Files.write(e.getKey(), e.getValue());
+            }
+            lane.syncAndRecord();
+        });
+        g.fault("local: the first sync ever, with a broken database: published partial, the gap named", () -> {
+            Path manifest = town.doltDb("alpha").resolve(".dolt/noms/manifest");
+            byte[] good = Files.readAllBytes(manifest);
+            String bucket = s3.newBucket();
+            try {
+                Files.writeString(manifest, "garbage");
+                TestTools.ProcResult r = lane.sync(Map.of("R2_BUCKET", bucket, "R2_SYNC_LOCK", lane.local.resolve("other.lock").toString()));
+                if (r.exitCode() != 3) throw new AssertionError("exit " + r.exitCode() + ", expected 3 (partial)\n" + r.stderr());
+                FaultKit.Pointer p = store.pointer(bucket, lane.townId);
+                JsonNode m = store.manifest(bucket, lane.townId, p.timestamp());
+                List<String> dbs = new ArrayList<>();
+                m.path("databases").forEach(d -> dbs.add(d.path("name").asText()));
+                if (dbs.contains("alpha")) throw new AssertionError("the manifest lists the broken database as backed up");
+                JsonNode problems = m.path("problems");
+                if (problems.size() != 1 || !problems.get(0).path("part").asText().equals("database alpha")
+                        || !problems.get(0).path("carriedFrom").isMissingNode() && !problems.get(0).path("carriedFrom").isNull())
+                    throw new AssertionError("the manifest must name exactly the missing database, not carried: " + problems);
+            } finally {
+                Files.write(manifest, good);
+            }
+        });
+    }
+
+    /**
+     * Exit 3, manifest.problems names exactly {@code parts}, each carried over from {@code prev}; the heartbeat
+     * says partial. Records {@code expected} as what the partial snapshot restores to.
+     */
+    private void assertPartial(Lane lane, TestTools.ProcResult r, HeartbeatReceiver api, Set<String> parts, String prev,
+                               TownState expected) {
+        if (r.exitCode() != 3) throw new AssertionError("exit " + r.exitCode() + ", expected 3 (partial)\n" + TestTools.tail(r.stderr(), 3000));
+        FaultKit.Pointer p = lane.pointer();
+        if (p.timestamp().equals(prev)) throw new AssertionError("a partial snapshot must still be published");
+        lane.states.put(p.timestamp(), expected);
+        store.assertIntact(lane.bucket, lane.townId, p.timestamp(), p.manifestSha256());
+        JsonNode m = store.manifest(lane.bucket, lane.townId, p.timestamp());
+        Set<String> named = new java.util.TreeSet<>();
+        for (JsonNode problem : m.path("problems")) {
+            named.add(problem.path("part").asText());
+            if (!prev.equals(problem.path("carriedFrom").asText()))
+                throw new AssertionError("problem " + problem + " is not carried over from " + prev);
+        }
+        if (!named.equals(new java.util.TreeSet<>(parts)))
+            throw new AssertionError("manifest.problems names " + named + ", expected exactly " + parts);
+        Map<String, Object> hb = lastHeartbeat(api);
+        if (!"partial".equals(hb.get("status"))) throw new AssertionError("heartbeat status " + hb.get("status") + ", expected partial: " + hb);
+        @SuppressWarnings("unchecked")
+        List<String> hbProblems = (List<String>) hb.get("problems");
+        if (hbProblems == null || hbProblems.size() != parts.size()
+                || !parts.stream().allMatch(part -> hbProblems.stream().anyMatch(s -> s.startsWith(part + ": "))))
+            throw new AssertionError("heartbeat problems " + hbProblems + " do not name exactly " + parts);
+        // Each missing part is in the snapshot as the previous snapshot's copy.
+        Set<String> dbs = new java.util.TreeSet<>();
+        m.path("databases").forEach(d -> dbs.add("database " + d.path("name").asText()));
+        Set<String> repos = new java.util.TreeSet<>();
+        m.path("repos").forEach(d -> repos.add("repo " + d.path("path").asText()));
+        for (String part : parts)
+            if (!dbs.contains(part) && !repos.contains(part))
+                throw new AssertionError(part + " is neither in the snapshot (carried over) nor ... it silently lacks it: " + m);
+    }
+
+    @SuppressWarnings("unchecked")
+    private static Map<String, Object> lastHeartbeat(HeartbeatReceiver api) {
+        List<HeartbeatReceiver.Request> all = api.requests();
+        if (all.isEmpty()) throw new AssertionError("no heartbeat arrived");
+        try {
+            return FaultKit.JSON.readValue(all.get(all.size() - 1).body(), Map.class);
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+    }
+
+    private static SortedMap<String, String> merge(TownState a, TownState b) {
+        SortedMap<String, String> m = new TreeMap<>(a.facts());
+        m.putAll(b.facts());
+        return m;
+    }
+
+    /** A loose object file of a repo (a commit made after the clone), to delete for corruption. */
+    private static Path looseObject(Path gitDir) throws IOException {
+        Path objects = gitDir.resolve("objects");
+        try (var s = Files.walk(objects, 2)) {
+            return s.filter(Files::isRegularFile).filter(p -> p.getParent().getFileName().toString().matches("[0-9a-f]{2}"))
+                    .sorted().findFirst().orElseThrow(() -> new AssertionError("no loose object in " + gitDir));
+        }
+    }
+
+    // =============================================================================================
+    // 8. Secrets never appear in any output
+    // =============================================================================================
+
+    private void secrets(FaultKit.Group g) throws IOException {
+        Lane lane = lane("secrets", TownBuilder.create().rigs("alpha"));
+        HeartbeatReceiver api = new HeartbeatReceiver();
+        closeAtEnd.add(api);
+        String token = "gtk_" + HexFormat.of().formatHex(new SecureRandom().generateSeed(16));
+        String urlSecret = "ghp_" + HexFormat.of().formatHex(new SecureRandom().generateSeed(16));
+        String hbPassword = "hbpw_" + HexFormat.of().formatHex(new SecureRandom().generateSeed(8));
+        String credentialUrl = "https://fault-user:" + urlSecret + "@git.example.invalid/alpha.git";
+        for (String repo : List.of("alpha/.repo.git", "alpha/mayor/rig", "alpha/crew/max"))
+            TestTools.git(lane.town.root().resolve(repo), "remote", "set-url", "origin", credentialUrl);
+        lane.setSyncEnv("GASTOWN_API_URL", api.baseUrl(), "GASTOWN_API_TOKEN", token);
+        List<String> secrets = List.of(s3.secretKey(), token, urlSecret, hbPassword);
+
+        g.step("a normal sync, restore, verify and list, all searched", () -> {
+            TestTools.ProcResult sync = lane.firstSync(false);
+            assertNoSecret(secrets, "sync", sync);
+            Path root = TestTools.tempDir("fault-secret-restore-");
+            Map<String, String> apiEnv = Map.of("GASTOWN_API_URL", api.baseUrl(), "GASTOWN_API_TOKEN", token);
+            for (String[] args : List.of(new String[0], new String[] {"--verify"}, new String[] {"--list"}, new String[] {"--list", "--json"})) {
+                TestTools.ProcResult r = lane.restore(args.length == 0 ? root.resolve("town") : root.resolve("other"), apiEnv, args);
+                if (r.exitCode() != 0) throw new AssertionError("restore " + List.of(args) + " failed:\n" + r.stderr());
+                assertNoSecret(secrets, "restore " + List.of(args), r);
+            }
+            if (api.requests().stream().noneMatch(q -> ("Bearer " + token).equals(q.header("authorization"))))
+                throw new AssertionError("the token never reached the API, so the search would prove nothing");
+            JsonNode m = store.manifest(lane.bucket, lane.townId, lane.pointer().timestamp());
+            if (!m.toString().contains("***@git.example.invalid"))
+                throw new AssertionError("the manifest does not record the (redacted) credential URL");
+        });
+        g.fault("secrets: a storage failure under --debug", () -> {
+            lane.touch(true);
+            lane.proxy.on("fault", FaultProxy.put("/manifest.json")).fail(403, "AccessDenied");
+            try {
+                TestTools.ProcResult r = lane.sync("--debug");
+                if (r.exitCode() != 1) throw new AssertionError("exit " + r.exitCode());
+                assertNoSecret(secrets, "sync --debug", r);
+            } finally {
+                lane.proxy.clearRules();
+            }
+        });
+        g.fault("secrets: an unexpected error under --debug prints a stack trace without them", () -> {
+            Path bad = lane.town.root().resolve("bad rig");
+            Files.createDirectories(bad.resolve(".repo.git"));
+            try {
+                TestTools.ProcResult r = lane.sync("--debug");
+                if (r.exitCode() == 0) throw new AssertionError("expected the unsafe rig name to fail the sync");
+                if (!r.stderr().contains("\tat ")) throw new AssertionError("--debug printed no stack trace:\n" + r.stderr());
+                assertNoSecret(secrets, "sync --debug", r);
+            } finally {
+                TestTools.deleteRecursively(bad);
+            }
+        });
+        g.fault("secrets: a credential in the API URL, the API down", () -> {
+            int port = TestTools.freePort();
+            lane.touch(true);
+            TestTools.ProcResult r = lane.sync(Map.of("GASTOWN_API_URL", "http://hb-user:" + hbPassword + "@127.0.0.1:" + port));
+            if (r.exitCode() != 0) throw new AssertionError("a heartbeat that cannot be sent must not fail the sync (exit "
+                    + r.exitCode() + ")\n" + TestTools.tail(r.stderr(), 2000));
+            assertNoSecret(secrets, "sync", r);
+        });
+        g.fault("secrets: a credential in R2_ENDPOINT is refused without echoing it", () -> {
+            TestTools.ProcResult r = lane.sync(Map.of("R2_ENDPOINT", "http://ak:" + hbPassword + "@127.0.0.1:9"));
+            if (r.exitCode() != 2) throw new AssertionError("exit " + r.exitCode() + ", expected 2 (config)");
+            assertNoSecret(secrets, "sync", r);
+        });
+        g.step("every heartbeat body, stored object and local state file searched", () -> {
+            List<String> leaks = new ArrayList<>();
+            for (HeartbeatReceiver.Request q : api.requests())
+                leaks.addAll(find(secrets, "heartbeat body " + q.path(), q.body().getBytes(StandardCharsets.UTF_8)));
+            for (String key : store.list(lane.bucket, "").keySet()) leaks.addAll(find(secrets, "object " + key, store.get(lane.bucket, key)));
+            try (var s = Files.walk(lane.local)) {
+                for (Path p : s.filter(Files::isRegularFile).collect(Collectors.toList()))
+                    leaks.addAll(find(secrets, "local file " + lane.local.relativize(p), Files.readAllBytes(p)));
+            }
+            if (!leaks.isEmpty()) throw new AssertionError("secrets leaked:\n" + String.join("\n", leaks));
+        });
+    }
+
+    /** Every byte of a process's stdout and stderr, searched for every secret. */
+    private static void assertNoSecret(List<String> secrets, String what, TestTools.ProcResult r) {
+        List<String> leaks = new ArrayList<>(find(secrets, what + " stdout", r.stdout().getBytes(StandardCharsets.UTF_8)));
+        leaks.addAll(find(secrets, what + " stderr", r.stderr().getBytes(StandardCharsets.UTF_8)));
+        if (!leaks.isEmpty()) throw new AssertionError("secrets leaked:\n" + String.join("\n", leaks));
+    }
+
+    private static List<String> find(List<String> secrets, String where, byte[] data) {
+        List<String> found = new ArrayList<>();
+        String text = new String(data, StandardCharsets.ISO_8859_1);
+        for (String s : secrets) if (text.contains(s)) found.add(where + " contains secret " + s.substring(0, 4) + "...");
+        return found;
+    }
+
+    // =============================================================================================
+    // Lanes and helpers
+    // =============================================================================================
+
+    /** A one-rig town with its first snapshot; with mediumFile a 12 MB file in a rig's plugins/ (for full disks). */
+    private Lane syncedLane(String name, boolean mediumFile) throws IOException {
+        Lane lane = lane(name, TownBuilder.create().rigs("alpha"));
+        if (mediumFile) writeBigFile(lane.town.root().resolve("alpha/plugins/medium.bin"), MEDIUM_FILE);
+        lane.firstSync(false);
+        return lane;
+    }
+
+    private Lane lane(String name, TownBuilder builder) {
+        Lane lane = new Lane(name, builder);
+        synchronized (closeAtEnd) {
+            closeAtEnd.add(lane);
+        }
+        return lane;
+    }
+
+    /**
+     * A town, its bucket, a FaultProxy in front of S3, and the product's local dirs (lock, work, state),
+     * plus the town state each snapshot was taken from (what its restore must give back).
+     */
+    final class Lane implements AutoCloseable {
+        final String townId;
+        final Path dir;
+        final TestTown town;
+        final String bucket;
+        final FaultProxy proxy;
+        final Path local;
+        final Path workDir;
+        final Path lockFile;
+        private final Map<String, String> directEnv;
+        private Map<String, String> syncEnv;
+        final Map<String, TownState> states = new ConcurrentHashMap<>();
+        volatile Duration lastSyncTook = Duration.ofSeconds(3);
+        /** The town's state as last captured; touch() forgets it (syncs never change what it describes). */
+        private TownState current;
+
+        TownState currentState() {
+            if (current == null) current = TownState.capture(town.root());
+            return current;
+        }
+        private int touches;
+
+        Lane(String name, TownBuilder builder) {
+            dir = TestTools.tempDir("fault-" + name + "-");
+            town = builder.build(dir);
+            bucket = s3.newBucket();
+            townId = "fault-" + name;
+            proxy = new FaultProxy(s3.endpoint());
+            Product product = Product.of(town.root(), s3, bucket, townId);
+            local = product.scratch();
+            workDir = Path.of(product.env().get("R2_WORK_DIR"));
+            lockFile = Path.of(product.env().get("R2_SYNC_LOCK"));
+            directEnv = product.env();
+            syncEnv = FaultKit.env(directEnv, "R2_ENDPOINT", proxy.endpoint());
+        }
+
+        void setSyncEnv(String... kv) {
+            syncEnv = FaultKit.env(syncEnv, kv);
+        }
+
+        /** The env of a second machine syncing the same town: its own lock, work and state dirs. */
+        Map<String, String> otherMachine() {
+            Path other = local.resolve("other-machine");
+            return FaultKit.env(syncEnv, "R2_SYNC_LOCK", other.resolve("r2-sync.lock").toString(),
+                    "R2_WORK_DIR", other.resolve("work").toString(), "R2_STATE_DIR", other.resolve("state").toString());
+        }
+
+        FaultKit.Running startSync(String... args) {
+            return startSync(syncEnv, args);
+        }
+
+        FaultKit.Running startSync(Map<String, String> env, String... args) {
+            List<String> a = new ArrayList<>(List.of("--immediate"));
+            a.addAll(List.of(args));
+            return FaultKit.Running.start(FaultKit.jvm("R2Sync", a, false), env, local.resolve("runs"));
+        }
+
+        TestTools.ProcResult sync(String... args) {
+            return sync(Map.of(), args);
+        }
+
+        TestTools.ProcResult sync(Map<String, String> extraEnv, String... args) {
+            Map<String, String> env = FaultKit.copy(syncEnv);
+            env.putAll(extraEnv);
+            try (FaultKit.Running r = startSync(env, args)) {
+                TestTools.ProcResult res = r.await(SYNC_TIMEOUT);
+                if (res.exitCode() == 0) lastSyncTook = Duration.ofNanos(System.nanoTime() - r.startNanos);
+                return res;
+            }
+        }
+
+        /** Captures the town, syncs (exit 0 required) and records the state for the new snapshot. */
+        TestTools.ProcResult syncAndRecord() {
+            TownState state = currentState();
+            TestTools.ProcResult r = sync();
+            if (r.exitCode() != 0) throw new AssertionError("sync failed (exit " + r.exitCode() + ")\n" + TestTools.tail(r.stderr(), 3000));
+            states.put(pointer().timestamp(), state);
+            return r;
+        }
+
+        /** The lane's first snapshot (optionally dumping the class-data archive for later JVMs). */
+        TestTools.ProcResult firstSync(boolean dumpArchive) {
+            TownState state = currentState();
+            List<String> cmd = FaultKit.jvm("R2Sync", List.of("--immediate"), dumpArchive);
+            TestTools.ProcResult r;
+            try (FaultKit.Running run = FaultKit.Running.start(cmd, syncEnv, local.resolve("runs"))) {
+                r = run.await(SYNC_TIMEOUT);
+                lastSyncTook = Duration.ofNanos(System.nanoTime() - run.startNanos);
+            }
+            if (r.exitCode() != 0) throw new AssertionError("first sync of " + townId + " failed\n" + r.stderr());
+            states.put(pointer().timestamp(), state);
+            return r;
+        }
+
+        FaultKit.Pointer pointer() {
+            return store.pointer(bucket, townId);
+        }
+
+        /** r2-restore straight to S3 (not through the proxy unless extraEnv says so), own state and work dirs. */
+        TestTools.ProcResult restore(Path root, Map<String, String> extraEnv, String... args) {
+            Path scratch = TestTools.tempDir("fault-restore-local-");
+            Map<String, String> env = FaultKit.env(directEnv, "GT_TOWN_ROOT", root.toString(),
+                    "R2_STATE_DIR", scratch.resolve("state").toString(), "R2_WORK_DIR", scratch.resolve("work").toString());
+            env.putAll(extraEnv);
+            try {
+                try (FaultKit.Running r = FaultKit.Running.start(FaultKit.jvm("R2Restore", List.of(args), false), env, scratch.resolve("runs"))) {
+                    return r.await(SYNC_TIMEOUT);
+                }
+            } finally {
+                TestTools.deleteRecursively(scratch);
+            }
+        }
+
+        /** r2-restore of this lane's town id from another bucket, with the given state dir. */
+        TestTools.ProcResult restoreFrom(String otherBucket, Path root, Path stateDir, String... args) {
+            Path scratch = TestTools.tempDir("fault-restore-local-");
+            Map<String, String> env = FaultKit.env(directEnv, "GT_TOWN_ROOT", root.toString(), "R2_BUCKET", otherBucket,
+                    "R2_STATE_DIR", stateDir.toString(), "R2_WORK_DIR", scratch.resolve("work").toString());
+            try (FaultKit.Running r = FaultKit.Running.start(FaultKit.jvm("R2Restore", List.of(args), false), env, scratch.resolve("runs"))) {
+                return r.await(SYNC_TIMEOUT);
+            } finally {
+                TestTools.deleteRecursively(scratch);
+            }
+        }
+
+        /** Puts git and dolt wrappers first on the sync's PATH that start bundles and version probes 0.2 s late. */
+        void slowChildren() throws IOException {
+            Path shims = Files.createDirectories(local.resolve("shims"));
+            String path = System.getenv("PATH");
+            for (String[] tool : List.of(new String[] {"git", "bundle"}, new String[] {"dolt", "version"})) {
+                String real = java.util.Arrays.stream(path.split(":")).map(d -> Path.of(d, tool[0]))
+                        .filter(Files::isExecutable).findFirst().orElseThrow().toString();
+                Path shim = shims.resolve(tool[0]);
+                Files.writeString(shim, "#!/bin/sh\ncase \"$1\" in " + tool[1] + ") sleep 0.2 ;; esac\nexec " + real + " \"$@\"\n");
+                Files.setPosixFilePermissions(shim, PosixFilePermissions.fromString("rwxr-xr-x"));
+            }
+            setSyncEnv("PATH", shims + ":" + path);
+        }
+
+        /**
+         * Changes the town so the next sync has new work: a new branch in every repo (new bundles) and,
+         * with files, a changed config and runtime file (new tars). Databases change on every backup.
+         */
+        void touch(boolean files) throws IOException {
+            current = null;
+            int n = ++touches;
+            for (String rig : town.rigs()) {
+                for (Path repo : List.of(town.rig(rig).resolve(".repo.git"), town.rig(rig).resolve("mayor/rig"),
+                        town.rig(rig).resolve("crew/" + TestTown.CREW))) {
+                    TestTools.git(repo, "branch", "fault-" + n, "HEAD");
+                    if (n > 1) TestTools.git(repo, "branch", "-D", "fault-" + (n - 1));
+                }
+            }
+            if (files) {
+                Files.writeString(town.root().resolve("settings/fault.json"), "{\"touch\": " + n + "}\n");
+                Files.writeString(town.root().resolve(".runtime/fault-state.json"), "{\"touch\": " + n + "}\n");
+            }
+        }
+
+        @Override
+        public void close() {
+            proxy.close();
+            TestTools.deleteRecursively(dir);
+            TestTools.deleteRecursively(local);
+        }
+    }
+
+    /** A volume that already holds a (small) town, for --force restores that must leave it as it is. */
+    private static void writeSentinelTown(Path root) throws IOException {
+        Files.createDirectories(root.resolve("mayor"));
+        Files.writeString(root.resolve("mayor/town.json"), "{\"name\":\"the town already here\"}\n");
+        Files.createDirectories(root.resolve("alpha/.beads"));
+        Files.writeString(root.resolve("alpha/.beads/issues.jsonl"), "{\"id\":\"al-1\"}\n");
+        Files.createSymbolicLink(root.resolve("alpha/link"), Path.of("../mayor"));
+    }
+
+    /** Pseudo-random bytes (incompressible, like git packs and dolt tables). */
+    private static void writeBigFile(Path file, int size) throws IOException {
+        Files.createDirectories(file.getParent());
+        Random random = new Random(42);
+        byte[] chunk = new byte[1 << 20];
+        try (var out = Files.newOutputStream(file)) {
+            for (int written = 0; written < size; written += chunk.length) {
+                random.nextBytes(chunk);
+                out.write(chunk, 0, Math.min(chunk.length, size - written));
+            }
+        }
+    }
+
+    private static void assertMentions(String output, String text) {
+        if (!output.toLowerCase(Locale.ROOT).contains(text.toLowerCase(Locale.ROOT)))
+            throw new AssertionError("expected the output to mention \"" + text + "\":\n" + TestTools.tail(output, 2500));
+    }
+}
