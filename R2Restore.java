@@ -77,6 +77,7 @@ public class R2Restore implements Callable<Integer> {
     @Override
     public Integer call() throws IOException {
         config = r2.toConfig();
+        if (json && !mode.list) throw R2Options.usage("--json goes with --list");
         if (snapshot != null && !Keys.TIMESTAMP_FORM.matcher(snapshot).matches())
             throw R2Options.usage("--snapshot must look like 20260217T120000Z, not " + snapshot);
         try (ObjectStore opened = ObjectStore.open(config)) {

@@ -113,9 +113,9 @@ public class R2Sync implements Callable<Integer> {
         try {
             while (stop.getCount() > 0) {
                 try {
-                    SyncResult result = syncOnce();
+                    syncOnce();
                     if (consecutiveFailures > 0) Log.info("daemon: recovered after " + consecutiveFailures + " failed cycle(s)");
-                    consecutiveFailures = result.exitCode() == R2Common.EXIT_OK ? 0 : consecutiveFailures;
+                    consecutiveFailures = 0;
                 } catch (R2Exception e) {
                     if (stop.getCount() == 0) break;
                     consecutiveFailures++;
