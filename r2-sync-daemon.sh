@@ -11,34 +11,11 @@
 # from the environment (R2_ENDPOINT, R2_ACCESS_KEY_ID, R2_SECRET_ACCESS_KEY, R2_BUCKET, TOWN_ID,
 # GT_TOWN_ROOT, GASTOWN_API_URL, GASTOWN_API_TOKEN, ...). The script may be a symlink (e.g.
 # /usr/local/bin/r2-sync-daemon.sh): R2Sync.java is found next to the file it points to.
-# JBang: $JBANG when set, else `jbang` on PATH, else the repo's own launcher (./jbang).
+# JBang: $JBANG when set, else `jbang` on PATH, else the repo's own launcher (./jbang); see r2-jbang.sh.
 set -Eeuo pipefail
-
-# Prints the directory this script really lives in, symlinks resolved.
-script_dir() {
-  dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")"
-}
-
-# Prints the JBang command to use: $JBANG, else jbang on PATH, else <dir>/jbang.
-# Usage: find_jbang <dir>
-find_jbang() {
-  if [[ -n "${JBANG:-}" ]]; then
-    printf '%s\n' "$JBANG"
-  elif command -v jbang > /dev/null 2>&1; then
-    command -v jbang
-  else
-    printf '%s\n' "$1/jbang"
-  fi
-}
-
-_main() {
-  local dir jbang
-  dir="$(script_dir)"
-  jbang="$(find_jbang "$dir")"
-  # exec: the JVM takes this process's place, so signals (SIGTERM) reach it directly.
-  exec "$jbang" "$dir/R2Sync.java" "$@"
-}
+# shellcheck source=r2-jbang.sh
+source "$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")/r2-jbang.sh"
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
-  _main "$@"
+  r2_jbang_exec "${BASH_SOURCE[0]}" R2Sync.java "$@"
 fi
