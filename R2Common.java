@@ -824,11 +824,7 @@ final class GitRepo {
     static RepoFacts inspect(Town town, String rig, Path repo, String bundlePath) throws IOException {
         boolean bare = !Files.exists(repo.resolve(".git"));
         Path gitDir = bare ? repo : repo.resolve(".git");
-        Map<String, String> refs = new TreeMap<>();
-        for (String line : git(repo, "for-each-ref", "--format=%(objectname) %(refname)").lines().collect(Collectors.toList())) {
-            String[] parts = line.split(" ", 2);
-            if (parts.length == 2) refs.put(parts[1], parts[0]);
-        }
+        Map<String, String> refs = refs(repo);
         ProcResult symbolic = Proc.run(repo, "git", "symbolic-ref", "-q", "HEAD");
         String head = symbolic.ok() ? symbolic.stdout().strip() : git(repo, "rev-parse", "HEAD").strip();
         Path shallowFile = gitDir.resolve("shallow");
@@ -872,7 +868,18 @@ final class GitRepo {
         return result;
     }
 
-    private static String git(Path repo, String... args) {
+    /** Every ref of a repository and the object it names. */
+    static Map<String, String> refs(Path repo) {
+        Map<String, String> refs = new TreeMap<>();
+        for (String line : git(repo, "for-each-ref", "--format=%(objectname) %(refname)").lines().collect(Collectors.toList())) {
+            String[] parts = line.split(" ", 2);
+            if (parts.length == 2) refs.put(parts[1], parts[0]);
+        }
+        return refs;
+    }
+
+    /** Runs git in a directory and returns its stdout; a non-zero exit is an error naming the command. */
+    static String git(Path repo, String... args) {
         List<String> cmd = new ArrayList<>(List.of("git"));
         cmd.addAll(List.of(args));
         return Proc.check(repo, Proc.DEFAULT_TIMEOUT, cmd).stdout();

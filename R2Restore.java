@@ -69,6 +69,8 @@ public class R2Restore implements Callable<Integer> {
 
     private Config config;
     private ObjectStore store;
+    /** latest.json as candidates() read it; its manifest hash is checked against what is downloaded. */
+    private Pointer latestPointer;
 
     public static void main(String... args) {
         System.exit(R2Cli.run(new R2Restore(), args));
@@ -163,8 +165,16 @@ public class R2Restore implements Callable<Integer> {
 
     /** The snapshots to try, best first: --snapshot alone, or latest.json's then the older complete ones. */
     private List<String> candidates() {
-        if (snapshot != null) return List.of(snapshot);
         Optional<Versioned> latest = store.get(config.keys().latest());
+        if (snapshot != null) {
+            // The pointer only pins a manifest here; an unreadable one is no reason to refuse a chosen snapshot.
+            try {
+                latestPointer = latest.map(v -> R2Common.fromJson(v.data(), Pointer.class, "latest.json")).orElse(null);
+            } catch (R2Exception e) {
+                Log.warn("restore: " + e.getMessage() + "; restoring the chosen snapshot " + snapshot + " anyway");
+            }
+            return List.of(snapshot);
+        }
         List<String> complete = completeSnapshots();
         if (latest.isEmpty()) {
             if (!complete.isEmpty())
@@ -179,6 +189,7 @@ public class R2Restore implements Callable<Integer> {
             throw new R2Exception(R2Common.EXIT_FAILED, "restore: " + e.getMessage()
                     + "; not guessing which snapshot is current: choose one with --snapshot (see --list)");
         }
+        latestPointer = pointer;
         List<String> result = new ArrayList<>(List.of(pointer.timestamp()));
         complete.stream().filter(ts -> ts.compareTo(pointer.timestamp()) < 0).forEach(result::add);
         return result;
@@ -235,17 +246,10 @@ public class R2Restore implements Callable<Integer> {
 
     /** When latest.json names this snapshot, the manifest must be the one it pins. */
     private void checkAgainstPointer(String timestamp, byte[] manifestJson) {
-        Optional<Versioned> latest = store.get(config.keys().latest());
-        if (latest.isEmpty()) return;
-        try {
-            Pointer pointer = R2Common.fromJson(latest.get().data(), Pointer.class, "latest.json");
-            if (pointer.timestamp().equals(timestamp) && pointer.manifestSha256() != null
-                    && !pointer.manifestSha256().equals(Sha256.of(manifestJson)))
-                throw new R2Exception(R2Common.EXIT_FAILED, "manifest.json of " + timestamp
-                        + " is not the one latest.json pins (sha256 differs)");
-        } catch (R2Exception e) {
-            if (e.getMessage().contains("pins")) throw e;   // an unreadable pointer is judged elsewhere
-        }
+        if (latestPointer != null && latestPointer.timestamp().equals(timestamp) && latestPointer.manifestSha256() != null
+                && !latestPointer.manifestSha256().equals(Sha256.of(manifestJson)))
+            throw new R2Exception(R2Common.EXIT_FAILED, "manifest.json of " + timestamp
+                    + " is not the one latest.json pins (sha256 differs)");
     }
 
     /**
@@ -297,25 +301,25 @@ public class R2Restore implements Callable<Integer> {
     private void restoreRepo(Prepared prepared, RepoFacts repo, Path townDir) throws IOException {
         Path target = townDir.resolve(repo.path());
         Files.createDirectories(target.getParent());
-        if (repo.bare()) git(townDir, "init", "--quiet", "--bare", target.toString());
-        else git(townDir, "init", "--quiet", target.toString());
+        if (repo.bare()) GitRepo.git(townDir, "init", "--quiet", "--bare", target.toString());
+        else GitRepo.git(townDir, "init", "--quiet", target.toString());
         Path gitDir = repo.bare() ? target : target.resolve(".git");
         if (!repo.shallow().isEmpty()) Files.write(gitDir.resolve("shallow"), repo.shallow());
         if (!repo.empty()) {
             // clone --bare fails for a shallow bundle and drops refs/remotes: fetch every ref instead.
-            git(target, "fetch", "--quiet", "--update-head-ok", prepared.file(repo.file()).toString(), "+refs/*:refs/*");
-            Map<String, String> refs = refs(target);
+            GitRepo.git(target, "fetch", "--quiet", "--update-head-ok", prepared.file(repo.file()).toString(), "+refs/*:refs/*");
+            Map<String, String> refs = GitRepo.refs(target);
             if (!refs.equals(repo.refs()))
                 throw new R2Exception(R2Common.EXIT_FAILED, "repo " + repo.path() + " restored with refs that differ from the manifest");
         }
-        if (repo.head() != null && repo.head().startsWith("refs/")) git(target, "symbolic-ref", "HEAD", repo.head());
-        else if (repo.head() != null) git(target, "update-ref", "--no-deref", "HEAD", repo.head());
+        if (repo.head() != null && repo.head().startsWith("refs/")) GitRepo.git(target, "symbolic-ref", "HEAD", repo.head());
+        else if (repo.head() != null) GitRepo.git(target, "update-ref", "--no-deref", "HEAD", repo.head());
         for (ConfigEntry e : repo.config()) {
             if (e.value().contains("***@"))
                 Log.warn("restore: " + repo.path() + ": " + e.key() + " held a credential, which backups never store; set it again");
-            git(target, "config", "--add", e.key(), e.value());
+            GitRepo.git(target, "config", "--add", e.key(), e.value());
         }
-        if (!repo.bare() && !repo.empty()) git(target, "reset", "--quiet", "--hard");
+        if (!repo.bare() && !repo.empty()) GitRepo.git(target, "reset", "--quiet", "--hard");
         for (WorktreeFacts wt : repo.worktrees()) {
             if (Path.of(wt.path()).isAbsolute()) {
                 Log.warn("restore: worktree " + wt.path() + " of " + repo.path() + " lies outside the town; not recreated");
@@ -323,25 +327,10 @@ public class R2Restore implements Callable<Integer> {
             }
             Path where = townDir.resolve(wt.path());
             if (wt.branch() != null && wt.branch().startsWith("refs/heads/"))
-                git(target, "worktree", "add", "--quiet", where.toString(), wt.branch().substring("refs/heads/".length()));
-            else git(target, "worktree", "add", "--quiet", "--detach", where.toString(), wt.head());
+                GitRepo.git(target, "worktree", "add", "--quiet", where.toString(), wt.branch().substring("refs/heads/".length()));
+            else GitRepo.git(target, "worktree", "add", "--quiet", "--detach", where.toString(), wt.head());
         }
-        git(target, "fsck", "--no-progress", "--no-dangling");
-    }
-
-    private static Map<String, String> refs(Path repo) {
-        Map<String, String> refs = new TreeMap<>();
-        for (String line : git(repo, "for-each-ref", "--format=%(objectname) %(refname)").lines().collect(Collectors.toList())) {
-            String[] parts = line.split(" ", 2);
-            if (parts.length == 2) refs.put(parts[1], parts[0]);
-        }
-        return refs;
-    }
-
-    private static String git(Path cwd, String... args) {
-        List<String> cmd = new ArrayList<>(List.of("git"));
-        cmd.addAll(List.of(args));
-        return Proc.check(cwd, Proc.DEFAULT_TIMEOUT, cmd).stdout();
+        GitRepo.git(target, "fsck", "--no-progress", "--no-dangling");
     }
 
     /** --force: the existing content goes into .r2-aside-<time>/ on the same volume; nothing is deleted. */
