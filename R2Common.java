@@ -9,6 +9,9 @@
 //DEPS org.slf4j:slf4j-nop:1.7.36
 //SOURCES R2Store.java
 //SOURCES R2Tar.java
+//SOURCES R2Town.java
+//SOURCES R2Git.java
+//SOURCES R2Dolt.java
 
 // The shared vocabulary of R2Sync and R2Restore. Contents, in order:
 //   1. R2Common      version, exit codes, JSON mapper
@@ -17,10 +20,12 @@
 //   4. Manifest      Pointer (latest.json), Manifest and the facts it records
 //   5. Hashing       sha256 of files and of streams being written
 //   6. Processes     Proc: honest subprocesses
-//   7. Town          discovery of databases, rigs, repos, and the keep lists for config/runtime tars
-//   8. Reporting     Log (timestamped, secret-free stderr lines), Progress, Heartbeat
+//   7. Local state   FileTrees, RestoreState (the failed-restore marker, the interrupted-move marker)
+//   8. Reporting     Log (timestamped, secret-free, escaped stderr lines), Progress, Heartbeat
 //   9. CLI wiring    R2Exception, R2Cli.run
-// The object store (R2Store.java) and the tar writer/extractor (R2Tar.java) have files of their own.
+// Each other concept has a file of its own: R2Store.java (the object store), R2Tar.java (tar writing and
+// hostile-archive refusal), R2Town.java (what a snapshot holds: the scan and its skip list), R2Git.java
+// (bundles and work-tree state), R2Dolt.java (dolt backups and the dolt identity restores run with).
 
 import com.fasterxml.jackson.annotation.JsonInclude;
 import com.fasterxml.jackson.databind.DeserializationFeature;
@@ -53,7 +58,7 @@ import java.util.stream.Stream;
 // ---------------------------------------------------------------------------------------------
 
 final class R2Common {
-    static final String VERSION = "gastown-r2 0.1.0";
+    static final String VERSION = "gastown-r2 0.2.0";
 
     /** Exit codes shared by both commands (restic's spirit: few, and each one a script can act on). */
     static final int EXIT_OK = 0;
@@ -281,13 +286,15 @@ record Keys(String townId) {
         return Instant.from(TIMESTAMP.parse(timestamp));
     }
 
-    static String doltBackup(String database) {
-        return "dolt/" + database + ".backup";
+    /** A database in the town's data dir as dolt/{name}.backup; one anywhere else as dolt/{its town path}.backup. */
+    static String doltBackup(String name, String path) {
+        return path.equals(".dolt-data/" + name) ? "dolt/" + name + ".backup" : "dolt/" + path + ".backup";
     }
 
-    /** A rig's .repo.git bundles as git/{rig}.bundle; a separate clone as git/{its town path}.bundle. */
-    static String bundle(String rig, String repoPath) {
-        return repoPath.equals(rig + "/.repo.git") ? "git/" + rig + ".bundle" : "git/" + repoPath + ".bundle";
+    /** A rig's shared {rig}/.repo.git as git/{rig}.bundle; any other git directory as git/{its town path}.bundle. */
+    static String bundle(String gitDirPath) {
+        String[] parts = gitDirPath.split("/");
+        return parts.length == 2 && parts[1].equals(".repo.git") ? "git/" + parts[0] + ".bundle" : "git/" + gitDirPath + ".bundle";
     }
 }
 
@@ -320,35 +327,45 @@ record FileEntry(String path, long size, String sha256) {
 record Versions(String gt, String dolt, String git) {}
 
 /**
- * What restore needs about a Dolt database besides its backup: its name, its file, the branch heads it
- * held, and the root hash of the backup (equal roots mean equal databases, working sets included).
+ * What restore needs about a Dolt database besides its backup: its name and town path, its file, the branch
+ * heads it held, and the root hash of the backup (equal roots mean equal databases, working sets included).
  */
-record DatabaseFacts(String name, String file, boolean serverRunning, Map<String, String> branches, String root) {
+record DatabaseFacts(String name, String path, String file, boolean serverRunning, Map<String, String> branches, String root) {
     DatabaseFacts {
         Town.requireSafeName(name, "database name");
+        Town.requireSafeRelative(path, "database path");
+        if (!path.equals(name) && !path.endsWith("/" + name)) throw new IllegalArgumentException("database " + name + " at " + path);
         branches = branches == null ? Map.of() : Collections.unmodifiableMap(new TreeMap<>(branches));
     }
 }
 
-/** A worktree of a bare repo: path relative to the town root (or absolute when outside it). */
-record WorktreeFacts(String path, String branch, String head) {}
-
-/** A git config entry (remote.* and branch.*); URLs are stored with any credential removed. */
-record ConfigEntry(String key, String value) {}
+/**
+ * A checked-out tree and what it held: HEAD, branch, and `git status` counted (staged, modified, untracked)
+ * with the sha256 of its porcelain v2 listing. gitDir: where its .git leads, town-relative (absolute when
+ * outside the town).
+ */
+record WorkTreeFacts(String path, String gitDir, String head, String branch, int staged, int modified, int untracked,
+                     String status) {
+    String summary() {
+        String at = branch != null ? branch.replaceFirst("^refs/heads/", "") : head != null ? "detached " + head : "no commit yet";
+        return (path.isEmpty() ? "(town root)" : path) + " (" + at + "): " + staged + " staged, " + modified + " modified, " + untracked + " untracked";
+    }
+}
 
 /**
- * A git repository: a rig's bare .repo.git or a separate clone (mayor/rig, crew/*). Records what a bundle
- * lacks: the shallow boundary, HEAD, remotes and branch config, and the worktrees.
+ * A git directory (a bare repo, a clone's .git): its bundle (null when it has no objects to carry), every
+ * ref, the symbolic ones, whether it is a partial clone, the fingerprint that says its bundle is unchanged,
+ * and the work trees whose .git leads to it. Its other files (HEAD, index, config, hooks, ...) are in the tars.
  */
-record RepoFacts(String path, String rig, boolean bare, String file, String head, List<String> shallow,
-                 Map<String, String> refs, List<ConfigEntry> config, List<WorktreeFacts> worktrees,
-                 String carriedFrom) {
+record RepoFacts(String path, String file, Map<String, String> refs, Map<String, String> symrefs, boolean promisor,
+                 String fingerprint, List<WorkTreeFacts> workTrees, String carriedFrom) {
     RepoFacts {
         Town.requireSafeRelative(path, "repo path");
-        shallow = shallow == null ? List.of() : List.copyOf(shallow);
         refs = refs == null ? Map.of() : Collections.unmodifiableMap(new TreeMap<>(refs));
-        config = config == null ? List.of() : List.copyOf(config);
-        worktrees = worktrees == null ? List.of() : List.copyOf(worktrees);
+        symrefs = symrefs == null ? Map.of() : Collections.unmodifiableMap(new TreeMap<>(symrefs));
+        workTrees = workTrees == null ? List.of() : List.copyOf(workTrees);
+        for (String ref : refs.keySet()) Town.requireSafeRelative(ref, "ref name");
+        if (!refs.keySet().containsAll(symrefs.keySet())) throw new IllegalArgumentException("symbolic ref without a ref in " + path);
     }
 
     boolean empty() {
@@ -356,20 +373,24 @@ record RepoFacts(String path, String rig, boolean bare, String file, String head
     }
 
     RepoFacts carriedFrom(String timestamp) {
-        return new RepoFacts(path, rig, bare, file, head, shallow, refs, config, worktrees, timestamp);
+        return new RepoFacts(path, file, refs, symrefs, promisor, fingerprint, workTrees, timestamp);
     }
 }
 
 /** Something the sync could not back up; the snapshot is published with it listed (see README). */
 record Problem(String part, String error, String carriedFrom) {}
 
-record Manifest(int formatVersion, String tool, String townId, String timestamp, String createdAt,
+/**
+ * A snapshot's manifest. formatVersion names the layout: 2 is the whole town (tars of every path outside the
+ * skip list, a bundle per git directory, a dolt backup per database); 1 was the keep-list layout.
+ */
+record Manifest(int formatVersion, String tool, String townId, String timestamp, String createdAt, String townRoot,
                 Versions versions, List<FileEntry> files, List<DatabaseFacts> databases, List<RepoFacts> repos,
                 List<Problem> problems) {
-    static final int FORMAT = 1;
+    static final int FORMAT = 2;
 
     Manifest {
-        if (formatVersion != FORMAT) throw new IllegalArgumentException("unsupported manifest formatVersion " + formatVersion);
+        if (formatVersion != FORMAT) throw new UnreadableFormat(formatVersion);
         if (timestamp == null || !Keys.TIMESTAMP_FORM.matcher(timestamp).matches())
             throw new IllegalArgumentException("bad timestamp " + timestamp);
         files = files == null ? List.of() : List.copyOf(files);
@@ -383,14 +404,15 @@ record Manifest(int formatVersion, String tool, String townId, String timestamp,
             if (!seen.contains(db.file())) throw new IllegalArgumentException("database " + db.name() + " has no file entry");
         for (RepoFacts repo : repos)
             if (!repo.empty() && !seen.contains(repo.file())) throw new IllegalArgumentException("repo " + repo.path() + " has no file entry");
+        if (townRoot == null || !townRoot.startsWith("/")) throw new IllegalArgumentException("townRoot must be an absolute path: " + townRoot);
     }
 
     Optional<FileEntry> file(String path) {
         return files.stream().filter(f -> f.path().equals(path)).findFirst();
     }
 
-    Optional<DatabaseFacts> database(String name) {
-        return databases.stream().filter(d -> d.name().equals(name)).findFirst();
+    Optional<DatabaseFacts> database(String path) {
+        return databases.stream().filter(d -> d.path().equals(path)).findFirst();
     }
 
     Optional<RepoFacts> repo(String path) {
@@ -403,6 +425,23 @@ record Manifest(int formatVersion, String tool, String townId, String timestamp,
 
     boolean complete() {
         return problems.isEmpty();
+    }
+
+    /** The format version of manifest JSON, read before anything else, or -1 when it has none. */
+    static int formatOf(byte[] json) {
+        try {
+            return R2Common.JSON.readTree(json).path("formatVersion").asInt(-1);
+        } catch (IOException e) {
+            return -1;
+        }
+    }
+
+    /** A manifest in a format this version cannot read: refused by name, never misread. */
+    static final class UnreadableFormat extends IllegalArgumentException {
+        UnreadableFormat(int format) {
+            super("manifest format " + format + " is not the format this tool reads (" + FORMAT + ")"
+                    + (format == 1 ? "; format 1 snapshots were written by gastown-r2 0.1 and restore with it" : ""));
+        }
     }
 }
 
@@ -524,10 +563,57 @@ final class Proc {
         return run(cwd, DEFAULT_TIMEOUT, List.of(args));
     }
 
+    /** Environment every child gets on top of ours (DoltHome sets dolt's config dir here). */
+    private static final Map<String, String> ENV = new ConcurrentHashMap<>(Map.of("GIT_TERMINAL_PROMPT", "0"));
+
+    static void setEnv(String name, String value) {
+        ENV.put(name, value);
+    }
+
     static ProcResult run(Path cwd, Duration timeout, List<String> args) {
+        Process p = start(cwd, args);
+        try {
+            p.getOutputStream().close();
+        } catch (IOException e) {
+            // the child closed its stdin first; its output says what happened
+        }
+        return finish(p, timeout, args, readerOf(p));
+    }
+
+    /**
+     * Runs a command with stdin given and stdout streamed into out (for output too large to hold, such as
+     * a pack); a non-zero exit is an error carrying the end of stderr.
+     */
+    static void pipe(Path cwd, List<String> args, byte[] stdin, OutputStream out) {
+        Process p = start(cwd, args);
+        Future<String> err = READERS.submit(() -> readCapped(p.getErrorStream()));
+        Future<Void> feed = READERS.submit(() -> {
+            try (OutputStream in = p.getOutputStream()) {
+                in.write(stdin);
+            }
+            return null;
+        });
+        try (InputStream from = p.getInputStream()) {
+            from.transferTo(out);
+        } catch (IOException e) {
+            p.destroyForcibly();
+            RUNNING.remove(p);
+            throw new R2Exception(R2Common.EXIT_FAILED, String.join(" ", args) + ": " + e.getMessage(), e);
+        }
+        ProcResult r = finish(p, DEFAULT_TIMEOUT, args, new Future[] {CompletableFuture.completedFuture(""), err});
+        try {
+            feed.get();
+        } catch (InterruptedException | ExecutionException e) {
+            // a child that exits without reading all its input has said why on stderr
+        }
+        if (!r.ok())
+            throw new R2Exception(R2Common.EXIT_FAILED, String.join(" ", args) + ": exit " + r.exitCode() + ": " + r.tail());
+    }
+
+    private static Process start(Path cwd, List<String> args) {
         ProcessBuilder pb = new ProcessBuilder(args);
         if (cwd != null) pb.directory(cwd.toFile());
-        pb.environment().put("GIT_TERMINAL_PROMPT", "0");
+        pb.environment().putAll(ENV);
         pb.redirectInput(ProcessBuilder.Redirect.PIPE);
         Process p;
         try {
@@ -536,10 +622,19 @@ final class Proc {
             throw new R2Exception(R2Common.EXIT_FAILED, "cannot run " + args.get(0) + ": " + e.getMessage());
         }
         RUNNING.add(p);
+        return p;
+    }
+
+    @SuppressWarnings("unchecked")
+    private static Future<String>[] readerOf(Process p) {
+        return new Future[] {READERS.submit(() -> readCapped(p.getInputStream())), READERS.submit(() -> readCapped(p.getErrorStream()))};
+    }
+
+    /** Waits for a started child within the timeout and collects what its readers read. */
+    private static ProcResult finish(Process p, Duration timeout, List<String> args, Future<String>[] readers) {
         try {
-            p.getOutputStream().close();
-            Future<String> out = READERS.submit(() -> readCapped(p.getInputStream()));
-            Future<String> err = READERS.submit(() -> readCapped(p.getErrorStream()));
+            Future<String> out = readers[0];
+            Future<String> err = readers[1];
             if (!p.waitFor(timeout.toMillis(), TimeUnit.MILLISECONDS)) {
                 p.destroyForcibly();
                 throw new R2Exception(R2Common.EXIT_FAILED, String.join(" ", args) + ": timed out after " + timeout);
@@ -551,7 +646,7 @@ final class Proc {
             p.destroyForcibly();
             Thread.currentThread().interrupt();
             throw new R2Exception(R2Common.EXIT_FAILED, String.join(" ", args) + ": interrupted");
-        } catch (IOException | ExecutionException e) {
+        } catch (ExecutionException e) {
             p.destroyForcibly();
             throw new R2Exception(R2Common.EXIT_FAILED, String.join(" ", args) + ": " + e.getMessage());
         } finally {
@@ -604,287 +699,8 @@ final class Proc {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 7. Town
+// 7. Local files and state
 // ---------------------------------------------------------------------------------------------
-
-/** A rig: a top-level directory holding a bare .repo.git, plus its separate clones (mayor/rig, crew/*). */
-record Rig(String name, Path dir, List<Path> clones) {
-    Path repo() {
-        return dir.resolve(".repo.git");
-    }
-}
-
-/**
- * Discovery of what a town holds: every Dolt database (.dolt-data/<db>/.dolt), every rig and its
- * separate clones (a directory with a .git DIRECTORY; worktrees have a .git file and live in .repo.git),
- * and the keep lists that decide what goes into config.tar and runtime.tar.
- */
-record Town(Path root, List<String> databases, List<Rig> rigs) {
-    static final String DOLT_DATA = ".dolt-data";
-    /** This tool's own directories inside the town root: never part of the town's data. */
-    static final Set<String> OWN_DIRS = Set.of(".r2-restore", "lost+found");
-    private static final Pattern SAFE_NAME = Pattern.compile("[A-Za-z0-9_][A-Za-z0-9_.-]*");
-    private static final int CLONE_SEARCH_DEPTH = 4;
-
-    static Town discover(Path root) throws IOException {
-        if (!Files.isDirectory(root))
-            throw new R2Exception(R2Common.EXIT_USAGE, "town root " + root + " is not a directory (GT_TOWN_ROOT)");
-        List<String> databases = new ArrayList<>();
-        Path doltData = root.resolve(DOLT_DATA);
-        if (Files.isDirectory(doltData))
-            for (Path db : sortedChildren(doltData))
-                if (Files.isDirectory(db.resolve(".dolt")) && SAFE_NAME.matcher(db.getFileName().toString()).matches())
-                    databases.add(db.getFileName().toString());
-        List<Rig> rigs = new ArrayList<>();
-        for (Path dir : sortedChildren(root)) {
-            String name = dir.getFileName().toString();
-            if (name.startsWith(".") || !Files.isDirectory(dir.resolve(".repo.git"))) continue;
-            requireSafeName(name, "rig name");
-            List<Path> clones = new ArrayList<>();
-            findClones(dir, 0, clones);
-            rigs.add(new Rig(name, dir, clones));
-        }
-        return new Town(root, List.copyOf(databases), List.copyOf(rigs));
-    }
-
-    /** Town-relative path with '/' separators. */
-    String relative(Path p) {
-        return root.relativize(p).toString().replace(File.separatorChar, '/');
-    }
-
-    private static void findClones(Path dir, int depth, List<Path> found) throws IOException {
-        if (depth > 0 && Files.isDirectory(dir.resolve(".git"), LinkOption.NOFOLLOW_LINKS)) {
-            found.add(dir);
-            return;   // a clone's own subdirectories are its content
-        }
-        if (depth >= CLONE_SEARCH_DEPTH || Files.isRegularFile(dir.resolve(".git"))) return;   // worktree
-        for (Path child : sortedChildren(dir)) {
-            String name = child.getFileName().toString();
-            if (name.equals(".repo.git") || name.equals(".git") || name.equals(".runtime") || name.equals(".beads")) continue;
-            if (Files.isDirectory(child, LinkOption.NOFOLLOW_LINKS)) findClones(child, depth + 1, found);
-        }
-    }
-
-    static List<Path> sortedChildren(Path dir) throws IOException {
-        try (Stream<Path> s = Files.list(dir)) {
-            return s.sorted().collect(Collectors.toList());
-        }
-    }
-
-    static String requireSafeName(String name, String what) {
-        if (name == null || !SAFE_NAME.matcher(name).matches())
-            throw new IllegalArgumentException("unsafe " + what + ": " + name);
-        return name;
-    }
-
-    static String requireSafeRelative(String path, String what) {
-        if (path == null || path.isEmpty() || path.startsWith("/")
-                || Arrays.asList(path.split("/")).contains("..") || path.contains("\\"))
-            throw new IllegalArgumentException("unsafe " + what + ": " + path);
-        return path;
-    }
-
-    /** True when the root holds anything but lost+found and this tool's own staging. */
-    static boolean holdsData(Path root) throws IOException {
-        if (!Files.isDirectory(root)) return false;
-        try (Stream<Path> s = Files.list(root)) {
-            return s.anyMatch(p -> !OWN_DIRS.contains(p.getFileName().toString()));
-        }
-    }
-
-    // --- keep lists -----------------------------------------------------------------------------
-
-    /** Which of the town's files a tar keeps: include globs, then skip globs that always win. */
-    enum KeepList {
-        CONFIG(List.of(
-                "mayor/*.json", "*/config.json",
-                "settings/**", "*/settings/**", "plugins/**", "*/plugins/**",
-                "CLAUDE.md", "**/CLAUDE.md", ".claude/**", "**/.claude/**", ".opencode/**", "**/.opencode/**",
-                ".beads/**", "*/.beads/**",
-                ".dolt-data/config.yaml", ".dolt-data/.doltcfg/**", "daemon/daemon.env",
-                "*/crew/*/state.json", "*/crew/*/mail/**")),
-        RUNTIME(List.of(".runtime/**", "*/.runtime/**"));
-
-        /** Never kept: pid files, heartbeats, locks, logs, sockets, beads' embedded dolt, daemon state. */
-        static final List<String> SKIP = List.of(
-                "**.pid", "**.lock", "**.log", "**.sock",
-                "**/pids/**", "**/heartbeats/**", "**/locks/**", "pids/**", "heartbeats/**", "locks/**",
-                ".beads/dolt/**", "*/.beads/dolt/**", "daemon/state.json", "daemon/scripts/**");
-
-        private final List<PathMatcher> include;
-        private static final List<PathMatcher> SKIP_MATCHERS = matchers(SKIP);
-
-        KeepList(List<String> globs) {
-            this.include = matchers(globs);
-        }
-
-        boolean keeps(String relativePath) {
-            Path p = Path.of(relativePath);
-            return include.stream().anyMatch(m -> m.matches(p)) && SKIP_MATCHERS.stream().noneMatch(m -> m.matches(p));
-        }
-
-        private static List<PathMatcher> matchers(List<String> globs) {
-            FileSystem fs = FileSystems.getDefault();
-            return globs.stream().map(g -> fs.getPathMatcher("glob:" + g)).collect(Collectors.toList());
-        }
-    }
-
-    /**
-     * Walks the town and returns the town-relative paths of the files and symlinks a keep list keeps,
-     * sorted. The walk does not enter git data (.repo.git, .git), Dolt stores, or the work trees of
-     * worktrees and clones (git restores those), except the crew files that no bundle holds.
-     */
-    List<String> select(KeepList list) throws IOException {
-        Set<Path> gitTrees = new HashSet<>();
-        for (Rig rig : rigs) gitTrees.addAll(rig.clones());
-        List<String> kept = new ArrayList<>();
-        Files.walkFileTree(root, new SimpleFileVisitor<>() {
-            @Override
-            public FileVisitResult preVisitDirectory(Path dir, BasicFileAttributes attrs) {
-                if (dir.equals(root)) return FileVisitResult.CONTINUE;
-                String name = dir.getFileName().toString();
-                String rel = relative(dir);
-                if (name.equals(".git") || name.equals(".repo.git") || OWN_DIRS.contains(rel)
-                        || (rel.startsWith(DOLT_DATA + "/") && Files.isDirectory(dir.resolve(".dolt")))
-                        || name.equals(".dolt"))
-                    return FileVisitResult.SKIP_SUBTREE;
-                if (Files.isRegularFile(dir.resolve(".git"))) return FileVisitResult.SKIP_SUBTREE;   // worktree
-                if (gitTrees.contains(dir)) {
-                    for (String crewOnly : List.of("state.json", "mail"))
-                        collectUnder(dir.resolve(crewOnly), list, kept);
-                    return FileVisitResult.SKIP_SUBTREE;
-                }
-                return FileVisitResult.CONTINUE;
-            }
-
-            @Override
-            public FileVisitResult visitFile(Path file, BasicFileAttributes attrs) {
-                String rel = relative(file);
-                if ((attrs.isRegularFile() || attrs.isSymbolicLink()) && list.keeps(rel)) kept.add(rel);
-                return FileVisitResult.CONTINUE;
-            }
-
-            @Override
-            public FileVisitResult visitFileFailed(Path file, IOException e) throws IOException {
-                if (e instanceof NoSuchFileException) return FileVisitResult.CONTINUE;   // removed while walking
-                throw e;
-            }
-        });
-        Collections.sort(kept);
-        return kept;
-    }
-
-    private void collectUnder(Path start, KeepList list, List<String> kept) {
-        if (!Files.exists(start, LinkOption.NOFOLLOW_LINKS)) return;
-        try (Stream<Path> s = Files.walk(start)) {
-            s.filter(p -> Files.isRegularFile(p, LinkOption.NOFOLLOW_LINKS) || Files.isSymbolicLink(p))
-                    .map(this::relative).filter(list::keeps).forEach(kept::add);
-        } catch (IOException e) {
-            throw new UncheckedIOException(e);
-        }
-    }
-}
-
-/** Facts about the town's Dolt server and databases, read through the dolt CLI. */
-final class DoltServer {
-    private DoltServer() {}
-
-    /** True when a dolt sql-server serves .dolt-data (it leaves sql-server.info with its pid there). */
-    static boolean running(Town town) {
-        Path info = town.root().resolve(Town.DOLT_DATA).resolve(".dolt").resolve("sql-server.info");
-        try {
-            String pid = Files.readString(info).split(":", 2)[0].trim();
-            return ProcessHandle.of(Long.parseLong(pid)).map(ProcessHandle::isAlive).orElse(false);
-        } catch (IOException | RuntimeException e) {
-            return false;
-        }
-    }
-
-    /** Branch name -> commit hash, through the running server when there is one (the CLI finds it). */
-    static Map<String, String> branches(Path dbDir) throws IOException {
-        ProcResult r = Proc.check(dbDir, "dolt", "sql", "-r", "json", "-q", "select name, hash from dolt_branches");
-        Map<String, String> branches = new TreeMap<>();
-        for (var row : R2Common.JSON.readTree(r.stdout()).path("rows"))
-            branches.put(row.path("name").asText(), row.path("hash").asText());
-        return branches;
-    }
-
-    /** The root hash in a file:// backup's manifest ("5:__DOLT__:<lock>:<root>:..."). */
-    static String backupRoot(Path backupDir) throws IOException {
-        String[] fields = Files.readString(backupDir.resolve("manifest")).trim().split(":");
-        if (fields.length < 4) throw new IOException("unexpected dolt backup manifest in " + backupDir);
-        return fields[3];
-    }
-}
-
-/** Reads what a git repository holds that a bundle does not carry. */
-final class GitRepo {
-    private GitRepo() {}
-
-    static RepoFacts inspect(Town town, String rig, Path repo, String bundlePath) throws IOException {
-        boolean bare = !Files.exists(repo.resolve(".git"));
-        Path gitDir = bare ? repo : repo.resolve(".git");
-        Map<String, String> refs = refs(repo);
-        ProcResult symbolic = Proc.run(repo, "git", "symbolic-ref", "-q", "HEAD");
-        String head = symbolic.ok() ? symbolic.stdout().strip() : git(repo, "rev-parse", "HEAD").strip();
-        Path shallowFile = gitDir.resolve("shallow");
-        List<String> shallow = Files.exists(shallowFile)
-                ? Files.readAllLines(shallowFile).stream().map(String::strip).filter(l -> !l.isEmpty()).collect(Collectors.toList())
-                : List.of();
-        List<ConfigEntry> config = new ArrayList<>();
-        ProcResult cfg = Proc.run(repo, "git", "config", "--local", "--get-regexp", "^(remote|branch)\\.");
-        for (String line : cfg.stdout().lines().collect(Collectors.toList())) {
-            String[] kv = line.split(" ", 2);
-            config.add(new ConfigEntry(kv[0], Log.redactUrl(kv.length > 1 ? kv[1] : "")));
-        }
-        List<WorktreeFacts> worktrees = bare ? worktrees(town, repo) : List.of();
-        return new RepoFacts(town.relative(repo), rig, bare, refs.isEmpty() ? null : bundlePath, head, shallow, refs,
-                config, worktrees, null);
-    }
-
-    /** The worktrees of a bare repo (not the repo itself), path made town-relative where it lies inside. */
-    private static List<WorktreeFacts> worktrees(Town town, Path repo) {
-        List<WorktreeFacts> result = new ArrayList<>();
-        String path = null;
-        String head = null;
-        String branch = null;
-        boolean bareEntry = false;
-        List<String> lines = new ArrayList<>(git(repo, "worktree", "list", "--porcelain").lines().collect(Collectors.toList()));
-        lines.add("");
-        for (String line : lines) {
-            if (line.isBlank()) {
-                if (path != null && !bareEntry) {
-                    Path p = Path.of(path);
-                    String where = p.startsWith(town.root()) ? town.relative(p) : p.toString();
-                    result.add(new WorktreeFacts(where, branch, head));
-                }
-                path = head = branch = null;
-                bareEntry = false;
-            } else if (line.startsWith("worktree ")) path = line.substring(9);
-            else if (line.startsWith("HEAD ")) head = line.substring(5);
-            else if (line.startsWith("branch ")) branch = line.substring(7);
-            else if (line.equals("bare")) bareEntry = true;
-        }
-        return result;
-    }
-
-    /** Every ref of a repository and the object it names. */
-    static Map<String, String> refs(Path repo) {
-        Map<String, String> refs = new TreeMap<>();
-        for (String line : git(repo, "for-each-ref", "--format=%(objectname) %(refname)").lines().collect(Collectors.toList())) {
-            String[] parts = line.split(" ", 2);
-            if (parts.length == 2) refs.put(parts[1], parts[0]);
-        }
-        return refs;
-    }
-
-    /** Runs git in a directory and returns its stdout; a non-zero exit is an error naming the command. */
-    static String git(Path repo, String... args) {
-        List<String> cmd = new ArrayList<>(List.of("git"));
-        cmd.addAll(List.of(args));
-        return Proc.check(repo, Proc.DEFAULT_TIMEOUT, cmd).stdout();
-    }
-}
 
 final class FileTrees {
     private FileTrees() {}
@@ -993,8 +809,26 @@ final class Log {
     }
 
     private static void line(String level, String message) {
-        out.println(Instant.now().truncatedTo(java.time.temporal.ChronoUnit.MILLIS) + " " + level + " " + redact(message));
+        out.println(Instant.now().truncatedTo(java.time.temporal.ChronoUnit.MILLIS) + " " + level + " " + escape(redact(message)));
         out.flush();
+    }
+
+    /**
+     * One log line stays one line: control characters (a newline in a file name or in TOWN_ID) are printed
+     * as escapes, so nothing from the town or the environment can forge a line of its own.
+     */
+    static String escape(String text) {
+        if (text == null) return null;
+        StringBuilder sb = new StringBuilder(text.length());
+        for (int i = 0; i < text.length(); i++) {
+            char c = text.charAt(i);
+            if (c == '\n') sb.append("\\n");
+            else if (c == '\r') sb.append("\\r");
+            else if (c == '\t') sb.append("\\t");
+            else if (c < 0x20 || c == 0x7f || c == 0x85 || c == 0x2028 || c == 0x2029) sb.append(String.format("\\u%04x", (int) c));
+            else sb.append(c);
+        }
+        return sb.toString();
     }
 
     /** Removes known secrets and any credential embedded in a URL. */
@@ -1120,7 +954,7 @@ final class R2Cli {
         CommandLine cmd = new CommandLine(command);
         cmd.setParameterExceptionHandler((ex, a) -> {
             CommandLine c = ex.getCommandLine();
-            c.getErr().println(Log.redact("error: " + ex.getMessage()));
+            c.getErr().println(Log.escape(Log.redact("error: " + ex.getMessage())));
             c.getErr().println("Try '" + c.getCommandName() + " --help' for more information.");
             return R2Common.EXIT_USAGE;
         });

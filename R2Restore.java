@@ -20,9 +20,11 @@ import java.util.stream.Stream;
 @Command(name = "r2-restore", mixinStandardHelpOptions = true, version = R2Common.VERSION, sortOptions = false,
         description = {
                 "Restores a Gas Town from R2 onto an empty volume: downloads a snapshot, checks every file "
-                        + "against its manifest, rebuilds the town in a staging directory on the volume "
-                        + "(<town-root>/.r2-restore), verifies the Dolt databases and git repositories, and "
-                        + "only then moves the town into place. Run it before `gt up`, with the Dolt server stopped.",
+                        + "against its manifest, rebuilds the whole town in a staging directory on the volume "
+                        + "(<town-root>/.r2-restore): every path, every git repository with its work trees' "
+                        + "uncommitted work, every Dolt database; verifies them, and only then moves the town into "
+                        + "place. Run it before `gt up`, with the Dolt server stopped. It needs git and dolt, and "
+                        + "nothing from HOME (no git or dolt identity).",
                 "A volume that already holds data is left as it is (its state takes priority) unless --force."},
         exitCodeListHeading = "%nExit codes:%n",
         exitCodeList = {
@@ -85,6 +87,7 @@ public class R2Restore implements Callable<Integer> {
         try (ObjectStore opened = ObjectStore.open(config)) {
             store = opened;
             if (mode.list) return listSnapshots();
+            DoltHome.use(config.stateDir());
             if (mode.verify) return verify();
             return restore();
         }
@@ -218,6 +221,9 @@ public class R2Restore implements Callable<Integer> {
                 .orElseThrow(() -> new R2Exception(R2Common.EXIT_FAILED, "manifest.json of " + timestamp
                         + " is missing (the snapshot was deleted or never finished)")).data();
         checkAgainstPointer(timestamp, manifestJson);
+        int format = Manifest.formatOf(manifestJson);
+        if (format != Manifest.FORMAT && format != -1)
+            throw new R2Exception(R2Common.EXIT_FAILED, "snapshot " + timestamp + ": " + new Manifest.UnreadableFormat(format).getMessage());
         Manifest manifest = R2Common.fromJson(manifestJson, Manifest.class, "manifest.json of " + timestamp);
         if (!manifest.timestamp().equals(timestamp) || !manifest.townId().equals(config.townId()))
             throw new R2Exception(R2Common.EXIT_FAILED, "manifest.json of " + timestamp + " belongs to "
@@ -253,84 +259,72 @@ public class R2Restore implements Callable<Integer> {
     }
 
     /**
-     * Builds the whole town in townDir: databases (restored, fsck'd, constraints checked, branch heads
-     * compared), git repos (refs compared) with their worktrees and clones, then config and runtime files.
-     * Worktrees are created at their final paths' staging twins and repaired after the move.
+     * Builds the whole town in townDir: databases first (dolt restores into directories that must not exist
+     * yet), then every path from the tars, then every git directory from its bundle (its HEAD, config and
+     * index are files from the tars by then), then the work trees' state is compared with the manifest, and
+     * last the directories get their modes and mtimes. Files hold the town's final paths (a worktree's .git
+     * file names the final root), so nothing needs rewriting after the move.
      */
     private void buildTown(Prepared prepared, Path townDir, Path finalRoot) throws IOException {
         Instant t = Instant.now();
+        Manifest manifest = prepared.manifest();
         Files.createDirectories(townDir);
-        for (DatabaseFacts db : prepared.manifest().databases()) restoreDatabase(prepared, db, townDir);
-        List<RepoFacts> repos = new ArrayList<>(prepared.manifest().repos());
-        repos.sort(Comparator.comparing((RepoFacts r) -> !r.bare()).thenComparing(RepoFacts::path));   // bare repos first
-        for (RepoFacts repo : repos) restoreRepo(prepared, repo, townDir);
+        if (!finalRoot.toString().equals(manifest.townRoot()))
+            Log.warn("restore: snapshot " + prepared.timestamp() + " was taken of " + manifest.townRoot() + ", restoring into "
+                    + finalRoot + ": worktree links and dolt's data_dir name the old path (run `git worktree repair`)");
+        for (DatabaseFacts db : manifest.databases()) restoreDatabase(prepared, db, townDir);
+        Tars.DirMetadata dirs = new Tars.DirMetadata();
         for (String tar : List.of(Keys.CONFIG_TAR, Keys.RUNTIME_TAR))
-            if (prepared.manifest().file(tar).isPresent()) Tars.extract(prepared.file(tar), townDir, finalRoot);
-        Log.info("restore: snapshot " + prepared.timestamp() + ": " + prepared.manifest().databases().size() + " databases and "
-                + repos.size() + " repos rebuilt and verified in staging in " + Log.seconds(Duration.between(t, Instant.now())));
+            if (manifest.file(tar).isPresent()) Tars.extract(prepared.file(tar), townDir, dirs);
+        for (RepoFacts repo : manifest.repos()) {
+            Path gitDir = townDir.resolve(repo.path());
+            GitRepo.restore(gitDir, repo, repo.empty() ? null : prepared.file(repo.file()));
+            warnAboutRedactedCredentials(repo, gitDir);
+        }
+        compareWorkTrees(manifest, townDir);
+        dirs.apply();
+        Log.info("restore: snapshot " + prepared.timestamp() + ": " + manifest.databases().size() + " databases and "
+                + manifest.repos().size() + " git repositories rebuilt and verified in staging in "
+                + Log.seconds(Duration.between(t, Instant.now())));
     }
 
     private void restoreDatabase(Prepared prepared, DatabaseFacts db, Path townDir) throws IOException {
-        Instant t = Instant.now();
-        Path backupDir = prepared.dir().resolve("dolt-" + db.name());
+        Path backupDir = prepared.dir().resolve("dolt-work").resolve(db.path());
         Files.createDirectories(backupDir);
-        Tars.extract(prepared.file(db.file()), backupDir, null);
-        if (!Files.isRegularFile(backupDir.resolve("manifest")))
-            throw new R2Exception(R2Common.EXIT_FAILED, db.file() + " holds no dolt backup (no manifest)");
-        Path doltData = Files.createDirectories(townDir.resolve(Town.DOLT_DATA));
-        dolt(doltData, "dolt backup restore " + db.name(), "backup", "restore", "file://" + backupDir.toAbsolutePath(), db.name());
-        Path dbDir = doltData.resolve(db.name());
-        dolt(dbDir, "dolt fsck " + db.name(), "fsck", "--quiet");
-        dolt(dbDir, "constraint check of " + db.name(), "constraints", "verify", "--all", "--output-only");
-        Map<String, String> branches = DoltServer.branches(dbDir);
-        if (!db.branches().isEmpty() && !branches.equals(db.branches()))
-            throw new R2Exception(R2Common.EXIT_FAILED, "database " + db.name() + " restored with branches " + branches
-                    + " but the manifest recorded " + db.branches());
+        Tars.extract(prepared.file(db.file()), backupDir);
+        DoltServer.restore(backupDir, townDir.resolve(db.path()).getParent(), db);
         FileTrees.delete(backupDir);
-        Log.info("restore: dolt " + db.name() + " restored, fsck and constraints clean, " + branches.size()
-                + " branches in " + Log.seconds(Duration.between(t, Instant.now())));
     }
 
-    private static void dolt(Path cwd, String what, String... args) {
-        List<String> cmd = new ArrayList<>(List.of("dolt"));
-        cmd.addAll(List.of(args));
-        ProcResult r = Proc.run(cwd, Proc.DEFAULT_TIMEOUT, cmd);
-        if (!r.ok()) throw new R2Exception(R2Common.EXIT_FAILED, what + " failed: " + r.tail());
+    /** Backups never hold a credential from a remote URL; say where one must be set again. */
+    private static void warnAboutRedactedCredentials(RepoFacts repo, Path gitDir) throws IOException {
+        Path config = gitDir.resolve("config");
+        if (!Files.isRegularFile(config)) return;
+        for (String line : Files.readAllLines(config))
+            if (line.contains("***@"))
+                Log.warn("restore: " + repo.path() + "/config: " + line.strip() + " held a credential, which backups never store; set it again");
     }
 
-    private void restoreRepo(Prepared prepared, RepoFacts repo, Path townDir) throws IOException {
-        Path target = townDir.resolve(repo.path());
-        Files.createDirectories(target.getParent());
-        if (repo.bare()) GitRepo.git(townDir, "init", "--quiet", "--bare", target.toString());
-        else GitRepo.git(townDir, "init", "--quiet", target.toString());
-        Path gitDir = repo.bare() ? target : target.resolve(".git");
-        if (!repo.shallow().isEmpty()) Files.write(gitDir.resolve("shallow"), repo.shallow());
-        if (!repo.empty()) {
-            // clone --bare fails for a shallow bundle and drops refs/remotes: fetch every ref instead.
-            GitRepo.git(target, "fetch", "--quiet", "--update-head-ok", prepared.file(repo.file()).toString(), "+refs/*:refs/*");
-            Map<String, String> refs = GitRepo.refs(target);
-            if (!refs.equals(repo.refs()))
-                throw new R2Exception(R2Common.EXIT_FAILED, "repo " + repo.path() + " restored with refs that differ from the manifest");
-        }
-        if (repo.head() != null && repo.head().startsWith("refs/")) GitRepo.git(target, "symbolic-ref", "HEAD", repo.head());
-        else if (repo.head() != null) GitRepo.git(target, "update-ref", "--no-deref", "HEAD", repo.head());
-        for (ConfigEntry e : repo.config()) {
-            if (e.value().contains("***@"))
-                Log.warn("restore: " + repo.path() + ": " + e.key() + " held a credential, which backups never store; set it again");
-            GitRepo.git(target, "config", "--add", e.key(), e.value());
-        }
-        if (!repo.bare() && !repo.empty()) GitRepo.git(target, "reset", "--quiet", "--hard");
-        for (WorktreeFacts wt : repo.worktrees()) {
-            if (Path.of(wt.path()).isAbsolute()) {
-                Log.warn("restore: worktree " + wt.path() + " of " + repo.path() + " lies outside the town; not recreated");
-                continue;
+    /**
+     * Prints what each work tree holds, as `git status` sees it in staging, and warns where it differs
+     * from the manifest (a file that changed while the sync ran): the operator sees in-progress work came back.
+     */
+    private void compareWorkTrees(Manifest manifest, Path townDir) {
+        for (RepoFacts repo : manifest.repos())
+            for (WorkTreeFacts wt : repo.workTrees()) {
+                if (Path.of(wt.gitDir()).isAbsolute()) {
+                    Log.warn("restore: work tree " + wt.path() + " belongs to " + wt.gitDir() + ", outside the town: its files "
+                            + "are restored, its git directory is not");
+                    continue;
+                }
+                GitRepo.Status now = GitRepo.status(townDir, List.of("--git-dir=" + townDir.resolve(wt.gitDir()),
+                        "--work-tree=" + townDir.resolve(wt.path())));
+                if (now.sha256().equals(wt.status()))
+                    Log.info("restore: work tree " + wt.summary() + ", as backed up");
+                else
+                    Log.warn("restore: work tree " + wt.summary() + " when backed up, but " + now.counts()
+                            + " now (a file changed while the sync ran?)");
             }
-            Path where = townDir.resolve(wt.path());
-            if (wt.branch() != null && wt.branch().startsWith("refs/heads/"))
-                GitRepo.git(target, "worktree", "add", "--quiet", where.toString(), wt.branch().substring("refs/heads/".length()));
-            else GitRepo.git(target, "worktree", "add", "--quiet", "--detach", where.toString(), wt.head());
-        }
-        GitRepo.git(target, "fsck", "--no-progress", "--no-dangling");
     }
 
     /** --force: the existing content goes into .r2-aside-<time>/ on the same volume; nothing is deleted. */
@@ -365,26 +359,7 @@ public class R2Restore implements Callable<Integer> {
                 Files.move(entry, destination, StandardCopyOption.ATOMIC_MOVE);
             }
         }
-        repairWorktrees(root);
         FileTrees.delete(staging);
-    }
-
-    private static void repairWorktrees(Path root) throws IOException {
-        Town town = Town.discover(root);
-        for (Rig rig : town.rigs()) {
-            Path worktreesDir = rig.repo().resolve("worktrees");
-            if (!Files.isDirectory(worktreesDir)) continue;
-            List<String> args = new ArrayList<>(List.of("git", "worktree", "repair"));
-            for (Path meta : Town.sortedChildren(worktreesDir)) {
-                // gitdir still names the staging twin: <root>/.r2-restore/town/<rel>/.git
-                String staged = Files.readString(meta.resolve("gitdir")).strip();
-                String marker = "/" + STAGING + "/town/";
-                int at = staged.indexOf(marker);
-                Path worktree = at < 0 ? Path.of(staged).getParent() : root.resolve(staged.substring(at + marker.length())).getParent();
-                args.add(worktree.toString());
-            }
-            Proc.check(rig.repo(), Proc.DEFAULT_TIMEOUT, args);
-        }
     }
 
     // ---------------------------------------------------------------------------------------------

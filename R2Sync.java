@@ -24,15 +24,18 @@ import java.util.stream.Stream;
 
 @Command(name = "r2-sync", mixinStandardHelpOptions = true, version = R2Common.VERSION, sortOptions = false,
         description = {
-                "Backs up a Gas Town to R2: every Dolt database (dolt backup), every rig's git repositories "
-                        + "(git bundle), and the config and runtime files (tar), as one snapshot under "
-                        + "gastown/<town_id>/snapshots/<timestamp>/, then points latest.json at it.",
+                "Backs up a Gas Town to R2: the whole town root but a short skip list (README). Every Dolt "
+                        + "database goes up as a `dolt backup`, every git directory's objects and refs as a bundle, "
+                        + "and every other path (work trees with their uncommitted work, git config, hooks, index, "
+                        + "reflogs, runtime state, empty dirs, symlinks) in config.tar and runtime.tar, as one "
+                        + "snapshot under gastown/<town_id>/snapshots/<timestamp>/; then latest.json names it.",
+                "GT_TOWN_ROOT must be a town (it holds mayor/town.json): any other directory is refused.",
                 "Without --immediate it runs as a daemon: a sync every --interval, the first at start."},
         exitCodeListHeading = "%nExit codes:%n",
         exitCodeList = {
                 "0:a snapshot was published",
                 "1:the sync failed; latest.json still names the previous snapshot",
-                "2:usage or configuration error; nothing was written",
+                "2:usage or configuration error, or GT_TOWN_ROOT is not a town; nothing was read or written",
                 "3:a snapshot was published, but some part of the town could not be backed up "
                         + "(the log, the heartbeat and the manifest's problems list say which)"})
 public class R2Sync implements Callable<Integer> {
@@ -70,6 +73,8 @@ public class R2Sync implements Callable<Integer> {
     private Heartbeat heartbeat;
     /** The last published manifest, kept at hand so the next cycle can skip what did not change. */
     private Manifest lastManifest;
+    /** Manifest format of each snapshot retention has looked at (a snapshot's format never changes). */
+    private final Map<String, Integer> formats = new HashMap<>();
 
     public static void main(String... args) {
         System.exit(R2Cli.run(new R2Sync(), args));
@@ -80,8 +85,7 @@ public class R2Sync implements Callable<Integer> {
         config = r2.toConfig();
         if (keep < 1) throw R2Options.usage("--keep must be at least 1");
         if (interval.isZero() || interval.isNegative()) throw R2Options.usage("--interval must be positive");
-        if (!Files.isDirectory(config.townRoot()))
-            throw R2Options.usage("town root " + config.townRoot() + " is not a directory (GT_TOWN_ROOT or --town-root)");
+        if (immediate) Town.requireTown(config.townRoot());
         heartbeat = new Heartbeat(config);
         // However the JVM ends (SIGTERM, SIGINT), no dolt or git child outlives it.
         Runtime.getRuntime().addShutdownHook(new Thread(Proc::killAll, "r2-sync-kill-children"));
@@ -110,12 +114,22 @@ public class R2Sync implements Callable<Integer> {
         }, "r2-sync-shutdown"));
         Log.info("daemon: syncing " + config.townRoot() + " every " + DurationConverter.format(interval));
         int consecutiveFailures = 0;
+        boolean notATownLogged = false;
         try {
             while (stop.getCount() > 0) {
                 try {
-                    syncOnce();
-                    if (consecutiveFailures > 0) Log.info("daemon: recovered after " + consecutiveFailures + " failed cycle(s)");
-                    consecutiveFailures = 0;
+                    // A first boot may create the town after the daemon starts: look again every cycle.
+                    if (!Town.isTown(config.townRoot())) {
+                        if (!notATownLogged) Log.error("daemon: " + R2Cli.messageChain(notATown()) + " Checking again every "
+                                + DurationConverter.format(interval) + ".");
+                        notATownLogged = true;
+                    } else {
+                        if (notATownLogged) Log.info("daemon: " + config.townRoot() + " is a town now; syncing it");
+                        notATownLogged = false;
+                        syncOnce();
+                        if (consecutiveFailures > 0) Log.info("daemon: recovered after " + consecutiveFailures + " failed cycle(s)");
+                        consecutiveFailures = 0;
+                    }
                 } catch (R2Exception e) {
                     if (stop.getCount() == 0) break;
                     consecutiveFailures++;
@@ -139,6 +153,15 @@ public class R2Sync implements Callable<Integer> {
         return R2Common.EXIT_OK;
     }
 
+    private R2Exception notATown() {
+        try {
+            Town.requireTown(config.townRoot());
+            return null;
+        } catch (R2Exception e) {
+            return e;
+        }
+    }
+
     // ---------------------------------------------------------------------------------------------
     // One sync, in the order it runs.
     // ---------------------------------------------------------------------------------------------
@@ -148,24 +171,28 @@ public class R2Sync implements Callable<Integer> {
         Instant start = Instant.now();
         String timestamp = null;
         try (SyncLock lock = SyncLock.acquire(lockFile, lockWait)) {
+            Town.requireTown(config.townRoot());
             refuseAfterFailedRestore();
             removeLeftoverWorkDirs();
+            DoltHome.use(config.stateDir());
             PointerState previous = readPointer();
             Manifest base = previousManifest(previous);
-            Town town = Town.discover(config.townRoot());
+            Town town = Town.scan(config.townRoot());
             refuseEmptyTownOverBackup(town, base);
             timestamp = claimSnapshot(previous);
             Path work = Files.createDirectories(workDir.resolve("r2-sync-" + timestamp + "-" + ProcessHandle.current().pid()));
             try {
                 Snapshot snapshot = new Snapshot(timestamp, work);
                 backupDatabases(town, snapshot, base);
-                bundleRepos(town, snapshot, base);
-                tarFiles(town, snapshot);
+                Map<Path, List<WorkTreeFacts>> workTrees = inspectWorkTrees(town, snapshot);
+                archiveFiles(town, snapshot);
+                bundleRepos(town, workTrees, snapshot, base);
                 snapshot.requireSomethingBackedUp();
-                Manifest manifest = snapshot.manifest(config.townId(), versions());
+                Manifest manifest = snapshot.manifest(config.townId(), config.townRoot().toString(), versions());
                 Transfer transfer = upload(snapshot, manifest, base);
                 movePointer(previous, manifest);
                 lastManifest = manifest;
+                formats.put(timestamp, Manifest.FORMAT);
                 try {
                     applyRetention(timestamp);
                 } catch (R2Exception e) {
@@ -210,8 +237,8 @@ public class R2Sync implements Callable<Integer> {
     /** A town that lost every database and repo since the last snapshot is far likelier a wiped volume than intent. */
     private void refuseEmptyTownOverBackup(Town town, Manifest base) {
         boolean baseHadData = base != null && (!base.databases().isEmpty() || !base.repos().isEmpty());
-        if (baseHadData && town.databases().isEmpty() && town.rigs().isEmpty())
-            throw new R2Exception(R2Common.EXIT_FAILED, "sync: " + config.townRoot() + " holds no database and no rig, but "
+        if (baseHadData && town.databases().isEmpty() && town.gitDirs().isEmpty())
+            throw new R2Exception(R2Common.EXIT_FAILED, "sync: " + config.townRoot() + " holds no database and no git repository, but "
                     + "snapshot " + base.timestamp() + " holds " + base.databases().size() + " databases and " + base.repos().size()
                     + " repos; refusing to publish an empty town over it. Restore it with r2-restore, or remove latest.json "
                     + "by hand if the town was emptied on purpose.");
@@ -242,11 +269,19 @@ public class R2Sync implements Callable<Integer> {
 
     private Manifest previousManifest(PointerState previous) {
         if (previous.pointer() == null) return null;
-        if (lastManifest != null && lastManifest.timestamp().equals(previous.pointer().timestamp())) return lastManifest;
+        String ts = previous.pointer().timestamp();
+        if (lastManifest != null && lastManifest.timestamp().equals(ts)) return lastManifest;
         try {
-            return store.get(config.keys().object(previous.pointer().timestamp(), Keys.MANIFEST))
-                    .map(v -> R2Common.fromJson(v.data(), Manifest.class, "manifest of " + previous.pointer().timestamp()))
-                    .orElse(null);
+            Optional<Versioned> json = store.get(config.keys().object(ts, Keys.MANIFEST));
+            if (json.isEmpty()) return null;
+            int format = Manifest.formatOf(json.get().data());
+            if (format != Manifest.FORMAT) {
+                Log.info("sync: the previous snapshot " + ts + " is in manifest format " + format + "; this one is written in "
+                        + "format " + Manifest.FORMAT + " from scratch, and format " + format + " snapshots are kept until "
+                        + keep + " of format " + Manifest.FORMAT + " exist");
+                return null;
+            }
+            return R2Common.fromJson(json.get().data(), Manifest.class, "manifest of " + ts);
         } catch (R2Exception e) {
             Log.warn("sync: previous manifest unusable, uploading everything: " + e.getMessage());
             return null;
@@ -276,25 +311,28 @@ public class R2Sync implements Callable<Integer> {
     }
 
     private void backupDatabases(Town town, Snapshot snapshot, Manifest base) {
-        boolean serverRunning = DoltServer.running(town);
-        for (String db : town.databases()) {
-            String path = Keys.doltBackup(db);
-            snapshot.attempt("database " + db, path, base, () -> {
+        boolean serverRunning = DoltServer.running(town.root());
+        for (Town.DoltDatabase db : town.databases()) {
+            String path = Keys.doltBackup(db.name(), db.path());
+            snapshot.attempt("database " + db.path(), path, base, () -> {
                 Instant t = Instant.now();
-                Path dbDir = town.root().resolve(Town.DOLT_DATA).resolve(db);
-                Path backupDir = snapshot.dir().resolve("dolt").resolve(db);
+                Path dbDir = town.root().resolve(db.path());
+                Path backupDir = snapshot.dir().resolve("dolt-work").resolve(db.path());
                 Files.createDirectories(backupDir.getParent());
-                syncDoltBackup(dbDir, backupDir);
+                DoltServer.backup(dbDir, backupDir);
                 String root = DoltServer.backupRoot(backupDir);
-                DatabaseFacts facts = new DatabaseFacts(db, path, serverRunning, DoltServer.branches(dbDir), root);
-                DatabaseFacts before = base == null ? null : base.database(db).orElse(null);
+                DatabaseFacts facts = new DatabaseFacts(db.name(), db.path(), path, serverRunning, DoltServer.branches(dbDir), root);
+                DatabaseFacts before = base == null ? null : base.database(db.path()).orElse(null);
                 if (before != null && root.equals(before.root()) && base.file(path).isPresent()) {
                     snapshot.reuse(base.file(path).get(), base.timestamp());
-                    Log.info("sync " + snapshot.timestamp() + ": dolt " + db + " unchanged since " + base.timestamp());
+                    Log.info("sync " + snapshot.timestamp() + ": dolt " + db.path() + " unchanged since " + base.timestamp());
                 } else {
-                    FileEntry entry = Tars.write(backupDir, listFiles(backupDir), snapshot.dir().resolve(path), path, true);
-                    snapshot.add(entry, snapshot.dir().resolve(path));
-                    Log.info("sync " + snapshot.timestamp() + ": dolt " + db + " " + Log.bytes(entry.size()) + " in " + Log.seconds(Duration.between(t, Instant.now())));
+                    Path tar = snapshot.dir().resolve(path);
+                    Files.createDirectories(tar.getParent());
+                    FileEntry entry = Tars.write(backupDir, listFiles(backupDir), tar, path, true);
+                    snapshot.add(entry, tar);
+                    Log.info("sync " + snapshot.timestamp() + ": dolt " + db.path() + " " + Log.bytes(entry.size()) + " in "
+                            + Log.seconds(Duration.between(t, Instant.now())));
                 }
                 FileTrees.delete(backupDir);
                 snapshot.databases().add(facts);
@@ -302,60 +340,86 @@ public class R2Sync implements Callable<Integer> {
         }
     }
 
-    /** dolt backup sync-url, retried: a GC running at the same time can fail it ("please try again"). */
-    private void syncDoltBackup(Path dbDir, Path backupDir) {
-        String url = "file://" + backupDir.toAbsolutePath();
-        R2Exception last = null;
-        for (int attempt = 1; attempt <= 3; attempt++) {
-            ProcResult r = Proc.run(dbDir, Proc.DEFAULT_TIMEOUT, List.of("dolt", "backup", "sync-url", url));
-            if (r.ok() && Files.isRegularFile(backupDir.resolve("manifest"))) return;
-            last = new R2Exception(R2Common.EXIT_FAILED, "dolt backup sync-url: exit " + r.exitCode() + ": " + r.tail());
-            Log.warn("sync: " + dbDir.getFileName() + ": attempt " + attempt + " failed: " + last.getMessage());
-            FileTrees.deleteQuietly(backupDir);
-        }
-        throw last;
-    }
-
-    private void bundleRepos(Town town, Snapshot snapshot, Manifest base) {
-        for (Rig rig : town.rigs()) {
-            List<Path> repos = new ArrayList<>();
-            repos.add(rig.repo());
-            repos.addAll(rig.clones());
-            for (Path repo : repos) {
-                String repoPath = town.relative(repo);
-                String path = Keys.bundle(rig.name(), repoPath);
-                snapshot.attempt("repo " + repoPath, path, base, () -> {
-                    Instant t = Instant.now();
-                    RepoFacts facts = GitRepo.inspect(town, rig.name(), repo, path);
-                    RepoFacts before = base == null ? null : base.repo(repoPath).orElse(null);
-                    if (facts.empty()) {
-                        Log.info("sync " + snapshot.timestamp() + ": git " + repoPath + " has no commits; recorded");
-                    } else if (before != null && before.refs().equals(facts.refs()) && before.shallow().equals(facts.shallow())
-                            && base.file(path).isPresent()) {
-                        snapshot.reuse(base.file(path).get(), base.timestamp());
-                        Log.info("sync " + snapshot.timestamp() + ": git " + repoPath + " unchanged since " + base.timestamp());
-                    } else {
-                        Path bundle = snapshot.dir().resolve(path);
-                        Files.createDirectories(bundle.getParent());
-                        Proc.check(repo, Proc.DEFAULT_TIMEOUT, List.of("git", "bundle", "create", "--quiet", bundle.toString(), "--all"));
-                        FileEntry entry = Sha256.ofFile(bundle, path);
-                        snapshot.add(entry, bundle);
-                        Log.info("sync " + snapshot.timestamp() + ": git " + repoPath + " " + facts.refs().size() + " refs, "
-                                + Log.bytes(entry.size()) + " in " + Log.seconds(Duration.between(t, Instant.now())));
-                    }
-                    snapshot.repos().add(facts);
-                });
+    /**
+     * What each work tree holds that no commit does (staged, modified, untracked files), by the git directory
+     * its .git leads to. Read just before the files are archived, so the counts describe the archive.
+     */
+    private Map<Path, List<WorkTreeFacts>> inspectWorkTrees(Town town, Snapshot snapshot) {
+        Map<Path, List<WorkTreeFacts>> byRepo = new HashMap<>();
+        for (Town.WorkTree wt : town.workTrees()) {
+            Path dir = town.root().resolve(wt.path());
+            try {
+                if (wt.gitDir() == null || !Files.isDirectory(wt.gitDir()))
+                    throw new IOException("its .git leads to " + (wt.gitDir() == null ? "nothing readable" : wt.gitDir()) + ", which is missing");
+                Path common = commonDir(wt.gitDir());
+                String gitDir = wt.gitDir().startsWith(town.root()) ? town.relative(wt.gitDir()) : wt.gitDir().toString();
+                byRepo.computeIfAbsent(common, k -> new ArrayList<>()).add(GitRepo.inspect(wt.path(), gitDir, dir, List.of()));
+            } catch (IOException | R2Exception e) {
+                // Its files are archived all the same; only the record of its git state is missing.
+                Log.warn("sync " + snapshot.timestamp() + ": work tree " + wt.path() + ": git state not recorded: " + R2Cli.messageChain(e));
             }
         }
+        return byRepo;
     }
 
-    private void tarFiles(Town town, Snapshot snapshot) throws IOException {
-        for (Town.KeepList list : Town.KeepList.values()) {
-            String path = list == Town.KeepList.CONFIG ? Keys.CONFIG_TAR : Keys.RUNTIME_TAR;
-            List<String> files = town.select(list);
-            FileEntry entry = Tars.write(town.root(), files, snapshot.dir().resolve(path), path, false);
+    /** A linked worktree's git directory names the repository it belongs to in commondir. */
+    private static Path commonDir(Path gitDir) throws IOException {
+        Path commondir = gitDir.resolve("commondir");
+        if (!Files.isRegularFile(commondir)) return gitDir.toRealPath();
+        return gitDir.resolve(Files.readString(commondir).strip()).normalize().toRealPath();
+    }
+
+    /** Every path of the town outside the skip list: .runtime/ trees into runtime.tar, all else into config.tar. */
+    private void archiveFiles(Town town, Snapshot snapshot) throws IOException {
+        Map<Boolean, List<String>> byTar = town.files().stream()
+                .collect(Collectors.partitioningBy(p -> ("/" + p + "/").contains("/.runtime/")));
+        for (boolean runtime : List.of(false, true)) {
+            String path = runtime ? Keys.RUNTIME_TAR : Keys.CONFIG_TAR;
+            List<String> paths = byTar.get(runtime);
+            FileEntry entry = Tars.write(town.root(), paths, town.redacted(), snapshot.dir().resolve(path), path, false);
             snapshot.add(entry, snapshot.dir().resolve(path));
-            Log.info("sync " + snapshot.timestamp() + ": " + path + " " + files.size() + " files, " + Log.bytes(entry.size()));
+            Log.info("sync " + snapshot.timestamp() + ": " + path + " " + paths.size() + " paths, " + Log.bytes(entry.size()));
+        }
+        if (!town.skipped().isEmpty())
+            Log.info("sync " + snapshot.timestamp() + ": left out by the skip list: " + town.skipped().entrySet().stream()
+                    .map(e -> e.getValue() + " x " + e.getKey()).collect(Collectors.joining("; ")));
+    }
+
+    /** Every git directory's objects and refs as a bundle; one whose fingerprint did not change is copied. */
+    private void bundleRepos(Town town, Map<Path, List<WorkTreeFacts>> workTrees, Snapshot snapshot, Manifest base) {
+        for (Town.GitDir gitDir : town.gitDirs()) {
+            String repoPath = gitDir.path();
+            String path = Keys.bundle(repoPath);
+            snapshot.attempt("repo " + repoPath, path, base, () -> {
+                Instant t = Instant.now();
+                Path dir = town.root().resolve(repoPath);
+                GitRepo.Refs refs = GitRepo.refs(dir);
+                String fingerprint = GitRepo.fingerprint(dir, refs);
+                List<WorkTreeFacts> trees = workTrees.getOrDefault(dir.toRealPath(), List.of());
+                RepoFacts before = base == null ? null : base.repo(repoPath).orElse(null);
+                String file = path;
+                if (!hasObjects(dir)) {
+                    file = null;
+                    Log.info("sync " + snapshot.timestamp() + ": git " + repoPath + " has no objects yet; recorded");
+                } else if (before != null && fingerprint.equals(before.fingerprint()) && base.file(path).isPresent()) {
+                    snapshot.reuse(base.file(path).get(), base.timestamp());
+                    Log.info("sync " + snapshot.timestamp() + ": git " + repoPath + " unchanged since " + base.timestamp());
+                } else {
+                    FileEntry entry = GitRepo.writeBundle(dir, refs.refs(), snapshot.dir().resolve(path), path);
+                    snapshot.add(entry, snapshot.dir().resolve(path));
+                    Log.info("sync " + snapshot.timestamp() + ": git " + repoPath + " " + refs.refs().size() + " refs, "
+                            + Log.bytes(entry.size()) + " in " + Log.seconds(Duration.between(t, Instant.now())));
+                }
+                snapshot.repos().add(new RepoFacts(repoPath, file, refs.refs(), refs.symrefs(), GitRepo.promisor(dir),
+                        fingerprint, trees, null));
+            });
+        }
+    }
+
+    /** False for a git directory that holds no object yet (`git init` and nothing since). */
+    private static boolean hasObjects(Path gitDir) throws IOException {
+        try (Stream<Path> s = Files.walk(gitDir.resolve("objects"), 2)) {
+            return s.anyMatch(p -> Files.isRegularFile(p) && !p.getParent().getFileName().toString().equals("info"));
         }
     }
 
@@ -446,10 +510,15 @@ public class R2Sync implements Callable<Integer> {
         List<String> doomed = new ArrayList<>();
         List<String> removed = new ArrayList<>();
         int completeKept = 0;
+        List<String> olderFormat = new ArrayList<>();
         for (Map.Entry<String, List<StoredObject>> e : byTimestamp.entrySet()) {
             String ts = e.getKey();
             boolean complete = e.getValue().stream().anyMatch(o -> o.key().equals(keys.object(ts, Keys.MANIFEST)));
             if (ts.compareTo(current) > 0) continue;
+            if (complete && !ts.equals(current) && formatOf(ts) != Manifest.FORMAT) {
+                olderFormat.add(ts);   // this tool cannot restore it, so it never counts toward --keep
+                continue;
+            }
             if (ts.equals(current) || (complete && completeKept < keep)) {
                 if (complete) completeKept++;
                 continue;
@@ -457,6 +526,13 @@ public class R2Sync implements Callable<Integer> {
             removed.add(ts + (complete ? "" : " (unfinished)"));
             e.getValue().forEach(o -> doomed.add(o.key()));
         }
+        // Snapshots of an older format stay until --keep snapshots of this one exist: until then they may be
+        // the only copy of the town that the previous version of this tool can restore.
+        if (completeKept >= keep)
+            for (String ts : olderFormat) {
+                removed.add(ts + " (format " + formatOf(ts) + ")");
+                byTimestamp.get(ts).forEach(o -> doomed.add(o.key()));
+            }
         if (!doomed.isEmpty()) store.delete(doomed);
         int aborted = 0;
         for (PendingUpload u : store.pendingUploads(keys.snapshots())) {
@@ -469,6 +545,12 @@ public class R2Sync implements Callable<Integer> {
         if (!removed.isEmpty() || aborted > 0)
             Log.info("sync " + current + ": retention removed " + removed.size() + " snapshot(s) " + removed
                     + (aborted > 0 ? " and aborted " + aborted + " unfinished upload(s)" : ""));
+    }
+
+    /** The manifest format of a complete snapshot (-1 when unreadable), read once and remembered. */
+    private int formatOf(String timestamp) {
+        return formats.computeIfAbsent(timestamp, ts -> store.get(config.keys().object(ts, Keys.MANIFEST))
+                .map(v -> Manifest.formatOf(v.data())).orElse(-1));
     }
 
     private void report(SyncResult result, R2Exception failure) {
@@ -577,7 +659,7 @@ public class R2Sync implements Callable<Integer> {
                 String carried = null;
                 if (base != null && base.file(path).isPresent()) {
                     reuse(base.file(path).get(), base.timestamp());
-                    base.database(databaseName(part)).ifPresent(db -> databases.add(db));
+                    base.databases().stream().filter(d -> part.equals("database " + d.path())).findFirst().ifPresent(databases::add);
                     base.repos().stream().filter(r -> part.equals("repo " + r.path())).findFirst()
                             .ifPresent(r -> repos.add(r.carriedFrom(base.timestamp())));
                     carried = base.timestamp();
@@ -588,10 +670,6 @@ public class R2Sync implements Callable<Integer> {
             }
         }
 
-        private static String databaseName(String part) {
-            return part.startsWith("database ") ? part.substring("database ".length()) : "";
-        }
-
         /** A snapshot in which every database and repo failed is no backup; refuse to publish it. */
         void requireSomethingBackedUp() {
             if (attempted > 0 && succeeded == 0)
@@ -599,8 +677,8 @@ public class R2Sync implements Callable<Integer> {
                         + problems.stream().map(p -> p.part() + ": " + p.error()).collect(Collectors.joining("; ")));
         }
 
-        Manifest manifest(String townId, Versions versions) {
-            return new Manifest(Manifest.FORMAT, R2Common.VERSION, townId, timestamp, Instant.now().toString(), versions,
+        Manifest manifest(String townId, String townRoot, Versions versions) {
+            return new Manifest(Manifest.FORMAT, R2Common.VERSION, townId, timestamp, Instant.now().toString(), townRoot, versions,
                     files.stream().map(Artifact::entry).collect(Collectors.toList()), databases, repos, problems);
         }
     }

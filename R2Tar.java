@@ -1,4 +1,4 @@
-// Tar: deterministic writing of kept files, and extraction that refuses hostile archives
+// Tar: deterministic writing of town paths, and extraction that refuses hostile archives
 // (part of R2Common, included with //SOURCES).
 
 import org.apache.commons.compress.archivers.tar.TarArchiveEntry;
@@ -22,30 +22,42 @@ final class Tars {
     private Tars() {}
 
     /**
-     * Writes the given town-relative paths (and the directories above them) into a tar, hashing while
-     * writing. Entries are sorted and carry mode and mtime but no owner, so the same files give the same
-     * bytes. With zeroTimes, mtimes are 0 too (for content that is rewritten each cycle but unchanged).
+     * Writes the given town-relative paths (directories, files, symlinks; and the directories above them)
+     * into a tar, hashing while writing. Entries are sorted and carry mode and mtime but no owner, so the
+     * same files give the same bytes. With zeroTimes, mtimes are 0 too (for content that is rewritten each
+     * cycle but unchanged). A path in redacted is a small text file written with URL credentials removed.
      */
-    static FileEntry write(Path root, List<String> paths, Path tarFile, String snapshotPath, boolean zeroTimes)
-            throws IOException {
+    static FileEntry write(Path root, List<String> paths, Set<String> redacted, Path tarFile, String snapshotPath,
+                           boolean zeroTimes) throws IOException {
         Sha256.HashingOutputStream hashing;
         try (OutputStream file = Files.newOutputStream(tarFile, StandardOpenOption.CREATE_NEW)) {
             hashing = new Sha256.HashingOutputStream(new BufferedOutputStream(file, 1 << 16));
             try (TarArchiveOutputStream tar = new TarArchiveOutputStream(hashing)) {
                 tar.setLongFileMode(TarArchiveOutputStream.LONGFILE_POSIX);
                 tar.setBigNumberMode(TarArchiveOutputStream.BIGNUMBER_POSIX);
+                tar.setAddPaxHeadersForNonAsciiNames(true);
                 Set<String> dirsWritten = new HashSet<>();
                 for (String rel : new TreeSet<>(paths)) {
                     Path source = root.resolve(rel);
-                    if (!Files.exists(source, LinkOption.NOFOLLOW_LINKS)) continue;   // removed since selected
-                    writeParents(root, rel, tar, dirsWritten, zeroTimes);
-                    if (Files.isSymbolicLink(source)) writeSymlink(source, rel, tar, zeroTimes);
-                    else if (Files.isRegularFile(source, LinkOption.NOFOLLOW_LINKS)) writeFile(source, rel, tar, zeroTimes);
+                    try {
+                        writeParents(root, rel, tar, dirsWritten, zeroTimes);
+                        if (Files.isSymbolicLink(source)) writeSymlink(source, rel, tar, zeroTimes);
+                        else if (Files.isDirectory(source, LinkOption.NOFOLLOW_LINKS)) writeDir(source, rel + "/", tar, dirsWritten, zeroTimes);
+                        else if (redacted.contains(rel)) writeRedacted(source, rel, tar, zeroTimes);
+                        else if (Files.isRegularFile(source, LinkOption.NOFOLLOW_LINKS)) writeFile(source, rel, tar, zeroTimes);
+                    } catch (NoSuchFileException e) {
+                        // removed since the scan: the town no longer holds it
+                    }
                 }
                 tar.finish();
             }
         }
         return hashing.entry(snapshotPath);
+    }
+
+    /** Writes files of a directory tree (a dolt backup) with zero mtimes: see write. */
+    static FileEntry write(Path root, List<String> paths, Path tarFile, String snapshotPath, boolean zeroTimes) throws IOException {
+        return write(root, paths, Set.of(), tarFile, snapshotPath, zeroTimes);
     }
 
     private static void writeParents(Path root, String rel, TarArchiveOutputStream tar, Set<String> written,
@@ -54,21 +66,40 @@ final class Tars {
         StringBuilder dir = new StringBuilder();
         for (int i = 0; i < parts.length - 1; i++) {
             dir.append(parts[i]).append('/');
-            String name = dir.toString();
-            if (!written.add(name)) continue;
-            Path p = root.resolve(name);
-            TarArchiveEntry e = new TarArchiveEntry(name, TarConstants.LF_DIR);
-            e.setMode(TarArchiveEntry.DEFAULT_DIR_MODE & ~0777 | mode(p));
-            e.setModTime(zeroTimes ? 0 : Files.getLastModifiedTime(p, LinkOption.NOFOLLOW_LINKS).toMillis());
-            tar.putArchiveEntry(e);
-            tar.closeArchiveEntry();
+            writeDir(root.resolve(dir.toString()), dir.toString(), tar, written, zeroTimes);
         }
+    }
+
+    /** A directory entry ("name/"), once; empty directories come back because they are written too. */
+    private static void writeDir(Path p, String name, TarArchiveOutputStream tar, Set<String> written, boolean zeroTimes)
+            throws IOException {
+        if (!written.add(name)) return;
+        TarArchiveEntry e = new TarArchiveEntry(name, TarConstants.LF_DIR);
+        e.setMode(TarArchiveEntry.DEFAULT_DIR_MODE & ~0777 | mode(p));
+        e.setLastModifiedTime(zeroTimes ? FileTime.fromMillis(0) : Files.getLastModifiedTime(p, LinkOption.NOFOLLOW_LINKS));
+        tar.putArchiveEntry(e);
+        tar.closeArchiveEntry();
+    }
+
+    /** Git's config may hold a token inside a remote URL: the archive gets the file with it removed. */
+    private static void writeRedacted(Path source, String rel, TarArchiveOutputStream tar, boolean zeroTimes) throws IOException {
+        if (Files.size(source) > (1 << 20))
+            throw new IOException(rel + " is larger than 1 MiB, too large for a git config");
+        byte[] data = Log.redactUrl(Files.readString(source, java.nio.charset.StandardCharsets.UTF_8))
+                .getBytes(java.nio.charset.StandardCharsets.UTF_8);
+        TarArchiveEntry e = new TarArchiveEntry(rel);
+        e.setSize(data.length);
+        e.setMode(TarArchiveEntry.DEFAULT_FILE_MODE & ~0777 | mode(source));
+        e.setLastModifiedTime(zeroTimes ? FileTime.fromMillis(0) : Files.getLastModifiedTime(source));
+        tar.putArchiveEntry(e);
+        tar.write(data);
+        tar.closeArchiveEntry();
     }
 
     private static void writeSymlink(Path source, String rel, TarArchiveOutputStream tar, boolean zeroTimes) throws IOException {
         TarArchiveEntry e = new TarArchiveEntry(rel, TarConstants.LF_SYMLINK);
         e.setLinkName(Files.readSymbolicLink(source).toString());
-        e.setModTime(zeroTimes ? 0 : Files.getLastModifiedTime(source, LinkOption.NOFOLLOW_LINKS).toMillis());
+        e.setLastModifiedTime(zeroTimes ? FileTime.fromMillis(0) : Files.getLastModifiedTime(source, LinkOption.NOFOLLOW_LINKS));
         tar.putArchiveEntry(e);
         tar.closeArchiveEntry();
     }
@@ -81,7 +112,7 @@ final class Tars {
             TarArchiveEntry e = new TarArchiveEntry(rel);
             e.setSize(size);
             e.setMode(TarArchiveEntry.DEFAULT_FILE_MODE & ~0777 | mode(source));
-            e.setModTime(zeroTimes ? 0 : Files.getLastModifiedTime(source).toMillis());
+            e.setLastModifiedTime(zeroTimes ? FileTime.fromMillis(0) : Files.getLastModifiedTime(source));
             tar.putArchiveEntry(e);
             InputStream in = Channels.newInputStream(ch);
             byte[] buf = new byte[1 << 16];
@@ -117,18 +148,40 @@ final class Tars {
         return names;
     }
 
+    /** Directory modes and mtimes, applied after everything else is written into the directories. */
+    static final class DirMetadata {
+        private final Map<Path, TarArchiveEntry> dirs = new TreeMap<>(Comparator.reverseOrder());
+
+        /** Deepest first, so a read-only directory is set last and a child's write does not move a parent's mtime. */
+        void apply() throws IOException {
+            for (Map.Entry<Path, TarArchiveEntry> d : dirs.entrySet()) {
+                if (!Files.isDirectory(d.getKey(), LinkOption.NOFOLLOW_LINKS)) continue;
+                Files.setPosixFilePermissions(d.getKey(), perms(d.getValue().getMode() & 0777));
+                Files.setLastModifiedTime(d.getKey(), d.getValue().getLastModifiedTime());
+            }
+        }
+    }
+
+    /** Extracts a tar and sets its directories' modes and mtimes at once (see the other extract). */
+    static void extract(Path tarFile, Path dest) throws IOException {
+        DirMetadata dirs = new DirMetadata();
+        extract(tarFile, dest, dirs);
+        dirs.apply();
+    }
+
     /**
-     * Extracts a tar into dest, refusing anything that could write outside it: absolute names, '..',
-     * links that point outside (symlinks may also point inside linkRoot, the town's final location),
-     * device nodes and fifos, sparse entries, and entries larger than the archive itself (a tar bomb).
-     * File modes and mtimes are kept. A refused archive throws; what was written stays inside dest.
+     * Extracts a tar into dest, refusing anything that could write outside it: absolute names, '..', a
+     * path through a symlink or a file, an entry written twice, a hard link to anything but a file earlier
+     * in the archive, device nodes and fifos, sparse entries, and entries larger than the archive itself
+     * (a tar bomb). A symlink is data and may point anywhere, but nothing is ever written through one.
+     * File modes and mtimes are kept; directories' go into dirs, for the caller to apply when the tree is
+     * complete. A refused archive throws; what was written stays inside dest.
      */
-    static void extract(Path tarFile, Path dest, Path linkRoot) throws IOException {
+    static void extract(Path tarFile, Path dest, DirMetadata dirs) throws IOException {
         String archive = tarFile.getFileName().toString();
         Path destReal = dest.toRealPath();
         long budget = Files.size(tarFile);
         Set<String> regularFiles = new HashSet<>();
-        Map<Path, Integer> dirModes = new TreeMap<>(Comparator.reverseOrder());
         int count = 0;
         try (TarArchiveInputStream in = new TarArchiveInputStream(new BufferedInputStream(Files.newInputStream(tarFile), 1 << 16))) {
             for (TarArchiveEntry e; (e = nextEntry(in, archive)) != null; ) {
@@ -137,11 +190,16 @@ final class Tars {
                 Path target = safeTarget(archive, destReal, name);
                 if (e.isDirectory()) {
                     createDirs(archive, destReal, target, name);
-                    dirModes.put(target, e.getMode() & 0777);
+                    dirs.dirs.put(target, e);
                 } else if (e.isSymbolicLink()) {
-                    checkSymlink(archive, destReal, linkRoot, target, name, e.getLinkName());
+                    String link = e.getLinkName();
+                    if (link == null || link.isEmpty() || link.contains("\0")) throw refuse(archive, name, "empty symlink target");
                     createDirs(archive, destReal, target.getParent(), name);
-                    Files.createSymbolicLink(target, Path.of(e.getLinkName()));
+                    try {
+                        Files.createSymbolicLink(target, Path.of(link));
+                    } catch (FileAlreadyExistsException ex) {
+                        throw refuse(archive, name, "appears twice");
+                    }
                 } else if (e.isLink()) {
                     String linkName = stripSlash(e.getLinkName());
                     if (!regularFiles.contains(linkName))
@@ -163,8 +221,6 @@ final class Tars {
         } catch (EOFException e) {
             throw new R2Exception(R2Common.EXIT_FAILED, archive + ": truncated archive");
         }
-        for (Map.Entry<Path, Integer> d : dirModes.entrySet())   // deepest first, so a read-only dir is set last
-            Files.setPosixFilePermissions(d.getKey(), perms(d.getValue()));
     }
 
     /**
@@ -195,7 +251,7 @@ final class Tars {
         }
         if (written != e.getSize()) throw new R2Exception(R2Common.EXIT_FAILED, archive + ": truncated at entry " + e.getName());
         Files.setPosixFilePermissions(target, perms(e.getMode() & 0777));
-        Files.setLastModifiedTime(target, FileTime.fromMillis(e.getModTime().getTime()));
+        Files.setLastModifiedTime(target, e.getLastModifiedTime());
     }
 
     private static Path safeTarget(String archive, Path destReal, String name) {
@@ -218,19 +274,6 @@ final class Tars {
             if (!Files.exists(current, LinkOption.NOFOLLOW_LINKS)) Files.createDirectory(current);
             else if (!Files.isDirectory(current, LinkOption.NOFOLLOW_LINKS)) throw refuse(archive, name, "path passes through a file");
         }
-    }
-
-    private static void checkSymlink(String archive, Path destReal, Path linkRoot, Path target, String name, String link) {
-        if (link == null || link.isEmpty() || link.contains("\0")) throw refuse(archive, name, "empty symlink target");
-        Path linkPath = Path.of(link);
-        if (linkPath.isAbsolute()) {
-            Path normalized = linkPath.normalize();
-            if (linkRoot == null || !normalized.startsWith(linkRoot) || normalized.equals(linkRoot))
-                throw refuse(archive, name, "symlink points outside the town: " + link);
-            return;
-        }
-        Path resolved = target.getParent().resolve(linkPath).normalize();
-        if (!resolved.startsWith(destReal)) throw refuse(archive, name, "symlink points outside the town: " + link);
     }
 
     private static String stripSlash(String name) {

@@ -1,0 +1,191 @@
+// Git: a git directory's objects and refs as a bundle, and a work tree's state (part of R2Common,
+// included with //SOURCES). Everything else in a git directory (HEAD, index, config, hooks, info/, logs/,
+// shallow, worktrees/) is archived as files by the town scan, so it comes back byte for byte.
+//
+// Why the bundle is written here and not by `git bundle create --all`: that command fetches every blob a
+// partial clone left on its promisor remote (or fails offline), and it carries neither the reflog (stash
+// entries past the newest) nor the index (what is staged). `git pack-objects` does all three.
+
+import java.io.*;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.*;
+import java.util.*;
+import java.util.stream.Collectors;
+import java.util.stream.Stream;
+
+final class GitRepo {
+    /** Bundle format 2, which every git since 1.5 reads. */
+    static final String BUNDLE_SIGNATURE = "# v2 git bundle\n";
+
+    private GitRepo() {}
+
+    /** Every ref (name -> object) and, of those, the symbolic ones (name -> the ref they name). */
+    record Refs(Map<String, String> refs, Map<String, String> symrefs) {}
+
+    static Refs refs(Path gitDir) {
+        Map<String, String> refs = new TreeMap<>();
+        Map<String, String> symrefs = new TreeMap<>();
+        for (String line : git(gitDir, "for-each-ref", "--format=%(objectname) %(refname) %(symref)").lines().toList()) {
+            String[] parts = line.split(" ", 3);
+            if (parts.length < 2) continue;
+            refs.put(parts[1], parts[0]);
+            if (parts.length == 3 && !parts[2].isBlank()) symrefs.put(parts[1], parts[2].strip());
+        }
+        return new Refs(refs, symrefs);
+    }
+
+    /** True for a partial clone: some of its objects live only on a promisor remote. */
+    static boolean promisor(Path gitDir) throws IOException {
+        Path packs = gitDir.resolve("objects/pack");
+        if (!Files.isDirectory(packs)) return false;
+        try (Stream<Path> s = Files.list(packs)) {
+            return s.anyMatch(p -> p.getFileName().toString().endsWith(".promisor"));
+        }
+    }
+
+    /**
+     * What decides a bundle's content: the refs, the shallow boundary, every HEAD, index and the stash's
+     * reflog. Equal fingerprints in two cycles mean the previous snapshot's bundle still holds it all.
+     */
+    static String fingerprint(Path gitDir, Refs refs) throws IOException {
+        var md = Sha256.digest();
+        refs.refs().forEach((k, v) -> md.update((v + " " + k + " " + refs.symrefs().getOrDefault(k, "") + "\n").getBytes(StandardCharsets.UTF_8)));
+        List<Path> parts = new ArrayList<>(List.of(gitDir.resolve("shallow"), gitDir.resolve("HEAD"), gitDir.resolve("index"),
+                gitDir.resolve("logs/refs/stash")));
+        Path worktrees = gitDir.resolve("worktrees");
+        if (Files.isDirectory(worktrees))
+            for (Path wt : Town.sortedChildren(worktrees)) parts.addAll(List.of(wt.resolve("HEAD"), wt.resolve("index")));
+        for (Path p : parts) {
+            md.update((gitDir.relativize(p) + "\0").getBytes(StandardCharsets.UTF_8));
+            if (Files.isRegularFile(p)) {
+                try (InputStream in = Files.newInputStream(p)) {
+                    byte[] buf = new byte[1 << 16];
+                    for (int n; (n = in.read(buf)) > 0; ) md.update(buf, 0, n);
+                } catch (NoSuchFileException e) {
+                    // removed while reading: it is not part of the state
+                }
+            }
+        }
+        return Sha256.hex(md.digest());
+    }
+
+    /**
+     * Writes a bundle of a git directory: its refs, then one pack of every object they, the reflogs, the
+     * indexes and every worktree's HEAD reach. A partial clone's missing blobs stay on its promisor remote.
+     */
+    static FileEntry writeBundle(Path gitDir, Map<String, String> refs, Path bundle, String snapshotPath) throws IOException {
+        StringBuilder header = new StringBuilder(BUNDLE_SIGNATURE);
+        refs.forEach((name, object) -> header.append(object).append(' ').append(name).append('\n'));
+        header.append('\n');
+        String tips = refs.values().stream().distinct().map(sha -> sha + "\n").collect(Collectors.joining());
+        Files.createDirectories(bundle.getParent());
+        try (OutputStream file = Files.newOutputStream(bundle, StandardOpenOption.CREATE_NEW)) {
+            Sha256.HashingOutputStream out = new Sha256.HashingOutputStream(new BufferedOutputStream(file, 1 << 16));
+            out.write(header.toString().getBytes(StandardCharsets.UTF_8));
+            Proc.pipe(gitDir, List.of("git", "--git-dir=" + gitDir, "pack-objects", "--stdout", "--quiet", "--revs",
+                    "--all", "--reflog", "--indexed-objects", "--missing=allow-promisor", "--delta-base-offset"),
+                    tips.getBytes(StandardCharsets.UTF_8), out);
+            out.flush();
+            return out.entry(snapshotPath);
+        }
+    }
+
+    // --- work trees -------------------------------------------------------------------------------
+
+    /** What `git status` shows of a work tree, counted, with a hash of the whole porcelain v2 listing. */
+    record Status(int staged, int modified, int untracked, String sha256) {
+        String counts() {
+            return staged + " staged, " + modified + " modified, " + untracked + " untracked";
+        }
+    }
+
+    /** The work tree's HEAD, branch and status. The work tree is found from cwd, or named by gitArgs. */
+    static WorkTreeFacts inspect(String path, String gitDir, Path cwd, List<String> gitArgs) {
+        ProcResult branch = Proc.run(cwd, Proc.DEFAULT_TIMEOUT, gitCommand(gitArgs, "symbolic-ref", "-q", "HEAD"));
+        ProcResult head = Proc.run(cwd, Proc.DEFAULT_TIMEOUT, gitCommand(gitArgs, "rev-parse", "-q", "--verify", "HEAD"));
+        Status s = status(cwd, gitArgs);
+        return new WorkTreeFacts(path, gitDir, head.ok() ? head.stdout().strip() : null,
+                branch.ok() ? branch.stdout().strip() : null, s.staged(), s.modified(), s.untracked(), s.sha256());
+    }
+
+    /**
+     * `git status --porcelain=v2`, every untracked file listed. No optional locks: a backup never rewrites
+     * an agent's index. No fsmonitor: its hook is a program of the town's, not ours to run.
+     */
+    static Status status(Path cwd, List<String> gitArgs) {
+        List<String> cmd = gitCommand(gitArgs, "--no-optional-locks", "-c", "core.fsmonitor=false", "status",
+                "--porcelain=v2", "-z", "--untracked-files=all");
+        String out = Proc.check(cwd, Proc.DEFAULT_TIMEOUT, cmd).stdout();
+        int staged = 0, modified = 0, untracked = 0;
+        String[] fields = out.split("\0");
+        for (int i = 0; i < fields.length; i++) {
+            String f = fields[i];
+            if (f.length() < 4) continue;
+            char kind = f.charAt(0);
+            if (kind == '?') untracked++;
+            else if (kind == '1' || kind == '2' || kind == 'u') {
+                if (f.charAt(2) != '.') staged++;
+                if (f.charAt(3) != '.') modified++;
+                if (kind == '2') i++;   // a rename's original path follows as a field of its own
+            }
+        }
+        return new Status(staged, modified, untracked, Sha256.of(out.getBytes(StandardCharsets.UTF_8)));
+    }
+
+    private static List<String> gitCommand(List<String> gitArgs, String... args) {
+        List<String> cmd = new ArrayList<>(List.of("git"));
+        cmd.addAll(gitArgs);
+        cmd.addAll(List.of(args));
+        return cmd;
+    }
+
+    // --- restore ------------------------------------------------------------------------------------
+
+    /**
+     * Rebuilds a git directory whose files (HEAD, config, index, logs/, ...) are already in place: unpacks
+     * the bundle, writes the refs as they were (symbolic ones too), marks a partial clone's pack as coming
+     * from its promisor remote, then checks refs and connectivity. Runs no hook and writes no reflog entry.
+     */
+    static void restore(Path gitDir, RepoFacts repo, Path bundle) throws IOException {
+        for (String dir : List.of("objects/pack", "objects/info", "refs/heads", "refs/tags"))
+            Files.createDirectories(gitDir.resolve(dir));
+        if (bundle != null) {
+            git(gitDir, "bundle", "unbundle", bundle.toString());
+            if (repo.promisor()) markPromisorPacks(gitDir);
+        }
+        writeRefs(gitDir, repo);
+        Refs restored = refs(gitDir);
+        if (!restored.refs().equals(repo.refs()) || !restored.symrefs().equals(repo.symrefs()))
+            throw new R2Exception(R2Common.EXIT_FAILED, "repo " + repo.path() + " restored with refs that differ from the manifest");
+        git(gitDir, "fsck", "--connectivity-only", "--no-dangling", "--no-progress");
+    }
+
+    private static void writeRefs(Path gitDir, RepoFacts repo) throws IOException {
+        StringBuilder packed = new StringBuilder();
+        repo.refs().forEach((name, object) -> {
+            if (!repo.symrefs().containsKey(name)) packed.append(object).append(' ').append(name).append('\n');
+        });
+        Files.writeString(gitDir.resolve("packed-refs"), packed.toString(), StandardCharsets.UTF_8);
+        for (Map.Entry<String, String> symref : repo.symrefs().entrySet()) {
+            Path file = gitDir.resolve(Town.requireSafeRelative(symref.getKey(), "ref name"));
+            Files.createDirectories(file.getParent());
+            Files.writeString(file, "ref: " + symref.getValue() + "\n", StandardCharsets.UTF_8);
+        }
+    }
+
+    private static void markPromisorPacks(Path gitDir) throws IOException {
+        for (Path pack : Town.sortedChildren(gitDir.resolve("objects/pack"))) {
+            String name = pack.getFileName().toString();
+            if (!name.endsWith(".pack")) continue;
+            Path marker = pack.resolveSibling(name.substring(0, name.length() - ".pack".length()) + ".promisor");
+            if (!Files.exists(marker)) Files.createFile(marker);
+        }
+    }
+
+    /** Runs git on a git directory and returns its stdout; a non-zero exit is an error naming the command. */
+    static String git(Path gitDir, String... args) {
+        List<String> cmd = new ArrayList<>(List.of("git", "--git-dir=" + gitDir));
+        cmd.addAll(List.of(args));
+        return Proc.check(gitDir, Proc.DEFAULT_TIMEOUT, cmd).stdout();
+    }
+}

@@ -1,0 +1,251 @@
+// The town: what a snapshot holds (part of R2Common, included with //SOURCES).
+//   Town       the scan: every path under the town root, minus the skip list; databases and git
+//              repositories found by what they are, wherever they are
+//   SkipList   the one list of what is not backed up, each entry with its reason (README shows it)
+//
+// A snapshot holds the whole town root. Three tools share the work, and each path is captured once:
+// a Dolt database's .dolt by `dolt backup`, a git directory's objects/refs by a bundle, and everything
+// else (work trees, git directories' other files, config, runtime state, empty dirs, symlinks) as files.
+
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.*;
+import java.nio.file.attribute.BasicFileAttributes;
+import java.util.*;
+import java.util.regex.Pattern;
+import java.util.stream.Collectors;
+import java.util.stream.Stream;
+
+/**
+ * What the scan found. Paths are town-relative with '/' separators.
+ *
+ * @param files     every directory, regular file and symlink to archive, parents before children
+ * @param redacted  the git config files among them, archived with URL credentials removed
+ * @param skipped   how many paths each skip-list entry left out (for the log)
+ */
+record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<WorkTree> workTrees,
+            List<String> files, Set<String> redacted, Map<String, Integer> skipped) {
+    /** gt recognises a town by this file; nothing else is ever backed up. */
+    static final String TOWN_MARKER = "mayor/town.json";
+    /** This tool's own directories at the town root, and the filesystem's: never part of the town. */
+    static final Set<String> OWN_DIRS = Set.of(".r2-restore", "lost+found");
+    static final String ASIDE_PREFIX = ".r2-aside-";
+    private static final Pattern SAFE_NAME = Pattern.compile("[A-Za-z0-9_][A-Za-z0-9_.-]*");
+
+    /** A Dolt database: a directory holding .dolt/noms. */
+    record DoltDatabase(String name, String path) {}
+
+    /** A git directory with an object store of its own (a bare repo, a clone's .git, a submodule's). */
+    record GitDir(String path) {}
+
+    /** A checked-out tree: a directory with a .git file or directory. gitDir is where its .git leads. */
+    record WorkTree(String path, Path gitDir) {}
+
+    /** Refuses a root that is not a town, before anything is read or written (exit 2). */
+    static void requireTown(Path root) {
+        if (!Files.isRegularFile(root.resolve(TOWN_MARKER)))
+            throw new R2Exception(R2Common.EXIT_USAGE, "GT_TOWN_ROOT " + root + " is not a Gas Town (no "
+                    + TOWN_MARKER + "); refusing to back it up. Point GT_TOWN_ROOT (or --town-root) at the town root.");
+    }
+
+    static boolean isTown(Path root) {
+        return Files.isRegularFile(root.resolve(TOWN_MARKER));
+    }
+
+    /** Walks the whole town once. */
+    static Town scan(Path root) throws IOException {
+        if (!Files.isDirectory(root))
+            throw new R2Exception(R2Common.EXIT_USAGE, "town root " + root + " is not a directory (GT_TOWN_ROOT)");
+        Scan scan = new Scan(root);
+        scan.walk(root, Files.exists(root.resolve(".git"), LinkOption.NOFOLLOW_LINKS) ? root : null, null);
+        return new Town(root, List.copyOf(scan.databases), List.copyOf(scan.gitDirs), List.copyOf(scan.workTrees),
+                List.copyOf(scan.files), Set.copyOf(scan.redacted), Collections.unmodifiableMap(scan.skipped));
+    }
+
+    /** Town-relative path with '/' separators. */
+    String relative(Path p) {
+        return relative(root, p);
+    }
+
+    static String relative(Path root, Path p) {
+        return root.relativize(p).toString().replace('\\', '/');
+    }
+
+    static boolean isGitDir(Path dir) {
+        return Files.isRegularFile(dir.resolve("HEAD"), LinkOption.NOFOLLOW_LINKS)
+                && Files.isDirectory(dir.resolve("objects"), LinkOption.NOFOLLOW_LINKS)
+                && Files.isDirectory(dir.resolve("refs"), LinkOption.NOFOLLOW_LINKS);
+    }
+
+    static boolean isDoltDatabase(Path dir) {
+        return Files.isDirectory(dir.resolve(".dolt").resolve("noms"), LinkOption.NOFOLLOW_LINKS);
+    }
+
+    /** True when the root holds anything but lost+found and this tool's own staging. */
+    static boolean holdsData(Path root) throws IOException {
+        if (!Files.isDirectory(root)) return false;
+        try (Stream<Path> s = Files.list(root)) {
+            return s.anyMatch(p -> !OWN_DIRS.contains(p.getFileName().toString()));
+        }
+    }
+
+    static List<Path> sortedChildren(Path dir) throws IOException {
+        try (Stream<Path> s = Files.list(dir)) {
+            return s.sorted().collect(Collectors.toList());
+        }
+    }
+
+    static String requireSafeName(String name, String what) {
+        if (name == null || !SAFE_NAME.matcher(name).matches())
+            throw new IllegalArgumentException("unsafe " + what + ": " + name);
+        return name;
+    }
+
+    static String requireSafeRelative(String path, String what) {
+        if (path == null || path.isEmpty() || path.startsWith("/") || path.contains("\\") || path.contains("\0")
+                || Arrays.asList(path.split("/", -1)).contains("..") || Arrays.asList(path.split("/", -1)).contains(""))
+            throw new IllegalArgumentException("unsafe " + what + ": " + path);
+        return path;
+    }
+
+    /** One walk of the town: a directory at a time, knowing the innermost work tree and git dir above it. */
+    private static final class Scan {
+        private final Path root;
+        private final List<DoltDatabase> databases = new ArrayList<>();
+        private final List<GitDir> gitDirs = new ArrayList<>();
+        private final List<WorkTree> workTrees = new ArrayList<>();
+        private final List<String> files = new ArrayList<>();
+        private final Set<String> redacted = new HashSet<>();
+        private final Map<String, Integer> skipped = new TreeMap<>();
+
+        Scan(Path root) {
+            this.root = root;
+        }
+
+        /**
+         * @param workTree the innermost work tree holding dir (null: none)
+         * @param gitDir   the git directory dir lies in (null: not inside one)
+         */
+        void walk(Path dir, Path workTree, Path gitDir) throws IOException {
+            if (workTree != null && workTree.equals(dir)) workTrees.add(new WorkTree(relative(root, dir), gitDirOf(dir)));
+            for (Path child : children(dir)) {
+                String rel = relative(root, child);
+                BasicFileAttributes attrs;
+                try {
+                    attrs = Files.readAttributes(child, BasicFileAttributes.class, LinkOption.NOFOLLOW_LINKS);
+                } catch (NoSuchFileException e) {
+                    continue;   // removed while walking
+                }
+                String reason = SkipList.reason(rel, child, attrs);
+                if (reason != null && !trackedOrUntracked(workTree, gitDir, child, attrs)) {
+                    skipped.merge(reason, 1, Integer::sum);
+                    continue;
+                }
+                if (attrs.isSymbolicLink()) {
+                    files.add(rel);
+                } else if (attrs.isDirectory()) {
+                    files.add(rel);
+                    Path innerGitDir = gitDir;
+                    if (isGitDir(child)) {
+                        gitDirs.add(new GitDir(rel));
+                        innerGitDir = child;
+                    }
+                    if (isDoltDatabase(child)) databases.add(new DoltDatabase(requireSafeName(child.getFileName().toString(),
+                            "database name"), rel));
+                    Path innerWorkTree = innerGitDir == null && Files.exists(child.resolve(".git"), LinkOption.NOFOLLOW_LINKS)
+                            ? child : workTree;
+                    walk(child, innerWorkTree, innerGitDir);
+                } else if (attrs.isRegularFile()) {
+                    files.add(rel);
+                    if (gitDir != null && child.equals(gitDir.resolve("config"))) redacted.add(rel);
+                }
+            }
+        }
+
+        private static List<Path> children(Path dir) throws IOException {
+            try {
+                return sortedChildren(dir);
+            } catch (NoSuchFileException | NotDirectoryException e) {
+                return List.of();   // removed while walking
+            }
+        }
+
+        /**
+         * Git's view wins over the skip list inside a work tree: a file git tracks, or shows as untracked,
+         * is the work's (a Cargo.lock, an agent's new notes.log), and `git status` must read the same after a
+         * restore. Asked only for paths the skip list names, so a cycle runs git here rarely.
+         */
+        private static boolean trackedOrUntracked(Path workTree, Path gitDir, Path path, BasicFileAttributes attrs) {
+            if (workTree == null || gitDir != null || !(attrs.isRegularFile() || attrs.isDirectory() || attrs.isSymbolicLink()))
+                return false;
+            ProcResult r = Proc.run(workTree, Proc.DEFAULT_TIMEOUT, List.of("git", "--no-optional-locks", "ls-files", "-z",
+                    "--cached", "--others", "--exclude-standard", "--", relative(workTree, path)));
+            return r.ok() && !r.stdout().isEmpty();
+        }
+
+        /** The git directory a work tree's .git leads to (a directory, or the target of a "gitdir:" file). */
+        private static Path gitDirOf(Path workTree) {
+            Path dotGit = workTree.resolve(".git");
+            if (Files.isDirectory(dotGit, LinkOption.NOFOLLOW_LINKS)) return dotGit;
+            try {
+                String text = Files.readString(dotGit, StandardCharsets.UTF_8).strip();
+                if (!text.startsWith("gitdir:")) return null;
+                Path target = Path.of(text.substring("gitdir:".length()).strip());
+                return workTree.resolve(target).normalize();
+            } catch (IOException | RuntimeException e) {
+                return null;
+            }
+        }
+    }
+}
+
+/**
+ * The one list of what a snapshot leaves out. Everything else under the town root is backed up, also
+ * files and directories nobody has seen yet. Each entry: what it matches, and why it is safe to leave.
+ * Inside a git work tree, a path git tracks or shows as untracked is kept even when an entry matches.
+ */
+final class SkipList {
+    /** An entry: a test on a path (its town-relative name, its file name, its attributes) and the reason. */
+    record Entry(String pattern, String reason, Rule rule) {}
+
+    interface Rule {
+        boolean matches(String rel, String name, BasicFileAttributes attrs, Path path);
+    }
+
+    static final List<Entry> ENTRIES = List.of(
+            new Entry("sockets, fifos, device nodes", "endpoints of running processes, not data; a tar cannot hold them",
+                    (rel, name, a, p) -> a.isOther()),
+            new Entry("*.pid", "process ids of processes that do not outlive the machine",
+                    (rel, name, a, p) -> name.endsWith(".pid")),
+            new Entry("*.lock, *.flock", "locks of processes that do not outlive the machine (git's index.lock too)",
+                    (rel, name, a, p) -> name.endsWith(".lock") || name.endsWith(".flock")),
+            new Entry("locks/, .locks/, pids/ directories", "the same, kept as directories (.runtime/locks, .beads/.locks)",
+                    (rel, name, a, p) -> a.isDirectory() && Set.of("locks", ".locks", "pids").contains(name)),
+            new Entry("heartbeats/, heartbeat.json", "liveness stamps of running agents; rewritten while they run",
+                    (rel, name, a, p) -> (a.isDirectory() && name.equals("heartbeats")) || name.equals("heartbeat.json")),
+            new Entry("*.log", "logs of processes that ran; gt and dolt start new ones",
+                    (rel, name, a, p) -> a.isRegularFile() && name.endsWith(".log")),
+            new Entry("daemon/dolt-state.json", "the running dolt server's pid, port and start time",
+                    (rel, name, a, p) -> rel.equals("daemon/dolt-state.json")),
+            new Entry(".dolt/ of a database", "stored by `dolt backup` (dolt/<name>.backup), consistent while the server runs",
+                    (rel, name, a, p) -> a.isDirectory() && name.equals(".dolt") && Files.isDirectory(p.resolve("noms"))),
+            new Entry(".dolt/ without a database (.dolt-data/.dolt)", "dolt server state: sql-server.info names a live pid and port",
+                    (rel, name, a, p) -> a.isDirectory() && name.equals(".dolt")),
+            new Entry("objects/, refs/, packed-refs of a git directory", "stored by the repository's bundle (git/<path>.bundle)",
+                    (rel, name, a, p) -> Town.isGitDir(p.getParent()) && Set.of("objects", "refs", "packed-refs").contains(name)),
+            new Entry(".beads/backup/", "bd's own dolt backup of a database that `dolt backup` already stores",
+                    (rel, name, a, p) -> a.isDirectory() && name.equals("backup") && p.getParent().getFileName().toString().equals(".beads")),
+            new Entry(".r2-restore/, .r2-aside-*/, lost+found/ at the root", "this tool's restore staging, what a forced "
+                    + "restore moved aside, and the filesystem's own recovery dir: not the town",
+                    (rel, name, a, p) -> !rel.contains("/") && (Town.OWN_DIRS.contains(name) || name.startsWith(Town.ASIDE_PREFIX))));
+
+    private SkipList() {}
+
+    /** The reason a path is left out (its entry's pattern), or null when it is backed up. */
+    static String reason(String rel, Path path, BasicFileAttributes attrs) {
+        String name = path.getFileName().toString();
+        for (Entry e : ENTRIES)
+            if (e.rule().matches(rel, name, attrs, path)) return e.pattern();
+        return null;
+    }
+}
