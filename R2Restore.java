@@ -269,13 +269,11 @@ public class R2Restore implements Callable<Integer> {
         Instant t = Instant.now();
         Manifest manifest = prepared.manifest();
         Files.createDirectories(townDir);
-        if (!finalRoot.toString().equals(manifest.townRoot()))
-            Log.warn("restore: snapshot " + prepared.timestamp() + " was taken of " + manifest.townRoot() + ", restoring into "
-                    + finalRoot + ": worktree links and dolt's data_dir name the old path (run `git worktree repair`)");
         for (DatabaseFacts db : manifest.databases()) restoreDatabase(prepared, db, townDir);
         Tars.DirMetadata dirs = new Tars.DirMetadata();
         for (String tar : List.of(Keys.CONFIG_TAR, Keys.RUNTIME_TAR))
             if (manifest.file(tar).isPresent()) Tars.extract(prepared.file(tar), townDir, dirs);
+        if (!finalRoot.toString().equals(manifest.townRoot())) relinkWorktrees(manifest, townDir, finalRoot);
         for (RepoFacts repo : manifest.repos()) {
             Path gitDir = townDir.resolve(repo.path());
             GitRepo.restore(gitDir, repo, repo.empty() ? null : prepared.file(repo.file()));
@@ -294,6 +292,35 @@ public class R2Restore implements Callable<Integer> {
         Tars.extract(prepared.file(db.file()), backupDir);
         DoltServer.restore(backupDir, townDir.resolve(db.path()).getParent(), db);
         FileTrees.delete(backupDir);
+    }
+
+    /**
+     * A town restored under another root (the volume mounted elsewhere): git's worktree links are absolute,
+     * so they are pointed at the new root, as `git worktree repair` would. Other absolute paths the town's
+     * own files hold (dolt's data_dir in .dolt-data/config.yaml) are the operator's to change: say so.
+     */
+    private void relinkWorktrees(Manifest manifest, Path townDir, Path finalRoot) throws IOException {
+        String from = manifest.townRoot() + "/";
+        String to = finalRoot + "/";
+        for (RepoFacts repo : manifest.repos())
+            for (WorkTreeFacts wt : repo.workTrees()) {
+                if (wt.path().isEmpty() || Path.of(wt.gitDir()).isAbsolute()) continue;
+                rewritePrefix(townDir.resolve(wt.path()).resolve(".git"), "gitdir: " + from, "gitdir: " + to);
+                rewritePrefix(townDir.resolve(wt.gitDir()).resolve("gitdir"), from, to);
+            }
+        Log.warn("restore: snapshot " + manifest.timestamp() + " was taken of " + manifest.townRoot() + " and is restored into "
+                + finalRoot + ": worktree links now name the new root, but files of the town that name the old one (such as "
+                + "data_dir in .dolt-data/config.yaml) must be changed by hand before `gt up`");
+    }
+
+    /** Replaces a file's leading prefix (a one-line link file), keeping its mtime. */
+    private static void rewritePrefix(Path file, String from, String to) throws IOException {
+        if (!Files.isRegularFile(file, LinkOption.NOFOLLOW_LINKS)) return;
+        String text = Files.readString(file);
+        if (!text.startsWith(from)) return;
+        var mtime = Files.getLastModifiedTime(file);
+        Files.writeString(file, to + text.substring(from.length()));
+        Files.setLastModifiedTime(file, mtime);
     }
 
     /** Backups never hold a credential from a remote URL; say where one must be set again. */

@@ -275,6 +275,7 @@ public class R2Sync implements Callable<Integer> {
             Optional<Versioned> json = store.get(config.keys().object(ts, Keys.MANIFEST));
             if (json.isEmpty()) return null;
             int format = Manifest.formatOf(json.get().data());
+            formats.put(ts, format);
             if (format != Manifest.FORMAT) {
                 Log.info("sync: the previous snapshot " + ts + " is in manifest format " + format + "; this one is written in "
                         + "format " + Manifest.FORMAT + " from scratch, and format " + format + " snapshots are kept until "
@@ -283,6 +284,7 @@ public class R2Sync implements Callable<Integer> {
             }
             return R2Common.fromJson(json.get().data(), Manifest.class, "manifest of " + ts);
         } catch (R2Exception e) {
+            formats.putIfAbsent(ts, -1);   // retention keeps what it cannot read
             Log.warn("sync: previous manifest unusable, uploading everything: " + e.getMessage());
             return null;
         }
@@ -376,7 +378,8 @@ public class R2Sync implements Callable<Integer> {
         for (boolean runtime : List.of(false, true)) {
             String path = runtime ? Keys.RUNTIME_TAR : Keys.CONFIG_TAR;
             List<String> paths = byTar.get(runtime);
-            FileEntry entry = Tars.write(town.root(), paths, town.redacted(), snapshot.dir().resolve(path), path, false);
+            // The scan lists every directory, so each tar holds exactly its own paths.
+            FileEntry entry = Tars.write(town.root(), paths, town.redacted(), snapshot.dir().resolve(path), path, false, false);
             snapshot.add(entry, snapshot.dir().resolve(path));
             Log.info("sync " + snapshot.timestamp() + ": " + path + " " + paths.size() + " paths, " + Log.bytes(entry.size()));
         }
@@ -547,10 +550,18 @@ public class R2Sync implements Callable<Integer> {
                     + (aborted > 0 ? " and aborted " + aborted + " unfinished upload(s)" : ""));
     }
 
-    /** The manifest format of a complete snapshot (-1 when unreadable), read once and remembered. */
+    /**
+     * The manifest format of a complete snapshot, read once and remembered; -1 when it cannot be read, which
+     * retention treats like an older format (kept until --keep snapshots of this format exist).
+     */
     private int formatOf(String timestamp) {
-        return formats.computeIfAbsent(timestamp, ts -> store.get(config.keys().object(ts, Keys.MANIFEST))
-                .map(v -> Manifest.formatOf(v.data())).orElse(-1));
+        return formats.computeIfAbsent(timestamp, ts -> {
+            try {
+                return store.get(config.keys().object(ts, Keys.MANIFEST)).map(v -> Manifest.formatOf(v.data())).orElse(-1);
+            } catch (R2Exception e) {
+                return -1;
+            }
+        });
     }
 
     private void report(SyncResult result, R2Exception failure) {

@@ -26,9 +26,10 @@ final class Tars {
      * into a tar, hashing while writing. Entries are sorted and carry mode and mtime but no owner, so the
      * same files give the same bytes. With zeroTimes, mtimes are 0 too (for content that is rewritten each
      * cycle but unchanged). A path in redacted is a small text file written with URL credentials removed.
+     * With withParents false, only the paths given are written (the caller lists every directory itself).
      */
     static FileEntry write(Path root, List<String> paths, Set<String> redacted, Path tarFile, String snapshotPath,
-                           boolean zeroTimes) throws IOException {
+                           boolean zeroTimes, boolean withParents) throws IOException {
         Sha256.HashingOutputStream hashing;
         try (OutputStream file = Files.newOutputStream(tarFile, StandardOpenOption.CREATE_NEW)) {
             hashing = new Sha256.HashingOutputStream(new BufferedOutputStream(file, 1 << 16));
@@ -40,7 +41,7 @@ final class Tars {
                 for (String rel : new TreeSet<>(paths)) {
                     Path source = root.resolve(rel);
                     try {
-                        writeParents(root, rel, tar, dirsWritten, zeroTimes);
+                        if (withParents) writeParents(root, rel, tar, dirsWritten, zeroTimes);
                         if (Files.isSymbolicLink(source)) writeSymlink(source, rel, tar, zeroTimes);
                         else if (Files.isDirectory(source, LinkOption.NOFOLLOW_LINKS)) writeDir(source, rel + "/", tar, dirsWritten, zeroTimes);
                         else if (redacted.contains(rel)) writeRedacted(source, rel, tar, zeroTimes);
@@ -57,7 +58,7 @@ final class Tars {
 
     /** Writes files of a directory tree (a dolt backup) with zero mtimes: see write. */
     static FileEntry write(Path root, List<String> paths, Path tarFile, String snapshotPath, boolean zeroTimes) throws IOException {
-        return write(root, paths, Set.of(), tarFile, snapshotPath, zeroTimes);
+        return write(root, paths, Set.of(), tarFile, snapshotPath, zeroTimes, true);
     }
 
     private static void writeParents(Path root, String rel, TarArchiveOutputStream tar, Set<String> written,
@@ -138,12 +139,11 @@ final class Tars {
         return mode;
     }
 
-    /** The town-relative names of the regular files and links in a tar (for checks and --verify). */
+    /** The names of the entries in a tar, directories with a trailing '/' (for checks). */
     static List<String> list(Path tarFile) throws IOException {
         List<String> names = new ArrayList<>();
         try (TarArchiveInputStream in = new TarArchiveInputStream(new BufferedInputStream(Files.newInputStream(tarFile)))) {
-            for (TarArchiveEntry e; (e = in.getNextEntry()) != null; )
-                if (!e.isDirectory()) names.add(e.getName());
+            for (TarArchiveEntry e; (e = in.getNextEntry()) != null; ) names.add(e.getName());
         }
         return names;
     }

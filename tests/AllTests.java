@@ -16,6 +16,7 @@
 //SOURCES TownBuilder.java
 //SOURCES TownState.java
 //SOURCES DoltFacts.java
+//SOURCES TownView.java
 //
 // Every test class: a new tests/<Name>Test.java is picked up by this glob (JBang 0.132.1 expands it).
 //SOURCES *Test.java

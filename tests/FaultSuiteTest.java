@@ -279,9 +279,9 @@ class FaultSuiteTest {
                 new CrashPoint("during dolt backup through the town's running dolt sql-server (which lives on)", Expect.BEFORE,
                         Touch.NONE, false, true, child(c -> c.contains("backup sync-url"), 1)),
                 point("during git bundle of .repo.git", Expect.BEFORE, Touch.REFS,
-                        child(c -> c.contains("bundle create") && c.contains("/git/alpha.bundle"), 1)),
+                        child(c -> c.contains("pack-objects") && c.contains("/alpha/.repo.git"), 1)),
                 point("during git bundle of the mayor clone", Expect.BEFORE, Touch.REFS,
-                        child(c -> c.contains("bundle create") && c.contains("mayor/rig.bundle"), 1)),
+                        child(c -> c.contains("pack-objects") && c.contains("/alpha/mayor/rig/.git"), 1)),
                 point("between config.tar and runtime.tar", Expect.BEFORE, Touch.ALL, logLine(": config.tar ")),
                 point("while probing tool versions", Expect.BEFORE, Touch.NONE, child(c -> c.contains("dolt version"), 1)),
                 point("at 30% of a sync's run time", Expect.BEFORE, Touch.ALL, afterFraction(0.3)),
@@ -907,9 +907,10 @@ class FaultSuiteTest {
         hostileTar(g, "config.tar", "entry with ../ climbing out", "climbs out with '..'",
                 (t, c) -> t.file("../../../canary/pwned-dotdot", "pwned"));
         hostileTar(g, "config.tar", "absolute path", "absolute", (t, c) -> t.file(c.resolve("pwned-absolute").toString(), "pwned"));
-        hostileTar(g, "config.tar", "symlink pointing outside (absolute)", "symlink points outside the town",
+        // A symlink is data and may point anywhere; writing through one is what is refused.
+        hostileTar(g, "config.tar", "symlink pointing outside (absolute), then a file through it", "passes through a symlink",
                 (t, c) -> t.symlink("settings/evil", c.toString()).file("settings/evil/pwned-symlink", "pwned"));
-        hostileTar(g, "config.tar", "symlink pointing outside (relative)", "symlink points outside the town",
+        hostileTar(g, "config.tar", "symlink pointing outside (relative), then a file through it", "passes through a symlink",
                 (t, c) -> t.symlink("settings/evil", "../../../canary").file("settings/evil/pwned-symlink", "pwned"));
         hostileTar(g, "config.tar", "write through a symlink inside the town", "passes through a symlink",
                 (t, c) -> t.symlink("settings/loop", ".").file("settings/loop/pwned-through", "pwned"));
@@ -1090,7 +1091,7 @@ class FaultSuiteTest {
                 // Without sql-server.info the dolt CLI does not route through the server and finds the lock.
                 Files.move(info, aside);
                 TestTools.ProcResult r = lane.sync();
-                assertPartial(lane, r, api, Set.of("database alpha", "database hq"), prev,
+                assertPartial(lane, r, api, Set.of("database .dolt-data/alpha", "database .dolt-data/hq"), prev,
                         new TownState(merge(state.without("dolt:"), lane.states.get(prev).only("dolt:"))));
             } finally {
                 if (Files.exists(aside)) Files.move(aside, info);
@@ -1107,7 +1108,7 @@ class FaultSuiteTest {
                 Files.writeString(manifest, "garbage, not a dolt manifest");
                 TestTools.ProcResult r = lane.sync();
                 // The partial snapshot restores: alpha as the previous snapshot had it, the rest as now.
-                assertPartial(lane, r, api, Set.of("database alpha"), prev,
+                assertPartial(lane, r, api, Set.of("database .dolt-data/alpha"), prev,
                         new TownState(merge(state.without("dolt:alpha:"), lane.states.get(prev).only("dolt:alpha:"))));
                 assertLatestRestores(lane);
             } finally {
@@ -1126,7 +1127,7 @@ class FaultSuiteTest {
                 TestTools.ProcResult r = lane.sync();
                 // The partial snapshot restores: .repo.git as the previous snapshot had it, the rest as now.
                 assertPartial(lane, r, api, Set.of("repo alpha/.repo.git"), prev, new TownState(merge(
-                        state.without("git:alpha/.repo.git:"), lane.states.get(prev).only("git:alpha/.repo.git:"))));
+                        state.without("refs:alpha/.repo.git"), lane.states.get(prev).only("refs:alpha/.repo.git"))));
                 if (!r.stderr().contains("repo alpha/.repo.git NOT backed up"))
                     throw new AssertionError("the log does not name the repo:\n" + r.stderr());
                 assertLatestRestores(lane);
@@ -1140,7 +1141,7 @@ class FaultSuiteTest {
             List<Path> objects = new ArrayList<>();
             Map<Path, byte[]> saved = new LinkedHashMap<>();
             for (String db : town.databases()) objects.add(town.doltDb(db).resolve(".dolt/noms/manifest"));
-            for (String repo : List.of("alpha/.repo.git", "alpha/mayor/rig/.git", "alpha/crew/max/.git"))
+            for (String repo : List.of(".git", "alpha/.repo.git", "alpha/mayor/rig/.git", "alpha/crew/max/.git", "plugins/p/vendor/lib/.git"))
                 objects.add(looseObject(town.root().resolve(repo)));
             FaultKit.Pointer before = lane.pointer();
             lane.touch(false);
@@ -1175,7 +1176,7 @@ class FaultSuiteTest {
                 m.path("databases").forEach(d -> dbs.add(d.path("name").asText()));
                 if (dbs.contains("alpha")) throw new AssertionError("the manifest lists the broken database as backed up");
                 JsonNode problems = m.path("problems");
-                if (problems.size() != 1 || !problems.get(0).path("part").asText().equals("database alpha")
+                if (problems.size() != 1 || !problems.get(0).path("part").asText().equals("database .dolt-data/alpha")
                         || !problems.get(0).path("carriedFrom").isMissingNode() && !problems.get(0).path("carriedFrom").isNull())
                     throw new AssertionError("the manifest must name exactly the missing database, not carried: " + problems);
             } finally {
@@ -1213,7 +1214,7 @@ class FaultSuiteTest {
             throw new AssertionError("heartbeat problems " + hbProblems + " do not name exactly " + parts);
         // Each missing part is in the snapshot as the previous snapshot's copy.
         Set<String> dbs = new java.util.TreeSet<>();
-        m.path("databases").forEach(d -> dbs.add("database " + d.path("name").asText()));
+        m.path("databases").forEach(d -> dbs.add("database " + d.path("path").asText()));
         Set<String> repos = new java.util.TreeSet<>();
         m.path("repos").forEach(d -> repos.add("repo " + d.path("path").asText()));
         for (String part : parts)
@@ -1276,9 +1277,11 @@ class FaultSuiteTest {
             }
             if (api.requests().stream().noneMatch(q -> ("Bearer " + token).equals(q.header("authorization"))))
                 throw new AssertionError("the token never reached the API, so the search would prove nothing");
-            JsonNode m = store.manifest(lane.bucket, lane.townId, lane.pointer().timestamp());
-            if (!m.toString().contains("***@git.example.invalid"))
-                throw new AssertionError("the manifest does not record the (redacted) credential URL");
+            // The git configs go into config.tar with the credential cut out of the URL (the search below proves
+            // the secret itself is nowhere in the bucket).
+            byte[] tar = store.get(lane.bucket, "gastown/" + lane.townId + "/snapshots/" + lane.pointer().timestamp() + "/config.tar");
+            if (!new String(tar, StandardCharsets.ISO_8859_1).contains("https://***@git.example.invalid/alpha.git"))
+                throw new AssertionError("config.tar does not hold the git config with the (redacted) credential URL");
         });
         g.fault("secrets: a storage failure under --debug", () -> {
             lane.touch(true);
@@ -1292,11 +1295,11 @@ class FaultSuiteTest {
             }
         });
         g.fault("secrets: an unexpected error under --debug prints a stack trace without them", () -> {
-            Path bad = lane.town.root().resolve("bad rig");
-            Files.createDirectories(bad.resolve(".repo.git"));
+            Path bad = lane.town.root().resolve(".dolt-data/bad db");
+            Files.createDirectories(bad.resolve(".dolt/noms"));
             try {
                 TestTools.ProcResult r = lane.sync("--debug");
-                if (r.exitCode() == 0) throw new AssertionError("expected the unsafe rig name to fail the sync");
+                if (r.exitCode() == 0) throw new AssertionError("expected the unsafe database name to fail the sync");
                 if (!r.stderr().contains("\tat ")) throw new AssertionError("--debug printed no stack trace:\n" + r.stderr());
                 assertNoSecret(secrets, "sync --debug", r);
             } finally {

@@ -50,6 +50,26 @@ final class Product {
         return new Product(copy, scratch);
     }
 
+    /**
+     * The product as it runs on a NEW machine: HOME is an empty directory (it is not on the volume), and no
+     * global or system git config and no dolt config exist. The suite's own identities are not visible.
+     */
+    Product onNewMachine() {
+        Map<String, String> copy = new HashMap<>(env);
+        Path home = scratch.resolve("new-machine-home-" + System.nanoTime());
+        try {
+            Files.createDirectories(home);
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+        copy.put("HOME", home.toString());
+        copy.put("GIT_CONFIG_GLOBAL", TestTools.UNSET);
+        copy.put("GIT_CONFIG_NOSYSTEM", "1");
+        copy.put("DOLT_ROOT_PATH", TestTools.UNSET);
+        copy.put("XDG_CONFIG_HOME", TestTools.UNSET);
+        return new Product(copy, scratch);
+    }
+
     Map<String, String> env() {
         return env;
     }
@@ -79,7 +99,7 @@ final class Product {
         Path log = scratch.resolve(mainClass + "-" + System.nanoTime() + ".log");
         ProcessBuilder pb = new ProcessBuilder(command(mainClass, args)).directory(scratch.toFile())
                 .redirectErrorStream(true).redirectOutput(log.toFile());
-        pb.environment().putAll(env);
+        TestTools.applyEnv(pb.environment(), env);
         try {
             return new Started(pb.start(), log);
         } catch (IOException e) {

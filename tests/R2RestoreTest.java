@@ -56,6 +56,15 @@ class R2RestoreTest {
         return BucketView.of(s3, bucket, TOWN);
     }
 
+    private static void writeFile(Path file, String content) {
+        try {
+            Files.createDirectories(file.getParent());
+            Files.writeString(file, content);
+        } catch (IOException e) {
+            throw new java.io.UncheckedIOException(e);
+        }
+    }
+
     /** A fresh, empty volume for one restore. */
     private Path emptyVolume() {
         try {
@@ -77,9 +86,15 @@ class R2RestoreTest {
     @Test
     void aRestoredTownIsTheTownThatWasBackedUp() {
         Path volume = emptyVolume();
-        TestTools.ProcResult r = product(pristine, volume).restore().assertOk();
+        // A new machine: HOME is empty, no git or dolt identity; the suite's own identities are not visible.
+        TestTools.ProcResult r = product(pristine, volume).onNewMachine().restore().assertOk();
         assertTrue(r.stderr().contains("restored from snapshot " + snapshot), r.stderr());
         TownState.assertSame(before, TownState.capture(volume));
+        // One line per work tree says what in-progress work came back.
+        assertTrue(r.stderr().contains("work tree alpha/polecats/furiosa/alpha (polecat/furiosa-"), r.stderr());
+        assertTrue(r.stderr().lines().anyMatch(l -> l.contains("work tree alpha/polecats/furiosa/alpha")
+                && l.contains("1 staged, 1 modified, 5 untracked, as backed up")), r.stderr());
+        assertFalse(r.stderr().contains("WARN  restore: work tree"), r.stderr());
 
         assertFalse(Files.exists(volume.resolve(".r2-restore")), "staging removed");
         assertTrue(Files.isRegularFile(volume.resolve("mayor/town.json")));
@@ -97,6 +112,41 @@ class R2RestoreTest {
             TestTools.dolt(volume.resolve(".dolt-data").resolve(db), "fsck");
             TestTools.dolt(volume.resolve(".dolt-data").resolve(db), "constraints", "verify", "--all", "--output-only");
         }
+    }
+
+    /**
+     * Selection is by exclusion: a town holding things nobody listed (a new top-level tree, an empty dir,
+     * odd names, modes, a dangling link, an old mtime) comes back whole, restored on a new machine into the
+     * same path after the town was destroyed.
+     */
+    @Test
+    void aTownWithThingsNobodyListedComesBackWhole() throws Exception {
+        Path own = TestTools.tempDir("unlisted-");
+        TestTown t = TownBuilder.create().rigs("alpha").build(own);
+        Path root = t.root();
+        writeFile(root.resolve("newthing/deep/file"), "nobody listed me\n");
+        Files.createDirectories(root.resolve("another"));
+        writeFile(root.resolve("newthing/line\nbreak.txt"), "a newline in the name\n");
+        writeFile(root.resolve("newthing/ünïcode ✓ name.md"), "unicode\n");
+        writeFile(root.resolve("newthing/secret.key"), "k\n");
+        Files.setPosixFilePermissions(root.resolve("newthing/secret.key"), java.nio.file.attribute.PosixFilePermissions.fromString("rw-------"));
+        Files.setPosixFilePermissions(root.resolve("newthing/deep"), java.nio.file.attribute.PosixFilePermissions.fromString("rwx------"));
+        Files.setLastModifiedTime(root.resolve("newthing/deep/file"), java.nio.file.attribute.FileTime.fromMillis(1_000_000_000_000L));
+        Files.createSymbolicLink(root.resolve("newthing/points-nowhere"), Path.of("../missing/target"));
+        Files.createSymbolicLink(root.resolve("newthing/points-outside"), Path.of("/etc/hostname"));
+        writeFile(root.resolve("alpha/.runtime/new-kind/state.bin"), "runtime state of a kind nobody listed\n");
+        String bucket = s3.newBucket();
+        Product p = product(bucket, root);
+        p.sync("--immediate").assertOk();
+        TownState expected = TownState.capture(root);
+        TestTools.deleteRecursively(root);
+        Files.createDirectories(root);
+
+        TestTools.ProcResult r = p.onNewMachine().restore().assertOk();
+        TownState.assertSame(expected, TownState.capture(root));
+        assertTrue(Files.isRegularFile(root.resolve("newthing/line\nbreak.txt")));
+        assertTrue(r.stderr().lines().noneMatch(l -> l.startsWith("break.txt")), "no name forges a log line:\n" + r.stderr());
+        TestTools.deleteRecursively(own);
     }
 
     @Test
@@ -154,7 +204,7 @@ class R2RestoreTest {
         List<FileEntry> files = new ArrayList<>();
         for (FileEntry f : m.files())
             files.add(f.path().equals("runtime.tar") ? new FileEntry(f.path(), f.size(), Sha256.of("lie".getBytes())) : f);
-        Manifest lying = new Manifest(m.formatVersion(), m.tool(), m.townId(), m.timestamp(), m.createdAt(), m.versions(),
+        Manifest lying = new Manifest(m.formatVersion(), m.tool(), m.townId(), m.timestamp(), m.createdAt(), m.townRoot(), m.versions(),
                 files, m.databases(), m.repos(), m.problems());
         byte[] json = R2Common.toJson(lying);
         v.put(v.keys().object(snapshot, Keys.MANIFEST), json);
@@ -185,9 +235,11 @@ class R2RestoreTest {
     }
 
     @Test
-    void aTarWithASymlinkOutOfTheTownIsRefused() throws Exception {
+    void aTarThatWritesThroughASymlinkIsRefused() throws Exception {
+        // A symlink is data and may point anywhere (a dangling one comes back as it was); nothing is ever
+        // written through one.
         String bucket = withConfigTar(tar(symlink("settings/evil", "/etc"), file("settings/evil/passwd", "x")));
-        assertRefused(bucket, "config.tar", "symlink points outside");
+        assertRefused(bucket, "config.tar", "passes through a symlink");
     }
 
     /** Runs a restore onto an empty volume and asserts it fails naming the culprit, writing nothing. */
@@ -201,7 +253,13 @@ class R2RestoreTest {
         assertEquals(TreeHash.of(emptyVolume()), TreeHash.of(volume), "the volume is untouched:\n" + r.stderr());
         assertFalse(Files.exists(canary), "nothing written outside the volume");
         assertTrue(Files.exists(p.stateDir().resolve(RestoreState.FAILED)), "the failure is recorded for the sync");
-        assertEquals(1, p.sync("--immediate").exitCode(), "a sync refuses to back up over the good snapshots");
+        // The container goes on: `gt up` makes a fresh, empty town, which must not bury the good snapshots.
+        TestTools.ProcResult sync = p.sync("--immediate");
+        assertEquals(2, sync.exitCode(), "no town yet: " + sync.stderr());
+        writeFile(volume.resolve("mayor/town.json"), "{}\n");
+        sync = p.sync("--immediate");
+        assertEquals(1, sync.exitCode(), sync.stderr());
+        assertTrue(sync.stderr().contains("the restore on this machine failed"), "a sync refuses to back up over the good snapshots:\n" + sync.stderr());
     }
 
     @Test
@@ -263,7 +321,8 @@ class R2RestoreTest {
         assertTrue(rows.get(0).path("latest").asBoolean());
         assertEquals("complete", rows.get(0).path("state").asText());
         assertEquals(bytes, rows.get(0).path("bytes").asLong());
-        assertEquals(13, rows.get(0).path("files").asInt(), "12 files and the manifest");
+        Manifest m = v.manifest(snapshot);
+        assertEquals(m.files().size() + 1, rows.get(0).path("files").asInt(), "the files and the manifest");
         String table = p.restore("--list").assertOk().stdout();
         assertTrue(table.lines().anyMatch(l -> l.startsWith(snapshot) && l.contains("complete") && l.contains("latest")), table);
     }
@@ -278,13 +337,13 @@ class R2RestoreTest {
 
         String bucket = copyOfPristine();
         BucketView v = view(bucket);
-        String key = v.keys().object(snapshot, "git/beta/crew/max.bundle");
+        String key = v.keys().object(snapshot, "git/beta/crew/max/.git.bundle");
         byte[] data = v.get(key);
         data[data.length - 1] ^= 1;
         v.put(key, data);
         TestTools.ProcResult bad = product(bucket, volume).restore("--verify");
         assertEquals(1, bad.exitCode(), bad.stderr());
-        assertTrue(bad.stderr().contains("git/beta/crew/max.bundle"), bad.stderr());
+        assertTrue(bad.stderr().contains("git/beta/crew/max/.git.bundle"), bad.stderr());
         assertEquals(TreeHash.of(emptyVolume()), TreeHash.of(volume));
     }
 
@@ -350,7 +409,7 @@ class R2RestoreTest {
         for (FileEntry f : m.files())
             files.add(f.path().equals(Keys.CONFIG_TAR) ? new FileEntry(f.path(), tar.length, Sha256.of(tar)) : f);
         byte[] json = R2Common.toJson(new Manifest(m.formatVersion(), m.tool(), m.townId(), m.timestamp(), m.createdAt(),
-                m.versions(), files, m.databases(), m.repos(), m.problems()));
+                m.townRoot(), m.versions(), files, m.databases(), m.repos(), m.problems()));
         v.put(v.keys().object(snapshot, Keys.MANIFEST), json);
         v.put(v.keys().latest(), R2Common.toJson(new Pointer(snapshot, Sha256.of(json))));
         return bucket;

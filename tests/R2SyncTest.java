@@ -49,11 +49,14 @@ class R2SyncTest {
         assertEquals(Sha256.of(manifestJson), latest.manifestSha256(), "latest.json pins the manifest");
         Manifest m = R2Common.fromJson(manifestJson, Manifest.class, "manifest");
 
+        // Every git directory found by what it is: the town root's, each rig's shared repo, the separate
+        // clones, and one in a place nobody lists. gamma's repo has no objects: recorded, no bundle.
         Set<String> expected = new TreeSet<>(List.of("config.tar", "runtime.tar",
                 "dolt/hq.backup", "dolt/alpha.backup", "dolt/beta.backup", "dolt/gamma.backup",
-                "git/alpha.bundle", "git/beta.bundle",
-                "git/alpha/mayor/rig.bundle", "git/beta/mayor/rig.bundle",
-                "git/alpha/crew/max.bundle", "git/beta/crew/max.bundle"));
+                "git/.git.bundle", "git/alpha.bundle", "git/beta.bundle",
+                "git/alpha/mayor/rig/.git.bundle", "git/beta/mayor/rig/.git.bundle",
+                "git/alpha/crew/max/.git.bundle", "git/beta/crew/max/.git.bundle",
+                "git/plugins/p/vendor/lib/.git.bundle"));
         assertEquals(expected, m.files().stream().map(FileEntry::path).collect(Collectors.toCollection(TreeSet::new)));
         for (FileEntry f : m.files()) {
             byte[] data = view.get(view.keys().object(latest.timestamp(), f.path()));
@@ -72,12 +75,20 @@ class R2SyncTest {
         RepoFacts empty = m.repo("gamma/.repo.git").orElseThrow();
         assertTrue(empty.empty(), "a repo with no commits is recorded without a bundle");
         RepoFacts alpha = m.repo("alpha/.repo.git").orElseThrow();
-        assertFalse(alpha.shallow().isEmpty(), "the shallow boundary is recorded");
         assertEquals(town.worktrees().keySet().stream().filter(p -> p.startsWith("alpha/")).collect(Collectors.toSet()),
-                alpha.worktrees().stream().map(WorktreeFacts::path).collect(Collectors.toSet()), "every worktree path");
-        assertTrue(alpha.config().contains(new ConfigEntry("remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*")),
-                alpha.config().toString());
-        assertTrue(alpha.config().contains(new ConfigEntry("remote.origin.url", town.gitUrl("alpha"))), alpha.config().toString());
+                alpha.workTrees().stream().map(WorkTreeFacts::path).collect(Collectors.toSet()), "every worktree path");
+        assertEquals(TestTools.git(town.root().resolve("alpha/.repo.git"), "for-each-ref", "--format=%(refname)").lines()
+                .collect(Collectors.toSet()), alpha.refs().keySet(), "every ref");
+        // The agent's in-progress work is counted: notes/plan.md staged, src/file1.txt modified, and five
+        // untracked entries (wip.txt, build.log, CLAUDE.md, and gt's .beads/ and .claude/ dirs).
+        WorkTreeFacts busy = alpha.workTrees().stream().filter(w -> w.path().equals("alpha/polecats/furiosa/alpha"))
+                .findFirst().orElseThrow();
+        assertEquals(List.of(1, 1, 5), List.of(busy.staged(), busy.modified(), busy.untracked()), busy.summary());
+        assertEquals("alpha/.repo.git/worktrees/alpha", busy.gitDir());
+        assertTrue(m.repo("beta/.repo.git").orElseThrow().promisor(), "beta is a partial clone");
+        assertFalse(alpha.promisor());
+        assertEquals("refs/remotes/origin/main", m.repo("alpha/crew/max/.git").orElseThrow().symrefs().get("refs/remotes/origin/HEAD"));
+        assertEquals(1, m.repo(".git").orElseThrow().workTrees().size(), "the town root is a work tree");
     }
 
     @Test
@@ -151,7 +162,7 @@ class R2SyncTest {
     }
 
     @Test
-    void theTarsHoldExactlyTheKeepLists() throws Exception {
+    void theTarsHoldTheWholeTownButTheSkipList() throws Exception {
         String bucket = s3.newBucket();
         BucketView view = BucketView.of(s3, bucket, "town-1");
         product(bucket).sync("--immediate").assertOk();
@@ -160,17 +171,21 @@ class R2SyncTest {
         try {
             Set<String> inTars = new TreeSet<>();
             for (String tar : List.of(Keys.CONFIG_TAR, Keys.RUNTIME_TAR))
-                inTars.addAll(Tars.list(view.download(ts, tar, scratch)));
-            // Beyond the documented keep list: the Dolt server's users and grants, which no dolt backup holds.
-            Set<String> expected = new TreeSet<>(town.keptFiles());
-            Path doltcfg = town.doltData().resolve(".doltcfg");
-            if (Files.isDirectory(doltcfg))
-                try (var files = Files.list(doltcfg)) {
-                    files.forEach(f -> expected.add(".dolt-data/.doltcfg/" + f.getFileName()));
-                }
-            assertEquals(expected, inTars);
+                inTars.addAll(Tars.list(view.download(ts, tar, scratch)).stream().map(n -> n.replaceFirst("/$", "")).toList());
+            for (String kept : town.keptFiles()) assertTrue(inTars.contains(kept), kept + " must be kept");
+            for (String dir : town.emptyDirs()) assertTrue(inTars.contains(dir), "empty dir " + dir + " must be kept");
             for (String skipped : town.skippedFiles()) assertFalse(inTars.contains(skipped), skipped + " must be skipped");
-            assertTrue(Tars.list(scratch.resolve(Keys.RUNTIME_TAR)).stream().allMatch(n -> n.contains(".runtime/")));
+            // What git shows in a work tree wins over the skip list: a tracked lock file, an untracked log.
+            assertTrue(inTars.contains("alpha/refinery/rig/Cargo.lock"));
+            assertTrue(inTars.contains("alpha/polecats/furiosa/alpha/build.log"));
+            // Git directories' own files are there (objects and refs go in bundles), the users and grants too.
+            for (String path : List.of(".git/hooks/post-checkout", ".git/config", "alpha/.repo.git/shallow",
+                    "alpha/.repo.git/worktrees/alpha/index", "alpha/crew/max/.git/logs/refs/stash", "alpha/crew/max/.git/index",
+                    ".dolt-data/.doltcfg/privileges.db"))
+                assertTrue(inTars.contains(path), path);
+            assertTrue(inTars.stream().noneMatch(p -> p.contains("/objects/") || p.endsWith("packed-refs")
+                    || p.matches(".*\\.git/refs/.*") || p.matches("\\.dolt-data/[^/]+/\\.dolt(/.*)?")), "no git or dolt store");
+            assertTrue(Tars.list(scratch.resolve(Keys.RUNTIME_TAR)).stream().allMatch(n -> n.contains(".runtime")));
         } finally {
             TestTools.deleteRecursively(scratch);
         }
@@ -200,9 +215,11 @@ class R2SyncTest {
         Product p = product(bucket);
         p.sync("--immediate").assertOk();
         TestTools.ProcResult second = p.sync("--immediate").assertOk();
-        // Repos are fingerprinted by refs and shallow boundary, so unchanged ones are never bundled again.
-        // (A dolt database's backup root moves whenever any dolt process opens it, so those may go up again.)
-        for (String repo : List.of("alpha/.repo.git", "alpha/mayor/rig", "alpha/crew/max", "beta/.repo.git"))
+        // Repos are fingerprinted (refs, shallow boundary, HEADs, indexes, stash), so unchanged ones are never
+        // bundled again. (A dolt database's backup root moves whenever any dolt process opens it, so those may
+        // go up again.)
+        for (String repo : List.of(".git", "alpha/.repo.git", "alpha/mayor/rig/.git", "alpha/crew/max/.git", "beta/.repo.git",
+                "plugins/p/vendor/lib/.git"))
             assertTrue(second.stderr().contains("git " + repo + " unchanged since"), repo + ":\n" + second.stderr());
         assertTrue(second.stderr().matches("(?s).*copied ([6-9]|1\\d) unchanged.*"), second.stderr());
         List<String> snapshots = view.completeSnapshots();
@@ -343,6 +360,56 @@ class R2SyncTest {
         assertTrue(view.keys("").isEmpty(), "nothing written to the bucket");
         assertFalse(Files.exists(p.scratch().resolve("r2-sync.lock")), "no lock file");
         assertFalse(Files.exists(p.scratch().resolve("work")), "no work dir");
+    }
+
+    @Test
+    void aRootThatIsNotATownIsRefusedBeforeAnythingIsReadOrWritten() throws Exception {
+        // A mistyped GT_TOWN_ROOT: a home directory full of files, or /. Neither may ever be uploaded.
+        Path home = Files.createDirectories(dir.resolve("not-a-town"));
+        Files.writeString(home.resolve(".bashrc"), "export SECRET=1\n");
+        Files.createDirectories(home.resolve("mayor"));   // close, but no mayor/town.json
+        String bucket = s3.newBucket();
+        BucketView view = BucketView.of(s3, bucket, "town-1");
+        for (String root : List.of(home.toString(), "/")) {
+            Product p = Product.of(Path.of(root), s3, bucket, "town-1");
+            TestTools.ProcResult r = p.sync("--immediate");
+            assertEquals(2, r.exitCode(), r.stderr());
+            String lines = r.stderr().strip();
+            assertEquals(1, lines.lines().count(), "one clear line: " + lines);
+            assertTrue(lines.contains("is not a Gas Town") && lines.contains("mayor/town.json") && lines.contains("GT_TOWN_ROOT"), lines);
+            assertFalse(Files.exists(p.scratch().resolve("r2-sync.lock")), "no lock file");
+            assertFalse(Files.exists(p.scratch().resolve("work")), "no work dir");
+            assertFalse(Files.exists(p.stateDir()), "no state written");
+        }
+        assertTrue(view.keys("").isEmpty(), "nothing written to the bucket");
+    }
+
+    @Test
+    void theDaemonWaitsForTheTownSayingSoOnceAndSyncsWhenItAppears() throws Exception {
+        Path root = Files.createDirectories(dir.resolve("first-boot").resolve("town"));
+        String bucket = s3.newBucket();
+        BucketView view = BucketView.of(s3, bucket, "town-1");
+        try (Product.Started daemon = Product.of(root, s3, bucket, "town-1").start("R2Sync", "--interval", "1s")) {
+            assertTrue(TestTools.await(() -> daemon.output().contains("is not a Gas Town"), Duration.ofSeconds(60), 100), daemon.output());
+            Thread.sleep(3_000);   // three more cycles
+            assertEquals(1, daemon.output().lines().filter(l -> l.contains("is not a Gas Town")).count(), "said once:\n" + daemon.output());
+            assertTrue(view.keys("").isEmpty(), "nothing uploaded while it is no town");
+            // gt install makes the town while the daemon runs
+            Files.createDirectories(root.resolve("mayor"));
+            Files.writeString(root.resolve("mayor/town.json"), "{\"type\":\"town\",\"name\":\"first-boot\"}\n");
+            assertTrue(TestTools.await(() -> !view.completeSnapshots().isEmpty(), Duration.ofSeconds(60), 200), daemon.output());
+            assertTrue(daemon.output().contains("is a town now"), daemon.output());
+        }
+    }
+
+    @Test
+    void namesFromTheEnvironmentCannotForgeALogLine() {
+        Product p = product(s3.newBucket()).with("TOWN_ID", "a\nINFO forged line");
+        TestTools.ProcResult r = p.sync("--immediate");
+        assertEquals(2, r.exitCode(), r.stderr());
+        assertEquals(1, r.stderr().strip().lines().count(), r.stderr());
+        assertTrue(r.stderr().contains("a\\nINFO forged line"), "printed escaped: " + r.stderr());
+        assertTrue(r.stderr().lines().noneMatch(l -> l.startsWith("INFO forged")), r.stderr());
     }
 
     @Test

@@ -80,6 +80,17 @@ final class TestTools {
         return run(args, cwd, env, stdin, timeout).assertOk();
     }
 
+    /** An env value that removes the variable from the child's environment instead of setting it. */
+    static final String UNSET = "\0unset";
+
+    /** Applies env to a child's environment: UNSET removes a variable, any other value sets it. */
+    static void applyEnv(Map<String, String> target, Map<String, String> env) {
+        env.forEach((k, v) -> {
+            if (UNSET.equals(v)) target.remove(k);
+            else target.put(k, v);
+        });
+    }
+
     /**
      * Runs {@code args} in {@code cwd} with {@code env} added to this JVM's environment, feeding
      * {@code stdin} (may be null: empty stdin), and waits at most {@code timeout} before killing it.
@@ -87,7 +98,7 @@ final class TestTools {
     static ProcResult run(List<String> args, Path cwd, Map<String, String> env, String stdin, Duration timeout) {
         ProcessBuilder pb = new ProcessBuilder(args).directory(cwd.toFile());
         pb.environment().put("GIT_TERMINAL_PROMPT", "0"); // git must never wait on a prompt
-        pb.environment().putAll(env);
+        applyEnv(pb.environment(), env);
         Process p;
         try {
             p = pb.start();

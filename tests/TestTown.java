@@ -12,11 +12,12 @@ import java.util.Map;
  * @param emptyRigs       rigs whose .repo.git has no commits (no worktrees, no clones)
  * @param doltPort        the port in .dolt-data/config.yaml and the .beads/metadata.json files
  * @param worktrees       worktree path relative to root -> branch, e.g. alpha/refinery/rig -> main
- * @param keptFiles       files (relative) a backup must keep, per gastown-town.md
- * @param skippedFiles    files (relative) a backup must skip
+ * @param keptFiles       files and symlinks (relative) the builder wrote that a backup must keep
+ * @param skippedFiles    volatile files (relative: pids, locks, logs, a socket, a fifo) a backup must skip
+ * @param emptyDirs       empty directories (relative) a backup must keep
  */
 record TestTown(Path root, Path upstreamDir, List<String> rigs, List<String> emptyRigs, int doltPort,
-                Map<String, String> worktrees, List<String> keptFiles, List<String> skippedFiles) {
+                Map<String, String> worktrees, List<String> keptFiles, List<String> skippedFiles, List<String> emptyDirs) {
 
     static final List<String> POLECATS = List.of("furiosa", "nux");
     static final String CREW = "max";
@@ -30,6 +31,7 @@ record TestTown(Path root, Path upstreamDir, List<String> rigs, List<String> emp
         worktrees = Map.copyOf(worktrees);
         keptFiles = List.copyOf(keptFiles);
         skippedFiles = List.copyOf(skippedFiles);
+        emptyDirs = List.copyOf(emptyDirs);
     }
 
     /** Every rig, full and empty. */

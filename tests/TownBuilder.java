@@ -8,13 +8,19 @@ import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 import java.util.stream.Collectors;
 
 /**
- * Builds a realistic Gas Town on disk, following shared/docs/gastown-town.md: town config, runtime and
- * skip-only files, one dolt data dir with hq + one database per rig (branches, commits, staged and
- * unstaged changes), and per rig a shallow bare .repo.git with refinery and polecat worktrees, a
- * separate shallow mayor clone and a crew clone, each with unpushed commits.
+ * Builds a realistic Gas Town on disk, in the shape the real gt made ../shared/fixtures/real-town: town
+ * config, runtime and volatile files, one dolt data dir with hq + one database per rig (branches, commits,
+ * staged and unstaged changes), and per rig a bare .repo.git (shallow; the partial rigs a blob:none partial
+ * clone) with refinery and polecat worktrees, a separate shallow mayor clone and a crew clone with unpushed
+ * commits and two stash entries. Like gt, it writes files into the work trees that no commit holds
+ * (.beads/redirect, .claude/commands, CLAUDE.md, the crew .gitignore), leaves an agent's in-progress work
+ * in a polecat (a modified, a staged and an untracked file), makes the town root a git repository with a
+ * post-checkout hook, and leaves empty directories, symlinks (one dangling), a socket, a fifo and a nested
+ * repository in a place nobody lists (plugins/p/vendor/lib).
  *
  * <pre>
  * TestTown town = TownBuilder.create().rigs("alpha", "beta").emptyRig("gamma").build(tempDir);
@@ -29,6 +35,8 @@ import java.util.stream.Collectors;
 final class TownBuilder {
     private List<String> rigs = List.of("alpha", "beta");
     private final List<String> emptyRigs = new ArrayList<>();
+    /** Rigs added like `gt rig add --filter blob:none`: their .repo.git lacks old blobs (beta by default). */
+    private Set<String> partialRigs = Set.of("beta");
 
     private TownBuilder() {}
 
@@ -39,6 +47,12 @@ final class TownBuilder {
     /** The rigs with a full git setup (default alpha, beta). */
     TownBuilder rigs(String... names) {
         this.rigs = List.of(names);
+        return this;
+    }
+
+    /** Which of the rigs are blob:none partial clones (default beta); none() for none. */
+    TownBuilder partial(String... names) {
+        this.partialRigs = Set.of(names);
         return this;
     }
 
@@ -60,6 +74,7 @@ final class TownBuilder {
         private final int port = TestTools.freePort();
         private final List<String> kept = new ArrayList<>();
         private final List<String> skipped = new ArrayList<>();
+        private final List<String> emptyDirs = new ArrayList<>();
         private final Map<String, String> worktrees = new LinkedHashMap<>();
         // Branch suffix like gt's polecat/<name>-<ts>; base36 millis keeps it short.
         private final String ts = Long.toString(System.currentTimeMillis(), 36);
@@ -78,11 +93,13 @@ final class TownBuilder {
                 for (String rig : rigs) fullRig(rig);
                 for (String rig : emptyRigs) emptyRig(rig);
                 doltDatabases();
+                nestedRepo();
+                townRepo();
                 TestTools.deleteRecursively(scratch);
             } catch (IOException e) {
                 throw new UncheckedIOException(e);
             }
-            return new TestTown(root, upstreamDir, rigs, emptyRigs, port, worktrees, kept, skipped);
+            return new TestTown(root, upstreamDir, rigs, emptyRigs, port, worktrees, kept, skipped, emptyDirs);
         }
 
         // ---- town-level files ----
@@ -107,21 +124,29 @@ final class TownBuilder {
             keep("plugins/p/run.sh", "#!/bin/sh\necho plugin p\n", "rwxr-xr-x");
             keep("deacon/.claude/settings.json", "{\"permissions\":{\"allow\":[\"Bash(gt:*)\"]}}\n");
             keep("CLAUDE.md", "# Gas Town\n\nYou are an agent in this town. Run `gt prime`.\n");
+            symlink("AGENTS.md", "CLAUDE.md");
+            symlink("mayor/last-session", "sessions/gone.json");   // dangling, as links left by a dead session are
+            emptyDir("deacon/dogs/boot");
+            keep(".events.jsonl", "{\"type\":\"boot\"}\n{\"type\":\"halt\"}\n");
+            skip(".events.jsonl.lock", "");
+            skip("daemon/dolt-state.json", "{\"running\":true,\"pid\":4242,\"port\":" + port + "}\n");
+            socket("daemon/gt.sock");
+            fifo("daemon/control.fifo");
             keep(".claude/settings.json", "{\"hooks\":{}}\n");
             keep(".beads/metadata.json", beadsMetadata("hq"));
             keep(".beads/config.yaml", "issue-prefix: \"hq\"\n");
             keep(".beads/issues.jsonl", "{\"id\":\"hq-1\",\"title\":\"first\",\"status\":\"open\"}\n"
                     + "{\"id\":\"hq-2\",\"title\":\"second\",\"status\":\"open\"}\n");
             keep(".beads/formulas/f.toml", "formula = \"f\"\n[[steps]]\nid = \"one\"\n");
-            skip(".beads/dolt/x", "embedded dolt leftovers: never backed up\n");
+            keep(".beads/dolt/x", "a file in a directory nobody listed\n");
             keep(".dolt-data/config.yaml", doltConfigYaml(), "rw-------"); // gt writes it 0600
             keep("daemon/daemon.env", "GT_DOLT_PORT=" + port + "\nANTHROPIC_API_KEY=sk-test-not-real\n", "rw-------");
             skip("daemon/dolt.pid", "12345\n");
             skip("daemon/dolt.log", "Starting server\n");
             skip("daemon/dolt.lock", "");
             skip("daemon/daemon.pid", "12346\n");
-            skip("daemon/state.json", "{\"running\":true}\n");
-            skip("daemon/scripts/run.sh", "#!/bin/sh\nexit 0\n");
+            keep("daemon/state.json", "{\"running\":true}\n");
+            keep("daemon/scripts/run.sh", "#!/bin/sh\nexit 0\n", "rwxr-xr-x");
             skip(".runtime/pids/x.pid", "12347\n");
             skip(".runtime/heartbeats/h.json", "{\"at\":\"2026-04-01T10:00:00Z\"}\n");
             skip(".runtime/locks/l.lock", "");
@@ -170,6 +195,7 @@ final class TownBuilder {
             keep(rig + "/plugins/rp/plugin.json", "{\"name\":\"rp\"}\n");
             keep(rig + "/.beads/metadata.json", beadsMetadata(rig));
             keep(rig + "/.beads/config.yaml", "issue-prefix: \"" + prefix(rig) + "\"\n");
+            keep(rig + "/.gitignore", ".repo.git/\n.beads/\n.runtime/\ncrew/\nmayor/\npolecats/\nrefinery/\nsettings/\nwitness/\nplugins/\nconfig.json\n");
             keep(rig + "/.runtime/overlay/o.txt", "overlay for " + rig + "\n");
             keep(rig + "/.runtime/setup-hooks/h.sh", "#!/bin/sh\necho setup " + rig + "\n", "rwxr-xr-x");
             keep(rig + "/.runtime/namepool-state.json", "{\"in_use\":[\"furiosa\",\"nux\"]}\n");
@@ -187,9 +213,18 @@ final class TownBuilder {
             // refs/remotes/origin/main exists (polecat spawns branch off origin/<default>).
             Path repo = rigDir.resolve(".repo.git");
             String main = TestTown.DEFAULT_BRANCH;
-            git(rigDir, "clone", "--quiet", "--bare", "--single-branch", "--depth", "1", gitUrl(rig), repo.toString());
-            git(repo, "config", "remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*");
-            git(repo, "fetch", "--quiet", "--depth", "1", "origin", main + ":refs/remotes/origin/" + main);
+            if (partialRigs.contains(rig)) {
+                // gt rig add --filter blob:none: every commit and tree, blobs only as checkouts need them
+                git(rigDir, "clone", "--quiet", "--bare", "--filter=blob:none", gitUrl(rig), repo.toString());
+                git(repo, "config", "remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*");
+                git(repo, "fetch", "--quiet", "origin", main + ":refs/remotes/origin/" + main);
+            } else {
+                git(rigDir, "clone", "--quiet", "--bare", "--single-branch", "--depth", "1", gitUrl(rig), repo.toString());
+                git(repo, "config", "remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*");
+                git(repo, "fetch", "--quiet", "--depth", "1", "origin", main + ":refs/remotes/origin/" + main);
+            }
+            git(repo, "config", "beads.issue-prefix", prefix(rig));
+            git(repo, "config", "beads.role", "contributor");
 
             worktree(repo, rigDir.resolve("refinery/rig"), null, TestTown.DEFAULT_BRANCH);
             for (String polecat : TestTown.POLECATS) {
@@ -197,8 +232,15 @@ final class TownBuilder {
                 worktree(repo, wt, "polecat/" + polecat + "-" + ts, "origin/" + TestTown.DEFAULT_BRANCH);
                 commitFile(wt, "work/" + polecat + ".txt", polecat + " was here\n", "polecat " + polecat + ": work");
             }
-            // Agents leave uncommitted work around; no backup covers it (gastown-town.md).
-            write(rigDir.resolve("polecats/" + TestTown.POLECATS.get(0) + "/" + rig + "/wip.txt"), "uncommitted\n", null);
+            for (String wt : worktrees.keySet()) if (wt.startsWith(rig + "/")) gtFiles(rigDir.getParent().resolve(wt), true);
+            // An agent's in-progress work: a modified tracked file, a staged new file, untracked files (one of
+            // them named like a log: git shows it, so it is the agent's, not volatile).
+            Path busy = rigDir.resolve("polecats/" + TestTown.POLECATS.get(0) + "/" + rig);
+            Files.writeString(busy.resolve("src/file1.txt"), "an edit in progress\n", java.nio.file.StandardOpenOption.APPEND);
+            write(busy.resolve("notes/plan.md"), "# plan\n", null);
+            git(busy, "add", "notes/plan.md");
+            write(busy.resolve("wip.txt"), "uncommitted\n", null);
+            write(busy.resolve("build.log"), "agent's build output, untracked\n", null);
 
             // mayor/rig: a separate shallow clone, made as gt does with --reference-if-able .repo.git.
             // git refuses a SHALLOW reference ("reference repository is shallow", only a notice with
@@ -207,15 +249,24 @@ final class TownBuilder {
             git(rigDir, "clone", "--quiet", "--single-branch", "--depth", "1", "--reference-if-able", repo.toString(),
                     gitUrl(rig), mayor.toString());
             commitFile(mayor, "MAYOR_NOTES.md", "mayor's unpushed note for " + rig + "\n", "mayor: notes");
+            gtFiles(mayor, false);
 
             // crew/<name>: a separate shallow clone on its own branch, plus files only the crew dir holds.
             Path crew = rigDir.resolve("crew").resolve(TestTown.CREW);
             git(rigDir, "clone", "--quiet", "--single-branch", "--depth", "1", gitUrl(rig), crew.toString());
             git(crew, "checkout", "--quiet", "-b", "crew/" + TestTown.CREW);
             commitFile(crew, "crew.txt", "crew work on " + rig + "\n", "crew: unpushed work");
+            // Two stash entries: `git stash list` reads the reflog of refs/stash, which no plain bundle holds.
+            Files.writeString(crew.resolve("crew.txt"), "first idea\n");
+            git(crew, "stash", "push", "--quiet", "-m", "crew: first idea");
+            Files.writeString(crew.resolve("crew.txt"), "second idea\n");
+            git(crew, "stash", "push", "--quiet", "-m", "crew: second idea");
             String crewRel = rig + "/crew/" + TestTown.CREW;
+            gtFiles(crew, true);
+            keep(crewRel + "/.gitignore", ".runtime/\n.claude/\nstate.json\nCLAUDE.md\n");
             keep(crewRel + "/state.json", "{\"name\":\"" + TestTown.CREW + "\",\"rig\":\"" + rig + "\"}\n");
             keep(crewRel + "/mail/inbox.jsonl", "{\"from\":\"mayor\",\"subject\":\"hello\"}\n");
+            emptyDir(crewRel + "/mail/archive");
         }
 
         private void emptyRig(String rig) throws IOException {
@@ -238,9 +289,14 @@ final class TownBuilder {
             Files.createDirectories(src);
             git(src, "init", "--quiet", "--initial-branch", TestTown.DEFAULT_BRANCH);
             for (int i = 1; i <= commits; i++) {
+                write(src.resolve("README.md"), "# " + rig + ", version " + i + "\n", null);   // old versions: blobs a partial clone lacks
+                if (i == 1) write(src.resolve("Cargo.lock"), "# tracked, although named like a lock file\n", null);
+                git(src, "add", "README.md", "Cargo.lock");
                 commitFile(src, "src/file" + i + ".txt", "content " + i + " of " + rig + "\n", rig + ": commit " + i);
             }
             git(scratch, "clone", "--quiet", "--bare", src.toString(), bare.toString());
+            git(bare, "config", "uploadpack.allowFilter", "true");
+            git(bare, "config", "uploadpack.allowAnySHA1InWant", "true");
         }
 
         private void worktree(Path repo, Path path, String newBranch, String start) {
@@ -256,6 +312,80 @@ final class TownBuilder {
             write(workTree.resolve(rel), content, null);
             git(workTree, "add", rel);
             git(workTree, "commit", "--quiet", "-m", message);
+        }
+
+        /** What gt writes into a work tree and no commit holds (untracked there): bd's redirect, agent commands. */
+        private void gtFiles(Path workTree, boolean redirect) throws IOException {
+            String rel = root.relativize(workTree).toString();
+            if (redirect) keep(rel + "/.beads/redirect", "../../.beads\n");
+            keep(rel + "/.claude/commands/done.md", "# /done\nFinish the hooked work.\n");
+            keep(rel + "/CLAUDE.md", "# " + rel + "\nRun `gt prime`.\n");
+        }
+
+        /** A repository in a place no layout names: its commits, branch and untracked file must come back. */
+        private void nestedRepo() throws IOException {
+            Path lib = root.resolve("plugins/p/vendor/lib");
+            Files.createDirectories(lib);
+            git(lib, "init", "--quiet", "--initial-branch", "trunk");
+            commitFile(lib, "lib.sh", "echo lib\n", "vendored lib");
+            keep("plugins/p/vendor/lib/local-patch.diff", "--- a/lib.sh\n+++ b/lib.sh\n");
+        }
+
+        /**
+         * `gt install --git`: the town root is a repository (gt commits rig registrations to it), with gt's
+         * .gitignore (runtime state, the data dir, worktrees and clones), a post-checkout hook and beads.role.
+         */
+        private void townRepo() throws IOException {
+            keep(".gitignore", """
+                    **/*.lock
+                    **/*.flock
+                    **/locks/
+                    **/*.pid
+                    .events.jsonl
+                    daemon/
+                    .dolt-data/
+                    **/.runtime/
+                    **/polecats/
+                    **/crew/
+                    **/mayor/rig/
+                    **/refinery/rig/
+                    """);
+            git(root, "init", "--quiet", "--initial-branch", TestTown.DEFAULT_BRANCH);
+            git(root, "config", "beads.role", "maintainer");
+            git(root, "add", ".gitignore", "mayor/town.json", "mayor/rigs.json", "CLAUDE.md");
+            git(root, "commit", "--quiet", "-m", "chore: register rigs");
+            write(root.resolve(".git/hooks/post-checkout"), "#!/bin/sh\n# gt: keep the town root on main\nexit 0\n", "rwxr-xr-x");
+            Files.writeString(root.resolve("mayor/rigs.json"), "\n", java.nio.file.StandardOpenOption.APPEND);   // modified, like gt's
+        }
+
+        private void symlink(String rel, String target) throws IOException {
+            Path link = root.resolve(rel);
+            Files.createDirectories(link.getParent());
+            Files.createSymbolicLink(link, Path.of(target));
+            kept.add(rel);
+        }
+
+        private void emptyDir(String rel) throws IOException {
+            Files.createDirectories(root.resolve(rel));
+            emptyDirs.add(rel);
+        }
+
+        /** A unix socket file, as a running daemon leaves one: the backup skips it. */
+        private void socket(String rel) throws IOException {
+            Path path = root.resolve(rel);
+            Files.createDirectories(path.getParent());
+            try (var ch = java.nio.channels.ServerSocketChannel.open(java.net.StandardProtocolFamily.UNIX)) {
+                ch.bind(java.net.UnixDomainSocketAddress.of(path));
+                skipped.add(rel);
+            } catch (IOException e) {
+                // a unix socket path is limited to about 108 bytes: a deep temp dir gets none
+            }
+        }
+
+        private void fifo(String rel) throws IOException {
+            Files.createDirectories(root.resolve(rel).getParent());
+            TestTools.check(List.of("mkfifo", root.resolve(rel).toString()), root);
+            skipped.add(rel);
         }
 
         // ---- dolt ----

@@ -45,10 +45,35 @@ class TownBuilderTest {
         assertEquals(git(repo, "rev-parse", "main"), git(repo, "rev-parse", "refs/remotes/origin/main"));
         assertEquals("4", git(town.upstream("alpha"), "rev-list", "--count", "main"), "upstream has history");
         assertEquals("1", git(repo, "rev-list", "--count", "main"), "the clone is cut at depth 1");
+        assertEquals("contributor", git(repo, "config", "beads.role"));
+        assertEquals("al", git(repo, "config", "beads.issue-prefix"));
     }
 
     @Test
-    void worktreesAreOnTheirBranchesWithPolecatCommitsInRepoGit() {
+    void betaIsAPartialCloneThatLacksOldBlobs() {
+        Path repo = town.rig("beta").resolve(".repo.git");
+        assertEquals("true", git(repo, "config", "remote.origin.promisor"));
+        assertEquals("blob:none", git(repo, "config", "remote.origin.partialclonefilter"));
+        assertTrue(git(repo, "rev-list", "--objects", "--all", "--missing=print").lines().anyMatch(l -> l.startsWith("?")),
+                "old README versions stay on the promisor remote");
+    }
+
+    @Test
+    void theTownRootIsARepositoryWithGtsHookAndIgnores() throws IOException {
+        Path root = town.root();
+        assertEquals("maintainer", git(root, "config", "beads.role"));
+        assertTrue(Files.isExecutable(root.resolve(".git/hooks/post-checkout")));
+        assertEquals("1", git(root, "rev-list", "--count", "HEAD"));
+        assertTrue(git(root, "status", "--porcelain").contains("M mayor/rigs.json"), "modified like gt leaves it");
+        for (String skipped : town.skippedFiles())
+            assertEquals("", git(root, "ls-files", "--others", "--exclude-standard", "--", skipped), skipped + " is ignored");
+        assertEquals("CLAUDE.md", Files.readSymbolicLink(root.resolve("AGENTS.md")).toString());
+        assertFalse(Files.exists(root.resolve("mayor/last-session")), "a dangling link");
+        assertTrue(git(root.resolve("plugins/p/vendor/lib"), "log", "--oneline").contains("vendored lib"));
+    }
+
+    @Test
+    void worktreesAreOnTheirBranchesWithPolecatCommitsInRepoGit() throws IOException {
         Path repo = town.rig("beta").resolve(".repo.git");
         String list = git(repo, "worktree", "list", "--porcelain");
         assertEquals(3, town.worktrees().keySet().stream().filter(p -> p.startsWith("beta/")).count());
@@ -77,7 +102,18 @@ class TownBuilderTest {
         assertEquals("true", git(crew, "rev-parse", "--is-shallow-repository"));
         assertEquals("crew/" + TestTown.CREW, git(crew, "rev-parse", "--abbrev-ref", "HEAD"));
         assertEquals("1", git(crew, "rev-list", "--count", "origin/main..HEAD"));
-        assertEquals("?? mail/\n?? state.json", git(crew, "status", "--porcelain"), "crew extras are untracked");
+        assertEquals("?? .beads/\n?? .gitignore\n?? mail/", git(crew, "status", "--porcelain"), "gt's files are untracked");
+        assertEquals(2, git(crew, "stash", "list").lines().count(), "two stash entries");
+    }
+
+    @Test
+    void aPolecatHoldsInProgressWork() {
+        Path busy = town.rig("alpha").resolve("polecats/" + TestTown.POLECATS.get(0) + "/alpha");
+        String status = git(busy, "status", "--porcelain");
+        assertTrue(status.contains(" M src/file1.txt"), status);
+        assertTrue(status.contains("A  notes/plan.md"), status);
+        assertTrue(status.contains("?? wip.txt") && status.contains("?? build.log"), status);
+        assertTrue(Files.isRegularFile(busy.resolve(".beads/redirect")), "gt's redirect for bd");
     }
 
     @Test
@@ -108,10 +144,11 @@ class TownBuilderTest {
 
     @Test
     void filesAreWhereTheDocSaysWithTheirModes() throws IOException {
-        for (String rel : town.keptFiles()) assertTrue(Files.isRegularFile(town.root().resolve(rel)), rel);
-        for (String rel : town.skippedFiles()) assertTrue(Files.isRegularFile(town.root().resolve(rel)), rel);
-        assertTrue(town.skippedFiles().containsAll(List.of(".beads/dolt/x", "daemon/dolt.pid", ".runtime/locks/l.lock",
-                "alpha/.runtime/locks/x.lock", "daemon/scripts/run.sh", "daemon/state.json")));
+        for (String rel : town.keptFiles()) assertTrue(Files.exists(town.root().resolve(rel), java.nio.file.LinkOption.NOFOLLOW_LINKS), rel);
+        for (String rel : town.skippedFiles()) assertTrue(Files.exists(town.root().resolve(rel), java.nio.file.LinkOption.NOFOLLOW_LINKS), rel);
+        assertTrue(town.skippedFiles().containsAll(List.of("daemon/dolt.pid", ".runtime/locks/l.lock",
+                "alpha/.runtime/locks/x.lock", "daemon/dolt-state.json", "daemon/control.fifo")));
+        for (String rel : town.emptyDirs()) assertTrue(Files.isDirectory(town.root().resolve(rel)), rel);
         assertEquals("rw-------", mode("daemon/daemon.env"));
         assertEquals("rwxr-xr-x", mode("plugins/p/run.sh"));
         assertTrue(Files.readString(town.doltData().resolve("config.yaml")).contains("port: " + town.doltPort()));
@@ -120,13 +157,18 @@ class TownBuilderTest {
     }
 
     @Test
-    void townStateCoversKeptFilesAndOnlyThose() {
+    void townStateCoversKeptPathsAndOnlyThose() {
         TownState state = TownState.capture(town.root());
-        for (String rel : town.keptFiles()) assertTrue(state.facts().containsKey("file:" + rel), rel);
-        for (String rel : town.skippedFiles()) assertFalse(state.facts().containsKey("file:" + rel), rel);
-        assertEquals(town.keptFiles().size(), state.only("file:").facts().size(), state.only("file:").toString());
-        assertTrue(state.facts().get("git:alpha/.repo.git:shallow").matches("[0-9a-f]{40}\n"));
-        assertTrue(state.facts().get("worktree:alpha/polecats/nux/alpha").contains("branch refs/heads/polecat/nux-"));
+        for (String rel : town.keptFiles()) assertTrue(state.facts().containsKey("path:" + rel), rel);
+        for (String rel : town.emptyDirs()) assertTrue(state.facts().get("path:" + rel).startsWith("d "), rel);
+        for (String rel : town.skippedFiles()) assertFalse(state.facts().containsKey("path:" + rel), rel);
+        assertTrue(state.facts().containsKey("path:alpha/polecats/furiosa/alpha/build.log"), "an untracked log is the agent's");
+        assertTrue(state.facts().containsKey("path:alpha/refinery/rig/Cargo.lock"), "a tracked lock file is the project's");
+        assertTrue(state.facts().get("path:alpha/.repo.git/shallow").startsWith("f "));
+        assertTrue(state.facts().get("path:AGENTS.md").equals("l -> CLAUDE.md"));
+        assertTrue(state.facts().get("worktrees:alpha/.repo.git").contains("branch refs/heads/polecat/nux-"));
+        assertTrue(state.facts().get("status:alpha/crew/max").contains("stash@{1}: On crew/max: crew: first idea"));
+        assertTrue(state.facts().get("refs:alpha/crew/max/.git").contains("refs/stash"));
         assertTrue(state.facts().get("dolt:hq:rows:STAGED:issues").contains("hq-4"));
         assertFalse(state.facts().get("dolt:hq:rows:main:issues").contains("hq-4"));
         assertTrue(state.facts().get("dolt:hq:rows:WORKING:labels").contains("unstaged-label"));
@@ -145,10 +187,10 @@ class TownBuilderTest {
         TestTools.dolt(own.doltDb("alpha"), "sql", "-q", "update issues set title = 'changed' where id = 'al-1'");
         git(own.rig("alpha").resolve("crew").resolve(TestTown.CREW), "commit", "--allow-empty", "-m", "more");
         String diff = before.diff(TownState.capture(own.root()));
-        assertTrue(diff.contains("file:mayor/town.json"), diff);
+        assertTrue(diff.contains("path:mayor/town.json"), diff);
         assertTrue(diff.contains("dolt:alpha:rows:WORKING:issues"), diff);
         assertTrue(diff.contains("dolt:alpha:roots"), diff);
-        assertTrue(diff.contains("git:alpha/crew/max:refs"), diff);
+        assertTrue(diff.contains("refs:alpha/crew/max/.git"), diff);
         assertFalse(diff.contains("dolt:hq:"), diff);
     }
 

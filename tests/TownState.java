@@ -1,16 +1,16 @@
 import java.io.IOException;
+import java.io.InputStream;
 import java.io.UncheckedIOException;
 import java.nio.file.Files;
+import java.nio.file.LinkOption;
 import java.nio.file.Path;
+import java.nio.file.attribute.BasicFileAttributes;
 import java.nio.file.attribute.PosixFilePermissions;
 import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
-import java.util.ArrayList;
 import java.util.Collections;
 import java.util.HexFormat;
-import java.util.LinkedHashMap;
 import java.util.List;
-import java.util.Map;
 import java.util.Set;
 import java.util.SortedMap;
 import java.util.TreeMap;
@@ -23,15 +23,20 @@ import java.util.stream.Stream;
  * {@link #assertSame} for a readable diff instead of a wall of text.
  *
  * <ul>
- *   <li>{@code dolt:<db>:...} branches and hashes, the head/staged/working root hashes, dolt_status,
- *       and the rows of every table on every branch and in the staged and working sets. Read with the
- *       server STOPPED (dolt runs embedded in .dolt-data/<db>).
- *   <li>{@code git:<repo>:...} for .repo.git, mayor/rig and crew/*: refs with hashes, the shallow file,
- *       remote.* config, HEAD.
- *   <li>{@code worktree:<path>} for every worktree of every .repo.git: branch and HEAD commit.
- *   <li>{@code file:<path>} sha256 and POSIX mode of every file a backup keeps: all files except git
- *       and dolt internals, worktrees and clones (but crew state.json and mail/), and the skip rules of
- *       gastown-town.md (pids, heartbeats, locks, logs, daemon/state.json, daemon/scripts/, .beads/dolt/).
+ *   <li>{@code path:<path>} every directory, file and symlink of the town: type and mode; a file's size,
+ *       sha256 and mtime (seconds); a link's target. Git directories' files (HEAD, index, config, hooks,
+ *       logs/, worktrees/) are paths like any other, so they must come back byte for byte. Left out, by
+ *       this class's own rules (independent of the product's skip list): git objects/refs/packed-refs
+ *       (see refs), databases' .dolt (see dolt), and what is volatile by nature: *.pid, *.lock, *.flock,
+ *       *.log, locks/ .locks/ pids/ heartbeats/ dirs, sockets and fifos, daemon/dolt-state.json,
+ *       .dolt-data/.dolt, .beads/backup/. Inside a work tree, a file git tracks or lists as untracked is
+ *       never left out (a tracked Cargo.lock, an agent's untracked build.log).
+ *   <li>{@code refs:<git dir>} every ref with its object and, for a symbolic one, its target.
+ *   <li>{@code worktrees:<git dir>} `git worktree list --porcelain` of a repository with linked worktrees.
+ *   <li>{@code status:<work tree>} `git status --porcelain=v2 --branch`, `git stash list` and HEAD.
+ *   <li>{@code dolt:<db>:...} branches and hashes, the head/staged/working root hashes, dolt_status, and
+ *       the rows of every table on every branch and in the staged and working sets. Read with the server
+ *       STOPPED (dolt runs embedded in the database dir).
  * </ul>
  */
 record TownState(SortedMap<String, String> facts) {
@@ -43,16 +48,14 @@ record TownState(SortedMap<String, String> facts) {
     static TownState capture(Path root) {
         SortedMap<String, String> facts = new TreeMap<>();
         try {
-            for (Path db : doltDatabases(root)) DoltFacts.capture(db, facts);
-            for (Path rig : rigs(root)) gitFacts(root, rig, facts);
-            fileFacts(root, root, facts);
+            walk(root, root, root.resolve(".git").toFile().exists() ? root : null, false, facts);
         } catch (IOException e) {
             throw new UncheckedIOException(e);
         }
         return new TownState(facts);
     }
 
-    /** Only the facts whose key starts with {@code prefix}, e.g. "dolt:hq:" or "file:". */
+    /** Only the facts whose key starts with {@code prefix}, e.g. "dolt:hq:" or "path:". */
     TownState only(String prefix) {
         SortedMap<String, String> out = new TreeMap<>();
         facts.forEach((k, v) -> { if (k.startsWith(prefix)) out.put(k, v); });
@@ -105,78 +108,19 @@ record TownState(SortedMap<String, String> facts) {
         return sb.length() == 0 ? "    <empty>\n" : sb.toString();
     }
 
-    // ---- discovery ----
+    // ---- the walk ----
 
-    private static List<Path> doltDatabases(Path root) throws IOException {
-        Path data = root.resolve(".dolt-data");
-        if (!Files.isDirectory(data)) return List.of();
-        try (Stream<Path> s = Files.list(data)) {
-            return s.filter(p -> Files.isDirectory(p.resolve(".dolt")) && !p.getFileName().toString().startsWith("."))
-                    .sorted().toList();
-        }
-    }
+    private static final Set<String> VOLATILE_DIRS = Set.of("locks", ".locks", "pids", "heartbeats");
 
-    /** Rig dirs: top-level dirs holding a .repo.git. */
-    private static List<Path> rigs(Path root) throws IOException {
-        try (Stream<Path> s = Files.list(root)) {
-            return s.filter(p -> Files.isDirectory(p.resolve(".repo.git"))).sorted().toList();
-        }
-    }
-
-    // ---- git ----
-
-    private static void gitFacts(Path root, Path rig, SortedMap<String, String> facts) throws IOException {
-        Path bare = rig.resolve(".repo.git");
-        repoFacts(root, bare, bare, facts);
-        worktreeFacts(root, bare, facts);
-        List<Path> clones = new ArrayList<>();
-        if (Files.exists(rig.resolve("mayor/rig/.git"))) clones.add(rig.resolve("mayor/rig"));
-        Path crewDir = rig.resolve("crew");
-        if (Files.isDirectory(crewDir)) {
-            try (Stream<Path> s = Files.list(crewDir)) {
-                s.filter(p -> Files.isDirectory(p.resolve(".git"))).sorted().forEach(clones::add);
-            }
-        }
-        for (Path clone : clones) repoFacts(root, clone, clone.resolve(".git"), facts);
-    }
-
-    private static void repoFacts(Path root, Path repo, Path gitDir, SortedMap<String, String> facts)
+    /**
+     * @param workTree the innermost work tree holding dir, or null
+     * @param inGitDir dir lies inside a git directory
+     */
+    private static void walk(Path root, Path dir, Path workTree, boolean inGitDir, SortedMap<String, String> facts)
             throws IOException {
-        String key = "git:" + root.relativize(repo) + ":";
-        facts.put(key + "refs", TestTools.git(repo, "for-each-ref", "--format=%(refname) %(objectname)"));
-        Path shallow = gitDir.resolve("shallow");
-        facts.put(key + "shallow", Files.exists(shallow) ? Files.readString(shallow) : "<not shallow>");
-        var remotes = TestTools.run(List.of("git", "config", "--get-regexp", "^remote\\."), repo);
-        // exit 1 = no remote.* keys at all, which is a fact too
-        facts.put(key + "remotes", remotes.exitCode() == 1 ? "<none>" : sortedLines(remotes.assertOk().stdout()));
-        var head = TestTools.run(List.of("git", "symbolic-ref", "-q", "HEAD"), repo);
-        facts.put(key + "HEAD", head.ok() ? head.stdout().trim() : TestTools.git(repo, "rev-parse", "HEAD").trim());
-    }
-
-    /** From `git worktree list --porcelain`: one fact per worktree (the bare repo's own entry is left out). */
-    private static void worktreeFacts(Path root, Path bare, SortedMap<String, String> facts) {
-        String out = TestTools.git(bare, "worktree", "list", "--porcelain");
-        for (String block : out.split("\n\n")) {
-            Map<String, String> f = new LinkedHashMap<>();
-            for (String line : block.strip().split("\n")) {
-                int sp = line.indexOf(' ');
-                f.put(sp < 0 ? line : line.substring(0, sp), sp < 0 ? "" : line.substring(sp + 1));
-            }
-            if (!f.containsKey("worktree") || f.containsKey("bare")) continue;
-            Path path = Path.of(f.remove("worktree"));
-            String rel = path.startsWith(root) ? root.relativize(path).toString() : path.toString();
-            StringBuilder v = new StringBuilder();
-            f.forEach((k, val) -> v.append(k).append(val.isEmpty() ? "" : " " + val).append('\n'));
-            facts.put("worktree:" + rel, v.toString());
-        }
-    }
-
-    // ---- files ----
-
-    private static final Set<String> SKIP_DIRS = Set.of(
-            ".runtime/pids", ".runtime/heartbeats", ".runtime/locks", "daemon/scripts");
-
-    private static void fileFacts(Path root, Path dir, SortedMap<String, String> facts) throws IOException {
+        if (dir.equals(workTree)) workTreeFacts(root, dir, facts);
+        if (isGitDir(dir)) gitDirFacts(root, dir, facts);
+        if (Files.isDirectory(dir.resolve(".dolt/noms"))) DoltFacts.capture(dir, facts);
         List<Path> children;
         try (Stream<Path> s = Files.list(dir)) {
             children = s.sorted().toList();
@@ -184,60 +128,91 @@ record TownState(SortedMap<String, String> facts) {
         for (Path p : children) {
             String rel = root.relativize(p).toString();
             String name = p.getFileName().toString();
-            if (Files.isSymbolicLink(p)) {
-                facts.put("file:" + rel, "symlink -> " + Files.readSymbolicLink(p));
-            } else if (Files.isDirectory(p)) {
-                if (skipDir(root, p, rel, name)) continue;
-                if (Files.exists(p.resolve(".git"))) {
-                    crewExtras(root, p, facts); // a clone or worktree: git facts cover it
-                    continue;
-                }
-                fileFacts(root, p, facts);
-            } else if (!skipFile(rel, name)) {
-                facts.put("file:" + rel, fileFact(p));
+            BasicFileAttributes a = Files.readAttributes(p, BasicFileAttributes.class, LinkOption.NOFOLLOW_LINKS);
+            if (dir.equals(root) && (name.equals(".r2-restore") || name.startsWith(".r2-aside-"))) continue;
+            if (isGitDir(dir) && Set.of("objects", "refs", "packed-refs").contains(name)) continue;
+            if (name.equals(".dolt") && a.isDirectory()) continue;
+            if (isVolatile(rel, name, a) && !(workTree != null && !inGitDir && gitShows(workTree, p))) continue;
+            if (a.isSymbolicLink()) {
+                facts.put("path:" + rel, "l -> " + Files.readSymbolicLink(p));
+            } else if (a.isDirectory()) {
+                facts.put("path:" + rel, "d " + mode(p));
+                boolean gitDir = inGitDir || isGitDir(p);
+                Path innerWorkTree = !gitDir && Files.exists(p.resolve(".git"), LinkOption.NOFOLLOW_LINKS) ? p : workTree;
+                walk(root, p, innerWorkTree, gitDir, facts);
+            } else if (a.isRegularFile() && isWorktreeLink(p)) {
+                // A worktree's .git file and its gitdir back-link name absolute paths: compared with the root
+                // replaced, so a town restored under another root must have them pointed there.
+                facts.put("path:" + rel, "f " + mode(p) + " link " + Files.readString(p).replace(root + "/", "$ROOT/").strip()
+                        + " mtime " + a.lastModifiedTime().toMillis() / 1000);
+            } else if (a.isRegularFile()) {
+                facts.put("path:" + rel, "f " + mode(p) + " " + a.size() + " " + sha256(p) + " mtime "
+                        + a.lastModifiedTime().toMillis() / 1000);
+            } else {
+                facts.put("path:" + rel, "other (socket, fifo or device)");
             }
         }
     }
 
-    private static boolean skipDir(Path root, Path p, String rel, String name) {
-        if (name.equals(".repo.git") || name.equals(".git")) return true;
-        if (p.getParent().equals(root.resolve(".dolt-data"))) return true; // databases, .doltcfg, .dolt
-        if (name.equals("dolt") && p.getParent().getFileName().toString().equals(".beads")) return true;
-        // town .runtime/{pids,heartbeats,locks}, rig .runtime/locks, daemon/scripts
-        return SKIP_DIRS.contains(rel) || rel.endsWith("/.runtime/locks");
+    private static boolean isWorktreeLink(Path p) {
+        String name = p.getFileName().toString();
+        return name.equals(".git") || (name.equals("gitdir") && p.getParent().getParent() != null
+                && p.getParent().getParent().getFileName().toString().equals("worktrees"));
     }
 
-    private static boolean skipFile(String rel, String name) {
-        return name.endsWith(".pid") || name.endsWith(".lock") || name.endsWith(".log")
-                || rel.equals("daemon/state.json");
+    private static boolean isVolatile(String rel, String name, BasicFileAttributes a) {
+        return a.isOther() || name.endsWith(".pid") || name.endsWith(".lock") || name.endsWith(".flock")
+                || (a.isRegularFile() && name.endsWith(".log")) || name.equals("heartbeat.json")
+                || (a.isDirectory() && VOLATILE_DIRS.contains(name)) || rel.equals("daemon/dolt-state.json")
+                || (a.isDirectory() && name.equals("backup") && rel.endsWith(".beads/backup"));
     }
 
-    /** A crew clone holds files no bundle has: state.json and mail/ (kept); other clones hold none. */
-    private static void crewExtras(Path root, Path clone, SortedMap<String, String> facts) throws IOException {
-        if (!clone.getParent().getFileName().toString().equals("crew")) return;
-        Path state = clone.resolve("state.json");
-        if (Files.isRegularFile(state)) facts.put("file:" + root.relativize(state), fileFact(state));
-        Path mail = clone.resolve("mail");
-        if (Files.isDirectory(mail)) {
-            try (Stream<Path> s = Files.walk(mail)) {
-                for (Path f : s.filter(Files::isRegularFile).sorted().toList()) {
-                    facts.put("file:" + root.relativize(f), fileFact(f));
-                }
-            }
-        }
+    /** True when git tracks the path or lists it as untracked in its work tree. */
+    private static boolean gitShows(Path workTree, Path p) {
+        var r = TestTools.run(List.of("git", "--no-optional-locks", "ls-files", "--cached", "--others", "--exclude-standard",
+                "--", workTree.relativize(p).toString()), workTree);
+        return r.ok() && !r.stdout().isBlank();
     }
 
-    private static String fileFact(Path file) throws IOException {
-        try {
-            byte[] digest = MessageDigest.getInstance("SHA-256").digest(Files.readAllBytes(file));
-            return "sha256 " + HexFormat.of().formatHex(digest) + " mode "
-                    + PosixFilePermissions.toString(Files.getPosixFilePermissions(file));
+    private static boolean isGitDir(Path dir) {
+        return Files.isRegularFile(dir.resolve("HEAD"), LinkOption.NOFOLLOW_LINKS)
+                && Files.isDirectory(dir.resolve("objects"), LinkOption.NOFOLLOW_LINKS)
+                && Files.isDirectory(dir.resolve("refs"), LinkOption.NOFOLLOW_LINKS);
+    }
+
+    // ---- git ----
+
+    private static void gitDirFacts(Path root, Path gitDir, SortedMap<String, String> facts) {
+        String key = root.relativize(gitDir).toString();
+        facts.put("refs:" + key, TestTools.git(gitDir, "--git-dir=" + gitDir, "for-each-ref",
+                "--format=%(objectname) %(refname) %(symref)"));
+        if (Files.isDirectory(gitDir.resolve("worktrees")))
+            facts.put("worktrees:" + key, TestTools.git(gitDir, "--git-dir=" + gitDir, "worktree", "list", "--porcelain")
+                    .replace(root + "/", "$ROOT/"));
+    }
+
+    private static void workTreeFacts(Path root, Path workTree, SortedMap<String, String> facts) {
+        String key = root.equals(workTree) ? "." : root.relativize(workTree).toString();
+        var head = TestTools.run(List.of("git", "rev-parse", "HEAD"), workTree);
+        facts.put("status:" + key, "HEAD " + (head.ok() ? head.stdout().strip() : "<none>") + "\n"
+                + TestTools.git(workTree, "--no-optional-locks", "status", "--porcelain=v2", "--branch")
+                + "stash:\n" + TestTools.git(workTree, "stash", "list"));
+    }
+
+    // ---- files ----
+
+    private static String mode(Path p) throws IOException {
+        return PosixFilePermissions.toString(Files.getPosixFilePermissions(p, LinkOption.NOFOLLOW_LINKS));
+    }
+
+    private static String sha256(Path file) throws IOException {
+        try (InputStream in = Files.newInputStream(file)) {
+            MessageDigest md = MessageDigest.getInstance("SHA-256");
+            byte[] buf = new byte[1 << 16];
+            for (int n; (n = in.read(buf)) > 0; ) md.update(buf, 0, n);
+            return HexFormat.of().formatHex(md.digest());
         } catch (NoSuchAlgorithmException e) {
             throw new IllegalStateException(e);
         }
-    }
-
-    private static String sortedLines(String s) {
-        return String.join("\n", new TreeSet<>(List.of(s.strip().split("\n")))) + "\n";
     }
 }
