@@ -346,9 +346,14 @@ record DatabaseFacts(String name, String path, String file, boolean serverRunnin
  */
 record WorkTreeFacts(String path, String gitDir, String head, String branch, int staged, int modified, int untracked,
                      String status) {
+    WorkTreeFacts {
+        if (!path.isEmpty()) Town.requireSafeRelative(path, "work tree path");
+        if (gitDir == null || !gitDir.startsWith("/")) Town.requireSafeRelative(gitDir, "work tree git dir");
+    }
+
     String summary() {
         String at = branch != null ? branch.replaceFirst("^refs/heads/", "") : head != null ? "detached " + head : "no commit yet";
-        return (path.isEmpty() ? "(town root)" : path) + " (" + at + "): " + staged + " staged, " + modified + " modified, " + untracked + " untracked";
+        return Town.shown(path) + " (" + at + "): " + staged + " staged, " + modified + " modified, " + untracked + " untracked";
     }
 }
 

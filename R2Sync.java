@@ -120,7 +120,7 @@ public class R2Sync implements Callable<Integer> {
                 try {
                     // A first boot may create the town after the daemon starts: look again every cycle.
                     if (!Town.isTown(config.townRoot())) {
-                        if (!notATownLogged) Log.error("daemon: " + R2Cli.messageChain(notATown()) + " Checking again every "
+                        if (!notATownLogged) Log.error("daemon: " + Town.notATown(config.townRoot()) + " Checking again every "
                                 + DurationConverter.format(interval) + ".");
                         notATownLogged = true;
                     } else {
@@ -151,15 +151,6 @@ public class R2Sync implements Callable<Integer> {
             stopped.countDown();
         }
         return R2Common.EXIT_OK;
-    }
-
-    private R2Exception notATown() {
-        try {
-            Town.requireTown(config.townRoot());
-            return null;
-        } catch (R2Exception e) {
-            return e;
-        }
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -354,11 +345,10 @@ public class R2Sync implements Callable<Integer> {
                 if (wt.gitDir() == null || !Files.isDirectory(wt.gitDir()))
                     throw new IOException("its .git leads to " + (wt.gitDir() == null ? "nothing readable" : wt.gitDir()) + ", which is missing");
                 Path common = commonDir(wt.gitDir());
-                String gitDir = wt.gitDir().startsWith(town.root()) ? town.relative(wt.gitDir()) : wt.gitDir().toString();
-                byRepo.computeIfAbsent(common, k -> new ArrayList<>()).add(GitRepo.inspect(wt.path(), gitDir, dir, List.of()));
+                byRepo.computeIfAbsent(common, k -> new ArrayList<>()).add(GitRepo.inspect(wt.path(), town.named(wt.gitDir()), dir, List.of()));
             } catch (IOException | R2Exception e) {
                 // Its files are archived all the same; only the record of its git state is missing.
-                Log.warn("sync " + snapshot.timestamp() + ": work tree " + wt.path() + ": git state not recorded: " + R2Cli.messageChain(e));
+                Log.warn("sync " + snapshot.timestamp() + ": work tree " + Town.shown(wt.path()) + ": git state not recorded: " + R2Cli.messageChain(e));
             }
         }
         return byRepo;

@@ -43,13 +43,16 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
 
     /** Refuses a root that is not a town, before anything is read or written (exit 2). */
     static void requireTown(Path root) {
-        if (!Files.isRegularFile(root.resolve(TOWN_MARKER)))
-            throw new R2Exception(R2Common.EXIT_USAGE, "GT_TOWN_ROOT " + root + " is not a Gas Town (no "
-                    + TOWN_MARKER + "); refusing to back it up. Point GT_TOWN_ROOT (or --town-root) at the town root.");
+        if (!isTown(root)) throw new R2Exception(R2Common.EXIT_USAGE, notATown(root));
     }
 
     static boolean isTown(Path root) {
         return Files.isRegularFile(root.resolve(TOWN_MARKER));
+    }
+
+    static String notATown(Path root) {
+        return "GT_TOWN_ROOT " + root + " is not a Gas Town (no " + TOWN_MARKER + "); refusing to back it up. "
+                + "Point GT_TOWN_ROOT (or --town-root) at the town root.";
     }
 
     /** Walks the whole town once. */
@@ -65,6 +68,18 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
     /** Town-relative path with '/' separators. */
     String relative(Path p) {
         return relative(root, p);
+    }
+
+    /** A path as the manifest names it: town-relative when inside the town (also via its real path), else absolute. */
+    String named(Path p) throws IOException {
+        if (p.startsWith(root)) return relative(p);
+        Path real = root.toRealPath();
+        return p.startsWith(real) ? relative(real, p) : p.toString();
+    }
+
+    /** A town-relative path as a log line shows it: the root itself is "(town root)". */
+    static String shown(String rel) {
+        return rel.isEmpty() ? "(town root)" : rel;
     }
 
     static String relative(Path root, Path p) {

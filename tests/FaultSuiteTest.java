@@ -1495,33 +1495,34 @@ class FaultSuiteTest {
             }
         }
 
-        /** Puts git and dolt wrappers first on the sync's PATH that start bundles and version probes 0.2 s late. */
+        /** Puts git and dolt wrappers first on the sync's PATH that start bundles (pack-objects) and version probes 0.2 s late. */
         void slowChildren() throws IOException {
             Path shims = Files.createDirectories(local.resolve("shims"));
             String path = System.getenv("PATH");
-            for (String[] tool : List.of(new String[] {"git", "bundle"}, new String[] {"dolt", "version"})) {
+            for (String[] tool : List.of(new String[] {"git", "*pack-objects*"}, new String[] {"dolt", "version*"})) {
                 String real = java.util.Arrays.stream(path.split(":")).map(d -> Path.of(d, tool[0]))
                         .filter(Files::isExecutable).findFirst().orElseThrow().toString();
                 Path shim = shims.resolve(tool[0]);
-                Files.writeString(shim, "#!/bin/sh\ncase \"$1\" in " + tool[1] + ") sleep 0.2 ;; esac\nexec " + real + " \"$@\"\n");
+                Files.writeString(shim, "#!/bin/sh\ncase \"$*\" in " + tool[1] + ") sleep 0.2 ;; esac\nexec " + real + " \"$@\"\n");
                 Files.setPosixFilePermissions(shim, PosixFilePermissions.fromString("rwxr-xr-x"));
             }
             setSyncEnv("PATH", shims + ":" + path);
         }
 
         /**
-         * Changes the town so the next sync has new work: a new branch in every repo (new bundles) and,
+         * Changes the town so the next sync has new work: a new branch in every git repository (new bundles) and,
          * with files, a changed config and runtime file (new tars). Databases change on every backup.
          */
         void touch(boolean files) throws IOException {
             current = null;
             int n = ++touches;
-            for (String rig : town.rigs()) {
-                for (Path repo : List.of(town.rig(rig).resolve(".repo.git"), town.rig(rig).resolve("mayor/rig"),
-                        town.rig(rig).resolve("crew/" + TestTown.CREW))) {
-                    TestTools.git(repo, "branch", "fault-" + n, "HEAD");
-                    if (n > 1) TestTools.git(repo, "branch", "-D", "fault-" + (n - 1));
-                }
+            List<Path> repos = new ArrayList<>(List.of(town.root(), town.root().resolve("plugins/p/vendor/lib")));
+            for (String rig : town.rigs())
+                repos.addAll(List.of(town.rig(rig).resolve(".repo.git"), town.rig(rig).resolve("mayor/rig"),
+                        town.rig(rig).resolve("crew/" + TestTown.CREW)));
+            for (Path repo : repos) {
+                TestTools.git(repo, "branch", "fault-" + n, "HEAD");
+                if (n > 1) TestTools.git(repo, "branch", "-D", "fault-" + (n - 1));
             }
             if (files) {
                 Files.writeString(town.root().resolve("settings/fault.json"), "{\"touch\": " + n + "}\n");

@@ -1,15 +1,11 @@
 import java.io.IOException;
-import java.io.InputStream;
 import java.io.UncheckedIOException;
 import java.nio.file.Files;
 import java.nio.file.LinkOption;
 import java.nio.file.Path;
 import java.nio.file.attribute.BasicFileAttributes;
 import java.nio.file.attribute.PosixFilePermissions;
-import java.security.MessageDigest;
-import java.security.NoSuchAlgorithmException;
 import java.util.Collections;
-import java.util.HexFormat;
 import java.util.List;
 import java.util.Set;
 import java.util.SortedMap;
@@ -146,7 +142,7 @@ record TownState(SortedMap<String, String> facts) {
                 facts.put("path:" + rel, "f " + mode(p) + " link " + Files.readString(p).replace(root + "/", "$ROOT/").strip()
                         + " mtime " + a.lastModifiedTime().toMillis() / 1000);
             } else if (a.isRegularFile()) {
-                facts.put("path:" + rel, "f " + mode(p) + " " + a.size() + " " + sha256(p) + " mtime "
+                facts.put("path:" + rel, "f " + mode(p) + " " + a.size() + " " + TownView.sha256(p) + " mtime "
                         + a.lastModifiedTime().toMillis() / 1000);
             } else {
                 facts.put("path:" + rel, "other (socket, fifo or device)");
@@ -203,16 +199,5 @@ record TownState(SortedMap<String, String> facts) {
 
     private static String mode(Path p) throws IOException {
         return PosixFilePermissions.toString(Files.getPosixFilePermissions(p, LinkOption.NOFOLLOW_LINKS));
-    }
-
-    private static String sha256(Path file) throws IOException {
-        try (InputStream in = Files.newInputStream(file)) {
-            MessageDigest md = MessageDigest.getInstance("SHA-256");
-            byte[] buf = new byte[1 << 16];
-            for (int n; (n = in.read(buf)) > 0; ) md.update(buf, 0, n);
-            return HexFormat.of().formatHex(md.digest());
-        } catch (NoSuchAlgorithmException e) {
-            throw new IllegalStateException(e);
-        }
     }
 }
