@@ -234,7 +234,7 @@ final class SkipList {
                     (rel, name, a, p) -> name.endsWith(".pid")),
             new Entry("*.lock, *.flock", "locks of processes that do not outlive the machine (git's index.lock too)",
                     (rel, name, a, p) -> name.endsWith(".lock") || name.endsWith(".flock")),
-            new Entry("locks/, .locks/, pids/ directories", "the same, kept as directories (.runtime/locks, .beads/.locks)",
+            new Entry("locks/, .locks/, pids/ directories", "whole directories of such locks and pids (.runtime/locks, .beads/.locks); gt and bd make them again",
                     (rel, name, a, p) -> a.isDirectory() && Set.of("locks", ".locks", "pids").contains(name)),
             new Entry("heartbeats/, heartbeat.json", "liveness stamps of running agents; rewritten while they run",
                     (rel, name, a, p) -> (a.isDirectory() && name.equals("heartbeats")) || name.equals("heartbeat.json")),

@@ -340,6 +340,11 @@ class FaultSuiteTest {
     private void crash(FaultKit.Group g, Lane lane, CrashPoint cp) {
         g.fault("kill -9 " + cp.name(), () -> {
             if (cp.touch() != Touch.NONE) lane.touch(cp.touch() == Touch.ALL);
+            if (cp.doltServer()) {
+                // A server's first start writes its users and grants (.dolt-data/.doltcfg/privileges.db), town data.
+                lane.town.startDoltServer().close();
+                lane.forget();
+            }
             TownState state = lane.currentState();
             TestDoltServer server = cp.doltServer() ? lane.town.startDoltServer() : null;
             try {
@@ -1240,12 +1245,13 @@ class FaultSuiteTest {
     }
 
     /** A loose object file of a repo (a commit made after the clone), to delete for corruption. */
+    /** A loose object the repository needs: a commit its refs reach (so no bundle can be written without it). */
     private static Path looseObject(Path gitDir) throws IOException {
-        Path objects = gitDir.resolve("objects");
-        try (var s = Files.walk(objects, 2)) {
-            return s.filter(Files::isRegularFile).filter(p -> p.getParent().getFileName().toString().matches("[0-9a-f]{2}"))
-                    .sorted().findFirst().orElseThrow(() -> new AssertionError("no loose object in " + gitDir));
+        for (String sha : TestTools.git(gitDir, "--git-dir=" + gitDir, "rev-list", "--all").lines().toList()) {
+            Path object = gitDir.resolve("objects").resolve(sha.substring(0, 2)).resolve(sha.substring(2));
+            if (Files.isRegularFile(object)) return object;
         }
+        throw new AssertionError("no loose commit in " + gitDir);
     }
 
     // =============================================================================================
@@ -1389,6 +1395,11 @@ class FaultSuiteTest {
         TownState currentState() {
             if (current == null) current = TownState.capture(town.root());
             return current;
+        }
+
+        /** Forgets the captured state after something other than a sync changed the town. */
+        void forget() {
+            current = null;
         }
         private int touches;
 
