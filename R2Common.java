@@ -582,7 +582,8 @@ final class Proc {
         } catch (IOException e) {
             // the child closed its stdin first; its output says what happened
         }
-        return finish(p, timeout, args, readerOf(p));
+        return finish(p, timeout, args, READERS.submit(() -> readCapped(p.getInputStream())),
+                READERS.submit(() -> readCapped(p.getErrorStream())));
     }
 
     /**
@@ -605,7 +606,7 @@ final class Proc {
             RUNNING.remove(p);
             throw new R2Exception(R2Common.EXIT_FAILED, String.join(" ", args) + ": " + e.getMessage(), e);
         }
-        ProcResult r = finish(p, DEFAULT_TIMEOUT, args, new Future[] {CompletableFuture.completedFuture(""), err});
+        ProcResult r = finish(p, DEFAULT_TIMEOUT, args, CompletableFuture.completedFuture(""), err);
         try {
             feed.get();
         } catch (InterruptedException | ExecutionException e) {
@@ -630,16 +631,9 @@ final class Proc {
         return p;
     }
 
-    @SuppressWarnings("unchecked")
-    private static Future<String>[] readerOf(Process p) {
-        return new Future[] {READERS.submit(() -> readCapped(p.getInputStream())), READERS.submit(() -> readCapped(p.getErrorStream()))};
-    }
-
     /** Waits for a started child within the timeout and collects what its readers read. */
-    private static ProcResult finish(Process p, Duration timeout, List<String> args, Future<String>[] readers) {
+    private static ProcResult finish(Process p, Duration timeout, List<String> args, Future<String> out, Future<String> err) {
         try {
-            Future<String> out = readers[0];
-            Future<String> err = readers[1];
             if (!p.waitFor(timeout.toMillis(), TimeUnit.MILLISECONDS)) {
                 p.destroyForcibly();
                 throw new R2Exception(R2Common.EXIT_FAILED, String.join(" ", args) + ": timed out after " + timeout);

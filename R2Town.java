@@ -151,9 +151,9 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
                 } catch (NoSuchFileException e) {
                     continue;   // removed while walking
                 }
-                String reason = SkipList.reason(rel, child, attrs);
-                if (reason != null && !trackedOrUntracked(workTree, gitDir, child, attrs)) {
-                    skipped.merge(reason, 1, Integer::sum);
+                SkipList.Entry skip = SkipList.match(rel, child, attrs);
+                if (skip != null && (skip.always() || !trackedOrUntracked(workTree, gitDir, child, attrs))) {
+                    skipped.merge(skip.pattern(), 1, Integer::sum);
                     continue;
                 }
                 if (attrs.isSymbolicLink()) {
@@ -217,50 +217,51 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
 /**
  * The one list of what a snapshot leaves out. Everything else under the town root is backed up, also
  * files and directories nobody has seen yet. Each entry: what it matches, and why it is safe to leave.
- * Inside a git work tree, a path git tracks or shows as untracked is kept even when an entry matches.
+ * Inside a git work tree, a path git tracks or shows as untracked is kept even when an entry matches, unless
+ * the entry is marked always: what another tool stores, what a tar cannot hold, and this tool's own dirs.
  */
 final class SkipList {
     /** An entry: a test on a path (its town-relative name, its file name, its attributes) and the reason. */
-    record Entry(String pattern, String reason, Rule rule) {}
+    record Entry(String pattern, String reason, boolean always, Rule rule) {}
 
     interface Rule {
         boolean matches(String rel, String name, BasicFileAttributes attrs, Path path);
     }
 
     static final List<Entry> ENTRIES = List.of(
-            new Entry("sockets, fifos, device nodes", "endpoints of running processes, not data; a tar cannot hold them",
+            new Entry("sockets, fifos, device nodes", "endpoints of running processes, not data; a tar cannot hold them", true,
                     (rel, name, a, p) -> a.isOther()),
-            new Entry("*.pid", "process ids of processes that do not outlive the machine",
+            new Entry("*.pid", "process ids of processes that do not outlive the machine", false,
                     (rel, name, a, p) -> name.endsWith(".pid")),
-            new Entry("*.lock, *.flock", "locks of processes that do not outlive the machine (git's index.lock too)",
+            new Entry("*.lock, *.flock", "locks of processes that do not outlive the machine (git's index.lock too)", false,
                     (rel, name, a, p) -> name.endsWith(".lock") || name.endsWith(".flock")),
-            new Entry("locks/, .locks/, pids/ directories", "whole directories of such locks and pids (.runtime/locks, .beads/.locks); gt and bd make them again",
+            new Entry("locks/, .locks/, pids/ directories", "whole directories of such locks and pids (.runtime/locks, .beads/.locks); gt and bd make them again", false,
                     (rel, name, a, p) -> a.isDirectory() && Set.of("locks", ".locks", "pids").contains(name)),
-            new Entry("heartbeats/, heartbeat.json", "liveness stamps of running agents; rewritten while they run",
+            new Entry("heartbeats/, heartbeat.json", "liveness stamps of running agents; rewritten while they run", false,
                     (rel, name, a, p) -> (a.isDirectory() && name.equals("heartbeats")) || name.equals("heartbeat.json")),
-            new Entry("*.log", "logs of processes that ran; gt and dolt start new ones",
+            new Entry("*.log", "logs of processes that ran; gt and dolt start new ones", false,
                     (rel, name, a, p) -> a.isRegularFile() && name.endsWith(".log")),
-            new Entry("daemon/dolt-state.json", "the running dolt server's pid, port and start time",
+            new Entry("daemon/dolt-state.json", "the running dolt server's pid, port and start time", false,
                     (rel, name, a, p) -> rel.equals("daemon/dolt-state.json")),
-            new Entry(".dolt/ of a database", "stored by `dolt backup` (dolt/<name>.backup), consistent while the server runs",
+            new Entry(".dolt/ of a database", "stored by `dolt backup` (dolt/<name>.backup), consistent while the server runs", true,
                     (rel, name, a, p) -> a.isDirectory() && name.equals(".dolt") && Files.isDirectory(p.resolve("noms"))),
-            new Entry(".dolt/ without a database (.dolt-data/.dolt)", "dolt server state: sql-server.info names a live pid and port",
+            new Entry(".dolt/ without a database (.dolt-data/.dolt)", "dolt server state: sql-server.info names a live pid and port", true,
                     (rel, name, a, p) -> a.isDirectory() && name.equals(".dolt")),
-            new Entry("objects/, refs/, packed-refs of a git directory", "stored by the repository's bundle (git/<path>.bundle)",
+            new Entry("objects/, refs/, packed-refs of a git directory", "stored by the repository's bundle (git/<path>.bundle)", true,
                     (rel, name, a, p) -> Town.isGitDir(p.getParent()) && Set.of("objects", "refs", "packed-refs").contains(name)),
-            new Entry(".beads/backup/", "bd's own dolt backup of a database that `dolt backup` already stores",
+            new Entry(".beads/backup/", "bd's own dolt backup of a database that `dolt backup` already stores", false,
                     (rel, name, a, p) -> a.isDirectory() && name.equals("backup") && p.getParent().getFileName().toString().equals(".beads")),
             new Entry(".r2-restore/, .r2-aside-*/, lost+found/ at the root", "this tool's restore staging, what a forced "
-                    + "restore moved aside, and the filesystem's own recovery dir: not the town",
+                    + "restore moved aside, and the filesystem's own recovery dir: not the town", true,
                     (rel, name, a, p) -> !rel.contains("/") && (Town.OWN_DIRS.contains(name) || name.startsWith(Town.ASIDE_PREFIX))));
 
     private SkipList() {}
 
-    /** The reason a path is left out (its entry's pattern), or null when it is backed up. */
-    static String reason(String rel, Path path, BasicFileAttributes attrs) {
+    /** The entry that leaves a path out, or null when it is backed up. */
+    static Entry match(String rel, Path path, BasicFileAttributes attrs) {
         String name = path.getFileName().toString();
         for (Entry e : ENTRIES)
-            if (e.rule().matches(rel, name, attrs, path)) return e.pattern();
+            if (e.rule().matches(rel, name, attrs, path)) return e;
         return null;
     }
 }

@@ -192,6 +192,28 @@ class R2SyncTest {
     }
 
     @Test
+    void whatAnotherToolStoresIsNeverTarredEvenWhereGitShowsItAsUntracked() throws Exception {
+        // A town root repo that ignores nothing: git lists the databases' .dolt and the rigs' .repo.git as
+        // untracked, yet they go up only through dolt backup and bundles, never as raw files.
+        Path own = TestTools.tempDir("nothing-ignored-");
+        TestTown t = TownBuilder.create().rigs("alpha").partial().build(own);
+        Files.writeString(t.root().resolve(".gitignore"), "# nothing ignored\n");
+        assertTrue(TestTools.git(t.root(), "status", "--porcelain", "--untracked-files=all").contains(".dolt-data/hq/.dolt/"));
+        String bucket = s3.newBucket();
+        BucketView view = BucketView.of(s3, bucket, "town-1");
+        Product.of(t.root(), s3, bucket, "town-1").sync("--immediate").assertOk();
+        String ts = view.latest().orElseThrow().timestamp();
+        Path scratch = TestTools.tempDir("tars-");
+        List<String> inTars = new ArrayList<>();
+        for (String tar : List.of(Keys.CONFIG_TAR, Keys.RUNTIME_TAR)) inTars.addAll(Tars.list(view.download(ts, tar, scratch)));
+        assertTrue(inTars.stream().noneMatch(p -> p.contains("/.dolt/") || p.endsWith("/.dolt/") || p.contains("/objects/")
+                || p.endsWith("packed-refs")), "no dolt store, no git object store: " + inTars.stream().filter(p -> p.contains(".dolt/")).toList());
+        assertTrue(inTars.contains("daemon/dolt.pid"), "a volatile file git shows as untracked is the town's to keep");
+        TestTools.deleteRecursively(own);
+        TestTools.deleteRecursively(scratch);
+    }
+
+    @Test
     void latestJsonIsWrittenOnlyAfterEveryObjectOfTheSnapshot() throws Exception {
         // S3Proxy's filesystem store keeps each object as a file: their mtimes are the order of the writes.
         String bucket = s3.newBucket();
