@@ -507,14 +507,7 @@ final class FaultKit {
     }
 
     static String fileSha(Path file) {
-        try (InputStream in = Files.newInputStream(file)) {
-            MessageDigest md = MessageDigest.getInstance("SHA-256");
-            byte[] buf = new byte[1 << 16];
-            for (int n; (n = in.read(buf)) > 0; ) md.update(buf, 0, n);
-            return HexFormat.of().formatHex(md.digest());
-        } catch (Exception e) {
-            throw new IllegalStateException("cannot hash " + file + ": " + e, e);
-        }
+        return TownView.sha256(file);
     }
 
     /** True when nobody holds the OS lock on the file (we take it for a moment and let it go). */
