@@ -270,6 +270,44 @@ class R2SyncTest {
     }
 
     @Test
+    void anOlderFormatIsRefusedByNameAndKeptUntilThreeSnapshotsOfThisFormatExist() throws Exception {
+        String bucket = s3.newBucket();
+        BucketView view = BucketView.of(s3, bucket, "town-1");
+        Product p = product(bucket);
+        p.sync("--immediate").assertOk();
+        // Make it what gastown-r2 0.1 left: the same objects under an older prefix, its manifest in format 1.
+        String made = view.latest().orElseThrow().timestamp();
+        String old = "20200101T000000Z";
+        for (String key : view.keys(view.keys().snapshot(made))) {
+            String rel = key.substring(view.keys().snapshot(made).length());
+            byte[] data = view.get(key);
+            if (rel.equals(Keys.MANIFEST)) {
+                var manifest = (com.fasterxml.jackson.databind.node.ObjectNode) R2Common.JSON.readTree(data);
+                manifest.put("formatVersion", 1).put("timestamp", old);
+                data = R2Common.JSON.writeValueAsBytes(manifest);
+            }
+            view.put(view.keys().object(old, rel), data);
+            view.delete(key);
+        }
+        view.put(view.keys().latest(), R2Common.toJson(new Pointer(old, Sha256.of(view.get(view.keys().object(old, Keys.MANIFEST))))));
+
+        // Restore refuses it by its format, never misreads it, and leaves the volume as it was.
+        Path volume = Files.createDirectories(dir.resolve("format-1-volume"));
+        TestTools.ProcResult r = Product.of(volume, s3, bucket, "town-1").restore();
+        assertEquals(1, r.exitCode(), r.stderr());
+        assertTrue(r.stderr().contains("manifest format 1 is not the format this tool reads (2)"), r.stderr());
+        try (var left = Files.list(volume)) {
+            assertEquals(0, left.count(), "the volume is untouched");
+        }
+        // Syncs keep it until three snapshots of this format exist: until then it may be the only copy.
+        for (int i = 1; i <= 3; i++) {
+            p.sync("--immediate").assertOk();
+            assertEquals(i < 3, view.prefixes().contains(old), "after " + i + " syncs: " + view.prefixes());
+        }
+        assertEquals(3, view.completeSnapshots().size(), view.prefixes().toString());
+    }
+
+    @Test
     void concurrentSyncsSerializeOnTheLockAndBothPublish() throws Exception {
         String bucket = s3.newBucket();
         BucketView view = BucketView.of(s3, bucket, "town-1");
