@@ -770,6 +770,16 @@ final class RestoreState {
         FileTrees.writeAtomically(staging.resolve(MOVING), R2Common.toJson(Map.of("snapshot", timestamp)));
     }
 
+    /**
+     * Removes the staging dir with the moving marker last: a restore killed while cleaning up is then
+     * finished by the next start (nothing left to move, the rest removed) instead of leaving files behind.
+     */
+    static void removeStaging(Path staging) throws IOException {
+        for (Path child : Town.sortedChildren(staging))
+            if (!child.getFileName().toString().equals(MOVING)) FileTrees.delete(child);
+        FileTrees.delete(staging);
+    }
+
     static boolean moving(Path staging) {
         return Files.isRegularFile(staging.resolve(MOVING));
     }

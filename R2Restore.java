@@ -398,7 +398,7 @@ public class R2Restore implements Callable<Integer> {
                 Files.move(entry, destination, StandardCopyOption.ATOMIC_MOVE);
             }
         }
-        FileTrees.delete(staging);
+        RestoreState.removeStaging(staging);
     }
 
     // ---------------------------------------------------------------------------------------------
