@@ -484,22 +484,8 @@ final class FaultKit {
 
     /** Throws DataLoss listing what changed between two tree() results. */
     static void assertUntouched(String what, SortedMap<String, String> before, SortedMap<String, String> after) {
-        if (before.equals(after)) return;
-        StringBuilder sb = new StringBuilder(what + " changed:");
-        Set<String> keys = new TreeSet<>(before.keySet());
-        keys.addAll(after.keySet());
-        int shown = 0;
-        for (String k : keys) {
-            String a = before.get(k);
-            String b = after.get(k);
-            if (java.util.Objects.equals(a, b)) continue;
-            if (++shown > 20) {
-                sb.append("\n  ...");
-                break;
-            }
-            sb.append("\n  ").append(k).append(": ").append(a).append(" -> ").append(b);
-        }
-        throw new DataLoss(sb.toString());
+        String diff = TownView.diff(before, after);
+        if (!diff.isEmpty()) throw new DataLoss(what + " changed:\n" + diff);
     }
 
     private static String mode(Path p) throws IOException {

@@ -115,7 +115,7 @@ record TownState(SortedMap<String, String> facts) {
     private static void walk(Path root, Path dir, Path workTree, boolean inGitDir, SortedMap<String, String> facts)
             throws IOException {
         if (dir.equals(workTree)) workTreeFacts(root, dir, facts);
-        if (isGitDir(dir)) gitDirFacts(root, dir, facts);
+        if (TownView.isGitDir(dir)) gitDirFacts(root, dir, facts);
         if (Files.isDirectory(dir.resolve(".dolt/noms"))) DoltFacts.capture(dir, facts);
         List<Path> children;
         try (Stream<Path> s = Files.list(dir)) {
@@ -126,14 +126,14 @@ record TownState(SortedMap<String, String> facts) {
             String name = p.getFileName().toString();
             BasicFileAttributes a = Files.readAttributes(p, BasicFileAttributes.class, LinkOption.NOFOLLOW_LINKS);
             if (dir.equals(root) && (name.equals(".r2-restore") || name.startsWith(".r2-aside-"))) continue;
-            if (isGitDir(dir) && Set.of("objects", "refs", "packed-refs").contains(name)) continue;
+            if (TownView.isGitDir(dir) && Set.of("objects", "refs", "packed-refs").contains(name)) continue;
             if (name.equals(".dolt") && a.isDirectory()) continue;
             if (isVolatile(rel, name, a) && !(workTree != null && !inGitDir && gitShows(workTree, p))) continue;
             if (a.isSymbolicLink()) {
                 facts.put("path:" + rel, "l -> " + Files.readSymbolicLink(p));
             } else if (a.isDirectory()) {
                 facts.put("path:" + rel, "d " + mode(p));
-                boolean gitDir = inGitDir || isGitDir(p);
+                boolean gitDir = inGitDir || TownView.isGitDir(p);
                 Path innerWorkTree = !gitDir && Files.exists(p.resolve(".git"), LinkOption.NOFOLLOW_LINKS) ? p : workTree;
                 walk(root, p, innerWorkTree, gitDir, facts);
             } else if (a.isRegularFile() && isWorktreeLink(p)) {
@@ -170,11 +170,6 @@ record TownState(SortedMap<String, String> facts) {
         return r.ok() && !r.stdout().isBlank();
     }
 
-    private static boolean isGitDir(Path dir) {
-        return Files.isRegularFile(dir.resolve("HEAD"), LinkOption.NOFOLLOW_LINKS)
-                && Files.isDirectory(dir.resolve("objects"), LinkOption.NOFOLLOW_LINKS)
-                && Files.isDirectory(dir.resolve("refs"), LinkOption.NOFOLLOW_LINKS);
-    }
 
     // ---- git ----
 
