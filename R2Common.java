@@ -12,6 +12,8 @@
 //SOURCES R2Town.java
 //SOURCES R2Git.java
 //SOURCES R2Dolt.java
+//SOURCES R2Packs.java
+//SOURCES R2History.java
 
 // The shared vocabulary of R2Sync and R2Restore. Contents, in order:
 //   1. R2Common      version, exit codes, JSON mapper
@@ -19,13 +21,15 @@
 //   3. Keys          the key layout under gastown/{town_id}/
 //   4. Manifest      Pointer (latest.json), Manifest and the facts it records
 //   5. Hashing       sha256 of files and of streams being written
-//   6. Processes     Proc: honest subprocesses
+//   6. Processes     Proc: honest subprocesses; Parallel: independent tasks on a bounded pool
 //   7. Local state   FileTrees, RestoreState (the failed-restore marker, the interrupted-move marker)
 //   8. Reporting     Log (timestamped, secret-free, escaped stderr lines), Progress, Heartbeat
 //   9. CLI wiring    R2Exception, R2Cli.run
 // Each other concept has a file of its own: R2Store.java (the object store), R2Tar.java (tar writing and
 // hostile-archive refusal), R2Town.java (what a snapshot holds: the scan and its skip list), R2Git.java
-// (bundles and work-tree state), R2Dolt.java (dolt backups and the dolt identity restores run with).
+// (bundle chains and work-tree state), R2Dolt.java (dolt backups and the dolt identity restores run with),
+// R2Packs.java (files stored incrementally: packs and the file index), R2History.java (which snapshots are
+// kept, and garbage collection of the objects none of them uses).
 
 import com.fasterxml.jackson.annotation.JsonInclude;
 import com.fasterxml.jackson.databind.DeserializationFeature;
@@ -58,7 +62,7 @@ import java.util.stream.Stream;
 // ---------------------------------------------------------------------------------------------
 
 final class R2Common {
-    static final String VERSION = "gastown-r2 0.2.0";
+    static final String VERSION = "gastown-r2 0.3.0";
 
     /** Exit codes shared by both commands (restic's spirit: few, and each one a script can act on). */
     static final int EXIT_OK = 0;
@@ -236,18 +240,17 @@ record Config(URI endpoint, String accessKeyId, String secretAccessKey, String b
 // ---------------------------------------------------------------------------------------------
 
 /**
- * The key layout. Everything of a town lives under gastown/{town_id}/; a snapshot's files live under
- * snapshots/{timestamp}/ at the paths its manifest lists. Until latest.json names a snapshot, its prefix
- * is a staging area that nothing refers to.
+ * The key layout. Everything of a town lives under gastown/{town_id}/. A snapshot is one object,
+ * snapshots/{timestamp}/manifest.json, naming the files it is made of; each file is an immutable object
+ * under incremental/{its path in the snapshot}/{sha256}, shared by every snapshot that holds the same
+ * content. latest.json names the current snapshot.
  */
 record Keys(String townId) {
     static final DateTimeFormatter TIMESTAMP = DateTimeFormatter.ofPattern("yyyyMMdd'T'HHmmss'Z'").withZone(ZoneOffset.UTC);
     static final Pattern TIMESTAMP_FORM = Pattern.compile("\\d{8}T\\d{6}Z");
     static final String MANIFEST = "manifest.json";
-    /** Written first with If-None-Match so two writers can never share a snapshot prefix. */
-    static final String CLAIM = "claim.json";
-    static final String CONFIG_TAR = "config.tar";
-    static final String RUNTIME_TAR = "runtime.tar";
+    /** Which pack holds each path of the town, with what the path was like when it was packed. */
+    static final String FILE_INDEX = "files/index.json.gz";
 
     String town() {
         return "gastown/" + townId + "/";
@@ -269,6 +272,15 @@ record Keys(String townId) {
         return snapshot(timestamp) + path;
     }
 
+    String objects() {
+        return town() + "incremental/";
+    }
+
+    /** Where a snapshot file lives: by content, so an unchanged file is stored once for every snapshot. */
+    String object(FileEntry file) {
+        return objects() + file.path() + "/" + file.sha256();
+    }
+
     /** The snapshot timestamp a key belongs to, or null for keys outside snapshots/. */
     String timestampOf(String key) {
         if (!key.startsWith(snapshots())) return null;
@@ -286,12 +298,12 @@ record Keys(String townId) {
         return Instant.from(TIMESTAMP.parse(timestamp));
     }
 
-    /** A database in the town's data dir as dolt/{name}.backup; one anywhere else as dolt/{its town path}.backup. */
+    /** A database in the town's data dir as dolt/{name}.backup/; one anywhere else as dolt/{its town path}.backup/. */
     static String doltBackup(String name, String path) {
         return path.equals(".dolt-data/" + name) ? "dolt/" + name + ".backup" : "dolt/" + path + ".backup";
     }
 
-    /** A rig's shared {rig}/.repo.git as git/{rig}.bundle; any other git directory as git/{its town path}.bundle. */
+    /** A rig's shared {rig}/.repo.git as git/{rig}.bundle/{n}; any other git directory as git/{its town path}.bundle/{n}. */
     static String bundle(String gitDirPath) {
         String[] parts = gitDirPath.split("/");
         return parts.length == 2 && parts[1].equals(".repo.git") ? "git/" + parts[0] + ".bundle" : "git/" + gitDirPath + ".bundle";
@@ -327,13 +339,15 @@ record FileEntry(String path, long size, String sha256) {
 record Versions(String gt, String dolt, String git) {}
 
 /**
- * What restore needs about a Dolt database besides its backup: its name and town path, its file, the branch
- * heads it held, and the root hash of the backup (equal roots mean equal databases, working sets included).
+ * What restore needs about a Dolt database besides its backup: its name and town path, the directory of
+ * the snapshot its `dolt backup` files are under, the branch heads it held, and the root hash of the backup
+ * (equal roots mean equal databases, working sets included).
  */
-record DatabaseFacts(String name, String path, String file, boolean serverRunning, Map<String, String> branches, String root) {
+record DatabaseFacts(String name, String path, String backup, boolean serverRunning, Map<String, String> branches, String root) {
     DatabaseFacts {
         Town.requireSafeName(name, "database name");
         Town.requireSafeRelative(path, "database path");
+        Town.requireSafeRelative(backup, "database backup dir");
         if (!path.equals(name) && !path.endsWith("/" + name)) throw new IllegalArgumentException("database " + name + " at " + path);
         branches = branches == null ? Map.of() : Collections.unmodifiableMap(new TreeMap<>(branches));
     }
@@ -358,14 +372,27 @@ record WorkTreeFacts(String path, String gitDir, String head, String branch, int
 }
 
 /**
- * A git directory (a bare repo, a clone's .git): its bundle (null when it has no objects to carry), every
- * ref, the symbolic ones, whether it is a partial clone, the fingerprint that says its bundle is unchanged,
- * and the work trees whose .git leads to it. Its other files (HEAD, index, config, hooks, ...) are in the tars.
+ * One bundle of a repository's chain: its file in the snapshot, the commits it needs already present
+ * (none for the first), and the commits its refs reached (what the next bundle may take as given).
  */
-record RepoFacts(String path, String file, Map<String, String> refs, Map<String, String> symrefs, boolean promisor,
+record BundleLink(String file, List<String> prerequisites, List<String> tips) {
+    BundleLink {
+        prerequisites = prerequisites == null ? List.of() : List.copyOf(prerequisites);
+        tips = tips == null ? List.of() : List.copyOf(tips);
+    }
+}
+
+/**
+ * A git directory (a bare repo, a clone's .git): its bundle chain (a full bundle, then increments, applied in
+ * order; empty when it has no objects to carry), every ref, the symbolic ones, whether it is a partial
+ * clone, the fingerprint that says its chain is unchanged, and the work trees whose .git leads to it. Its
+ * other files (HEAD, index, config, hooks, ...) are in the file packs.
+ */
+record RepoFacts(String path, List<BundleLink> bundles, Map<String, String> refs, Map<String, String> symrefs, boolean promisor,
                  String fingerprint, List<WorkTreeFacts> workTrees, String carriedFrom) {
     RepoFacts {
         Town.requireSafeRelative(path, "repo path");
+        bundles = bundles == null ? List.of() : List.copyOf(bundles);
         refs = refs == null ? Map.of() : Collections.unmodifiableMap(new TreeMap<>(refs));
         symrefs = symrefs == null ? Map.of() : Collections.unmodifiableMap(new TreeMap<>(symrefs));
         workTrees = workTrees == null ? List.of() : List.copyOf(workTrees);
@@ -374,11 +401,11 @@ record RepoFacts(String path, String file, Map<String, String> refs, Map<String,
     }
 
     boolean empty() {
-        return file == null;
+        return bundles.isEmpty();
     }
 
     RepoFacts carriedFrom(String timestamp) {
-        return new RepoFacts(path, file, refs, symrefs, promisor, fingerprint, workTrees, timestamp);
+        return new RepoFacts(path, bundles, refs, symrefs, promisor, fingerprint, workTrees, timestamp);
     }
 }
 
@@ -386,13 +413,15 @@ record RepoFacts(String path, String file, Map<String, String> refs, Map<String,
 record Problem(String part, String error, String carriedFrom) {}
 
 /**
- * A snapshot's manifest. formatVersion names the layout: 2 is the whole town (tars of every path outside the
- * skip list, a bundle per git directory, a dolt backup per database); 1 was the keep-list layout.
+ * A snapshot's manifest. formatVersion names the layout: 3 is incremental (every file an object under
+ * incremental/ shared between snapshots: file packs and their index, a bundle chain per git directory,
+ * each database's `dolt backup` files); 2 held the whole town in per-snapshot tars, 1 was the keep-list layout.
+ * history: the policy the sync that wrote it applied (what --list shows each snapshot is kept by).
  */
 record Manifest(int formatVersion, String tool, String townId, String timestamp, String createdAt, String townRoot,
-                Versions versions, List<FileEntry> files, List<DatabaseFacts> databases, List<RepoFacts> repos,
-                List<Problem> problems) {
-    static final int FORMAT = 2;
+                Versions versions, HistoryPolicy history, List<FileEntry> files, List<DatabaseFacts> databases,
+                List<RepoFacts> repos, List<Problem> problems) {
+    static final int FORMAT = 3;
 
     Manifest {
         if (formatVersion != FORMAT) throw new UnreadableFormat(formatVersion);
@@ -405,15 +434,22 @@ record Manifest(int formatVersion, String tool, String townId, String timestamp,
         Set<String> seen = new HashSet<>();
         for (FileEntry f : files)
             if (!seen.add(f.path())) throw new IllegalArgumentException("file listed twice: " + f.path());
+        if (!seen.contains(Keys.FILE_INDEX)) throw new IllegalArgumentException("no file index (" + Keys.FILE_INDEX + ")");
         for (DatabaseFacts db : databases)
-            if (!seen.contains(db.file())) throw new IllegalArgumentException("database " + db.name() + " has no file entry");
+            if (!seen.contains(db.backup() + "/manifest")) throw new IllegalArgumentException("database " + db.name() + " has no backup manifest");
         for (RepoFacts repo : repos)
-            if (!repo.empty() && !seen.contains(repo.file())) throw new IllegalArgumentException("repo " + repo.path() + " has no file entry");
+            for (BundleLink link : repo.bundles())
+                if (!seen.contains(link.file())) throw new IllegalArgumentException("repo " + repo.path() + " has no file " + link.file());
         if (townRoot == null || !townRoot.startsWith("/")) throw new IllegalArgumentException("townRoot must be an absolute path: " + townRoot);
     }
 
     Optional<FileEntry> file(String path) {
         return files.stream().filter(f -> f.path().equals(path)).findFirst();
+    }
+
+    /** The files under a directory of the snapshot (a database's backup). */
+    List<FileEntry> filesUnder(String dir) {
+        return files.stream().filter(f -> f.path().startsWith(dir + "/")).collect(Collectors.toList());
     }
 
     Optional<DatabaseFacts> database(String path) {
@@ -445,7 +481,8 @@ record Manifest(int formatVersion, String tool, String townId, String timestamp,
     static final class UnreadableFormat extends IllegalArgumentException {
         UnreadableFormat(int format) {
             super("manifest format " + format + " is not the format this tool reads (" + FORMAT + ")"
-                    + (format == 1 ? "; format 1 snapshots were written by gastown-r2 0.1 and restore with it" : ""));
+                    + (format == 1 ? "; format 1 snapshots were written by gastown-r2 0.1 and restore with it"
+                    : format == 2 ? "; format 2 snapshots were written by gastown-r2 0.2 and restore with it" : ""));
         }
     }
 }
@@ -694,6 +731,42 @@ final class Proc {
         for (int n; (n = in.read(chunk)) > 0; )
             if (buf.size() < cap) buf.write(chunk, 0, Math.min(n, cap - buf.size()));
         return buf.toString(StandardCharsets.UTF_8);
+    }
+}
+
+/** Independent tasks on a bounded pool: all run, or the first failure is thrown once the others are stopped. */
+final class Parallel {
+    interface Task {
+        void run() throws IOException;
+    }
+
+    private Parallel() {}
+
+    static void run(int threads, List<Task> tasks) throws IOException {
+        if (tasks.isEmpty()) return;
+        ExecutorService pool = Executors.newFixedThreadPool(Math.min(threads, tasks.size()));
+        try {
+            List<Future<?>> futures = new ArrayList<>();
+            for (Task t : tasks) futures.add(pool.submit(() -> {
+                t.run();
+                return null;
+            }));
+            for (Future<?> f : futures) {
+                try {
+                    f.get();
+                } catch (ExecutionException e) {
+                    futures.forEach(other -> other.cancel(true));
+                    if (e.getCause() instanceof IOException io) throw io;
+                    if (e.getCause() instanceof RuntimeException re) throw re;
+                    throw new R2Exception(R2Common.EXIT_FAILED, String.valueOf(e.getCause()), e.getCause());
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    throw new R2Exception(R2Common.EXIT_FAILED, "interrupted");
+                }
+            }
+        } finally {
+            pool.shutdownNow();
+        }
     }
 }
 

@@ -63,7 +63,36 @@ final class DoltServer {
         return fields[3];
     }
 
-    /** dolt backup sync-url, retried: a GC running at the same time can fail it ("please try again"). */
+    /**
+     * The files a backup consists of: its manifest, and the table files the manifest names
+     * ("5:__DOLT__:<lock>:<root>:<gc gen>:<name>:<chunks>:<name>:<chunks>..."; a name may be stored as
+     * <name>.darc). Everything else in the directory is left over from earlier syncs into it.
+     */
+    static List<String> backupFiles(Path backupDir) throws IOException {
+        String[] fields = Files.readString(backupDir.resolve("manifest")).trim().split(":");
+        if (fields.length < 5 || fields.length % 2 == 0) throw new IOException("unexpected dolt backup manifest in " + backupDir);
+        List<String> files = new ArrayList<>(List.of("manifest"));
+        for (int i = 5; i + 1 < fields.length; i += 2) {
+            String name = Town.requireSafeName(fields[i], "dolt table file");
+            if (Files.isRegularFile(backupDir.resolve(name))) files.add(name);
+            else if (Files.isRegularFile(backupDir.resolve(name + ".darc"))) files.add(name + ".darc");
+            else throw new IOException("the dolt backup in " + backupDir + " lacks table file " + name);
+        }
+        return files;
+    }
+
+    /** Removes what earlier syncs left in a backup directory and its manifest no longer names. */
+    static void prune(Path backupDir, List<String> live) throws IOException {
+        for (Path p : Town.sortedChildren(backupDir))
+            if (Files.isRegularFile(p) && !live.contains(p.getFileName().toString()) && !p.getFileName().toString().equals("LOCK"))
+                Files.delete(p);
+    }
+
+    /**
+     * dolt backup sync-url into a directory that persists between syncs, so dolt writes only the table files
+     * it lacks. Retried: a GC running at the same time can fail it ("please try again"); a retry starts the
+     * directory afresh, in case the failure left it inconsistent.
+     */
     static void backup(Path dbDir, Path backupDir) {
         String url = "file://" + backupDir.toAbsolutePath();
         R2Exception last = null;
@@ -84,7 +113,7 @@ final class DoltServer {
     static void restore(Path backupDir, Path parent, DatabaseFacts db) throws IOException {
         Instant t = Instant.now();
         if (!Files.isRegularFile(backupDir.resolve("manifest")))
-            throw new R2Exception(R2Common.EXIT_FAILED, db.file() + " holds no dolt backup (no manifest)");
+            throw new R2Exception(R2Common.EXIT_FAILED, db.backup() + " holds no dolt backup (no manifest)");
         Files.createDirectories(parent);
         dolt(parent, "dolt backup restore " + db.name(), "backup", "restore", "file://" + backupDir.toAbsolutePath(), db.name());
         Path dbDir = parent.resolve(db.name());

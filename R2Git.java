@@ -71,23 +71,56 @@ final class GitRepo {
 
     /**
      * Writes a bundle of a git directory: its refs, then one pack of every object they, the reflogs, the
-     * indexes and every worktree's HEAD reach. A partial clone's missing blobs stay on its promisor remote.
+     * indexes and every worktree's HEAD reach, except what the prerequisites reach (commits the bundles
+     * before this one hold: none for a full bundle). A partial clone's missing blobs stay on its promisor
+     * remote. Returns the bundle's entry and how many objects its pack holds.
      */
-    static FileEntry writeBundle(Path gitDir, Map<String, String> refs, Path bundle, String snapshotPath) throws IOException {
+    static Bundle writeBundle(Path gitDir, Map<String, String> refs, List<String> prerequisites, Path bundle, String name)
+            throws IOException {
         StringBuilder header = new StringBuilder(BUNDLE_SIGNATURE);
-        refs.forEach((name, object) -> header.append(object).append(' ').append(name).append('\n'));
+        prerequisites.forEach(sha -> header.append('-').append(sha).append('\n'));
+        refs.forEach((ref, object) -> header.append(object).append(' ').append(ref).append('\n'));
         header.append('\n');
-        String tips = refs.values().stream().distinct().map(sha -> sha + "\n").collect(Collectors.joining());
+        String revs = refs.values().stream().distinct().map(sha -> sha + "\n").collect(Collectors.joining())
+                + prerequisites.stream().map(sha -> "^" + sha + "\n").collect(Collectors.joining());
+        byte[] headerBytes = header.toString().getBytes(StandardCharsets.UTF_8);
         Files.createDirectories(bundle.getParent());
+        FileEntry entry;
         try (OutputStream file = Files.newOutputStream(bundle, StandardOpenOption.CREATE_NEW)) {
             Sha256.HashingOutputStream out = new Sha256.HashingOutputStream(new BufferedOutputStream(file, 1 << 16));
-            out.write(header.toString().getBytes(StandardCharsets.UTF_8));
+            out.write(headerBytes);
             Proc.pipe(gitDir, List.of("git", "--git-dir=" + gitDir, "pack-objects", "--stdout", "--quiet", "--revs",
                     "--all", "--reflog", "--indexed-objects", "--missing=allow-promisor", "--delta-base-offset"),
-                    tips.getBytes(StandardCharsets.UTF_8), out);
+                    revs.getBytes(StandardCharsets.UTF_8), out);
             out.flush();
-            return out.entry(snapshotPath);
+            entry = out.entry(name);
         }
+        return new Bundle(entry, packObjectCount(bundle, headerBytes.length));
+    }
+
+    record Bundle(FileEntry entry, long objects) {}
+
+    /** A pack starts "PACK", version, object count (big-endian 32-bit). */
+    private static long packObjectCount(Path bundle, int packStart) throws IOException {
+        try (var ch = java.nio.channels.FileChannel.open(bundle, StandardOpenOption.READ)) {
+            java.nio.ByteBuffer buf = java.nio.ByteBuffer.allocate(12);
+            ch.read(buf, packStart);
+            return buf.flip().limit() < 12 ? -1 : Integer.toUnsignedLong(buf.getInt(8));
+        }
+    }
+
+    /**
+     * The commits, of those given, that this git directory has (a tag is followed to its commit): the
+     * prerequisites a new bundle may name. Whatever a force-push or gc removed is no longer one.
+     */
+    static List<String> commitsPresent(Path gitDir, Collection<String> objects) {
+        if (objects.isEmpty()) return List.of();
+        String in = objects.stream().distinct().map(sha -> sha + "^{commit}\n").collect(Collectors.joining());
+        ByteArrayOutputStream out = new ByteArrayOutputStream();
+        Proc.pipe(gitDir, List.of("git", "--git-dir=" + gitDir, "cat-file", "--batch-check=%(objectname) %(objecttype)"),
+                in.getBytes(StandardCharsets.UTF_8), out);
+        return out.toString(StandardCharsets.UTF_8).lines().map(l -> l.split(" "))
+                .filter(f -> f.length == 2 && f[1].equals("commit")).map(f -> f[0]).distinct().sorted().collect(Collectors.toList());
     }
 
     // --- work trees -------------------------------------------------------------------------------
@@ -143,16 +176,15 @@ final class GitRepo {
 
     /**
      * Rebuilds a git directory whose files (HEAD, config, index, logs/, ...) are already in place: unpacks
-     * the bundle, writes the refs as they were (symbolic ones too), marks a partial clone's pack as coming
-     * from its promisor remote, then checks refs and connectivity. Runs no hook and writes no reflog entry.
+     * the bundle chain in order (each bundle's prerequisites are in the ones before it), writes the refs as
+     * they were (symbolic ones too), marks a partial clone's packs as coming from its promisor remote, then
+     * checks refs and connectivity. Runs no hook and writes no reflog entry.
      */
-    static void restore(Path gitDir, RepoFacts repo, Path bundle) throws IOException {
+    static void restore(Path gitDir, RepoFacts repo, List<Path> bundles) throws IOException {
         for (String dir : List.of("objects/pack", "objects/info", "refs/heads", "refs/tags"))
             Files.createDirectories(gitDir.resolve(dir));
-        if (bundle != null) {
-            git(gitDir, "bundle", "unbundle", bundle.toString());
-            if (repo.promisor()) markPromisorPacks(gitDir);
-        }
+        for (Path bundle : bundles) git(gitDir, "bundle", "unbundle", bundle.toString());
+        if (repo.promisor() && !bundles.isEmpty()) markPromisorPacks(gitDir);
         writeRefs(gitDir, repo);
         Refs restored = refs(gitDir);
         if (!restored.refs().equals(repo.refs()) || !restored.symrefs().equals(repo.symrefs()))
@@ -195,5 +227,32 @@ final class GitRepo {
         List<String> cmd = new ArrayList<>(List.of("git", "--git-dir=" + gitDir));
         cmd.addAll(List.of(args));
         return Proc.check(gitDir, Proc.DEFAULT_TIMEOUT, cmd).stdout();
+    }
+}
+
+/**
+ * When a repository's bundle chain starts over. Each cycle that changes a repo adds a bundle of what is new
+ * since the chain's tips; a restore applies them in order. A long chain is folded: its increments are
+ * replaced by one bundle of everything since the first (re-uploading only the increments), and once the
+ * increments outweigh half the first bundle, a new full bundle starts a new chain.
+ */
+final class BundleChain {
+    /** Bundles in a chain before the increments are folded into one. */
+    static final int MAX_LINKS = 32;
+
+    private BundleChain() {}
+
+    /** Keep the first `keep` bundles of the chain; write the next one with these prerequisites (none: a full bundle). */
+    record Plan(int keep, List<String> prerequisites) {}
+
+    static Plan plan(Path gitDir, List<BundleLink> chain, List<FileEntry> files) {
+        if (chain.isEmpty()) return new Plan(0, List.of());
+        long first = files.get(0).size();
+        long increments = files.stream().skip(1).mapToLong(FileEntry::size).sum();
+        if (increments > first / 2) return new Plan(0, List.of());
+        int keep = chain.size() >= MAX_LINKS ? 1 : chain.size();
+        List<String> tips = chain.subList(0, keep).stream().flatMap(l -> l.tips().stream()).collect(Collectors.toList());
+        List<String> prerequisites = GitRepo.commitsPresent(gitDir, tips);
+        return prerequisites.isEmpty() ? new Plan(0, List.of()) : new Plan(keep, prerequisites);
     }
 }

@@ -68,6 +68,9 @@ public class R2Restore implements Callable<Integer> {
     Path workDir;
 
     static final String STAGING = ".r2-restore";
+    /** Downloads in flight at once, and databases or repositories rebuilt at once (each a dolt or git process). */
+    static final int DOWNLOADS = 4;
+    static final int REBUILDS = 2;
 
     private Config config;
     private ObjectStore store;
@@ -229,17 +232,19 @@ public class R2Restore implements Callable<Integer> {
             throw new R2Exception(R2Common.EXIT_FAILED, "manifest.json of " + timestamp + " belongs to "
                     + manifest.townId() + "/" + manifest.timestamp());
         Progress progress = new Progress("download", manifest.totalBytes());
-        for (FileEntry expected : manifest.files()) {
+        List<Parallel.Task> downloads = new ArrayList<>();
+        for (FileEntry expected : manifest.files()) downloads.add(() -> {
             Path target = dir.resolve(expected.path());
             Files.createDirectories(target.getParent());
-            FileEntry got = store.download(keys.object(timestamp, expected.path()), target, expected.path(), progress);
+            FileEntry got = store.download(keys.object(expected), target, expected.path(), progress);
             if (got.size() != expected.size())
                 throw new R2Exception(R2Common.EXIT_FAILED, expected.path() + " of " + timestamp + " has " + got.size()
                         + " bytes, the manifest says " + expected.size() + " (truncated or replaced)");
             if (!got.sha256().equals(expected.sha256()))
                 throw new R2Exception(R2Common.EXIT_FAILED, expected.path() + " of " + timestamp
                         + " does not match its sha256 in the manifest (corrupted)");
-        }
+        });
+        Parallel.run(DOWNLOADS, downloads);
         progress.finish();
         if (!manifest.problems().isEmpty())
             Log.warn("restore: snapshot " + timestamp + " is PARTIAL; when it was taken these were not backed up: "
@@ -260,25 +265,26 @@ public class R2Restore implements Callable<Integer> {
 
     /**
      * Builds the whole town in townDir: databases first (dolt restores into directories that must not exist
-     * yet), then every path from the tars, then every git directory from its bundle (its HEAD, config and
-     * index are files from the tars by then), then the work trees' state is compared with the manifest, and
-     * last the directories get their modes and mtimes. Files hold the town's final paths (a worktree's .git
-     * file names the final root), so nothing needs rewriting after the move.
+     * yet), then every path from the file packs, then every git directory from its bundle chain (its HEAD,
+     * config and index are files from the packs by then), then the work trees' state is compared with the
+     * manifest, and last the directories get their modes and mtimes. Databases, and then repositories, are
+     * rebuilt in parallel: each is independent of the others. Files hold the town's final paths (a worktree's
+     * .git file names the final root), so nothing needs rewriting after the move.
      */
     private void buildTown(Prepared prepared, Path townDir, Path finalRoot) throws IOException {
         Instant t = Instant.now();
         Manifest manifest = prepared.manifest();
         Files.createDirectories(townDir);
-        for (DatabaseFacts db : manifest.databases()) restoreDatabase(prepared, db, townDir);
+        Parallel.run(REBUILDS, manifest.databases().stream().<Parallel.Task>map(db -> () -> restoreDatabase(prepared, db, townDir))
+                .collect(Collectors.toList()));
         Tars.DirMetadata dirs = new Tars.DirMetadata();
-        for (String tar : List.of(Keys.CONFIG_TAR, Keys.RUNTIME_TAR))
-            if (manifest.file(tar).isPresent()) Tars.extract(prepared.file(tar), townDir, dirs);
+        FilePacks.restore(FileIndex.read(prepared.file(Keys.FILE_INDEX)), prepared::file, townDir, dirs);
         if (!finalRoot.toString().equals(manifest.townRoot())) relinkWorktrees(manifest, townDir, finalRoot);
-        for (RepoFacts repo : manifest.repos()) {
+        Parallel.run(REBUILDS, manifest.repos().stream().<Parallel.Task>map(repo -> () -> {
             Path gitDir = townDir.resolve(repo.path());
-            GitRepo.restore(gitDir, repo, repo.empty() ? null : prepared.file(repo.file()));
+            GitRepo.restore(gitDir, repo, repo.bundles().stream().map(l -> prepared.file(l.file())).collect(Collectors.toList()));
             warnAboutRedactedCredentials(repo, gitDir);
-        }
+        }).collect(Collectors.toList()));
         compareWorkTrees(manifest, townDir);
         dirs.apply();
         Log.info("restore: snapshot " + prepared.timestamp() + ": " + manifest.databases().size() + " databases and "
@@ -286,12 +292,17 @@ public class R2Restore implements Callable<Integer> {
                 + Log.seconds(Duration.between(t, Instant.now())));
     }
 
-    private void restoreDatabase(Prepared prepared, DatabaseFacts db, Path townDir) throws IOException {
-        Path backupDir = prepared.dir().resolve("dolt-work").resolve(db.path());
-        Files.createDirectories(backupDir);
-        Tars.extract(prepared.file(db.file()), backupDir);
-        DoltServer.restore(backupDir, townDir.resolve(db.path()).getParent(), db);
-        FileTrees.delete(backupDir);
+    /**
+     * Restores a database in a directory of its own, then moves it into the town: dolt, run in a directory,
+     * reads every database it finds there, so two restores must never share one.
+     */
+    private static void restoreDatabase(Prepared prepared, DatabaseFacts db, Path townDir) throws IOException {
+        Path alone = prepared.dir().resolve("dolt-restore").resolve(db.path());
+        FileTrees.delete(alone);
+        DoltServer.restore(prepared.file(db.backup()), alone, db);
+        Path target = townDir.resolve(db.path());
+        Files.createDirectories(target.getParent());
+        Files.move(alone.resolve(db.name()), target, StandardCopyOption.ATOMIC_MOVE);
     }
 
     /**
@@ -424,6 +435,10 @@ public class R2Restore implements Callable<Integer> {
         }
     }
 
+    /**
+     * One row per snapshot, newest first: its files and size, the bytes it added (objects the next older
+     * snapshot does not use), its state, which rule of the history policy keeps it, and latest.json's.
+     */
     private int listSnapshots() {
         Keys keys = config.keys();
         String latest = store.get(keys.latest()).map(v -> {
@@ -434,32 +449,62 @@ public class R2Restore implements Callable<Integer> {
                 return null;
             }
         }).orElse(null);
-        Map<String, List<StoredObject>> byTimestamp = new TreeMap<>(Comparator.reverseOrder());
+        Map<String, List<StoredObject>> byTimestamp = new TreeMap<>();
         for (StoredObject o : store.list(keys.snapshots())) {
             String ts = keys.timestampOf(o.key());
-            if (ts != null && !o.key().endsWith("/" + Keys.CLAIM)) byTimestamp.computeIfAbsent(ts, k -> new ArrayList<>()).add(o);
+            if (ts != null && !o.key().endsWith("/claim.json")) byTimestamp.computeIfAbsent(ts, k -> new ArrayList<>()).add(o);
         }
-        List<Map<String, Object>> rows = new ArrayList<>();
+        Map<String, Manifest> manifests = new TreeMap<>();
+        Map<String, String> states = new TreeMap<>();
         for (Map.Entry<String, List<StoredObject>> e : byTimestamp.entrySet()) {
-            boolean complete = e.getValue().stream().anyMatch(o -> o.key().endsWith("/" + Keys.MANIFEST));
+            String ts = e.getKey();
+            Optional<Versioned> json = e.getValue().stream().anyMatch(o -> o.key().endsWith("/" + Keys.MANIFEST))
+                    ? store.get(keys.object(ts, Keys.MANIFEST)) : Optional.empty();
+            int format = json.map(v -> Manifest.formatOf(v.data())).orElse(-1);
+            if (json.isEmpty()) states.put(ts, "unfinished");
+            else if (format != Manifest.FORMAT) states.put(ts, "format " + format);
+            else {
+                try {
+                    manifests.put(ts, R2Common.fromJson(json.get().data(), Manifest.class, "manifest of " + ts));
+                    states.put(ts, manifests.get(ts).complete() ? "complete" : "partial");
+                } catch (R2Exception ex) {
+                    states.put(ts, "unreadable");
+                }
+            }
+        }
+        HistoryPolicy policy = manifests.values().stream().map(Manifest::history).filter(Objects::nonNull)
+                .reduce((a, b) -> b).orElse(null);
+        Map<String, String> keptBy = policy == null ? Map.of() : policy.keep(manifests.keySet());
+        List<Map<String, Object>> rows = new ArrayList<>();
+        Set<String> olderKeys = Set.of();
+        for (String ts : states.keySet()) {
+            Manifest m = manifests.get(ts);
             Map<String, Object> row = new LinkedHashMap<>();
-            row.put("timestamp", e.getKey());
-            row.put("files", e.getValue().size());
-            row.put("bytes", e.getValue().stream().mapToLong(StoredObject::size).sum());
-            row.put("state", complete ? "complete" : "unfinished");
-            row.put("latest", e.getKey().equals(latest));
-            rows.add(row);
+            row.put("timestamp", ts);
+            row.put("files", m == null ? byTimestamp.get(ts).size() : m.files().size());
+            row.put("bytes", m == null ? byTimestamp.get(ts).stream().mapToLong(StoredObject::size).sum() : m.totalBytes());
+            if (m != null) {
+                Set<String> previous = olderKeys;
+                row.put("newBytes", m.files().stream().filter(f -> !previous.contains(keys.object(f))).mapToLong(FileEntry::size).sum());
+                olderKeys = m.files().stream().map(keys::object).collect(Collectors.toSet());
+            }
+            row.put("state", states.get(ts));
+            row.put("keptBy", keptBy.getOrDefault(ts, ""));
+            row.put("latest", ts.equals(latest));
+            rows.add(0, row);
         }
         PrintWriter out = new PrintWriter(System.out, true);
         if (json) {
             out.println(new String(R2Common.toJson(rows), java.nio.charset.StandardCharsets.UTF_8));
-        } else {
-            out.printf("%-18s %6s %12s  %-10s %s%n", "SNAPSHOT", "FILES", "SIZE", "STATE", "");
-            for (Map<String, Object> row : rows)
-                out.printf("%-18s %6d %12s  %-10s %s%n", row.get("timestamp"), (Integer) row.get("files"),
-                        Log.bytes((Long) row.get("bytes")), row.get("state"), Boolean.TRUE.equals(row.get("latest")) ? "<- latest.json" : "");
-            if (rows.isEmpty()) out.println("(no snapshots for town " + config.townId() + ")");
+            return R2Common.EXIT_OK;
         }
+        out.printf("%-18s %6s %11s %11s  %-10s %-20s %s%n", "SNAPSHOT", "FILES", "SIZE", "NEW", "STATE", "KEPT BY", "");
+        for (Map<String, Object> row : rows)
+            out.printf("%-18s %6d %11s %11s  %-10s %-20s %s%n", row.get("timestamp"), (Integer) row.get("files"),
+                    Log.bytes((Long) row.get("bytes")), row.containsKey("newBytes") ? Log.bytes((Long) row.get("newBytes")) : "-",
+                    row.get("state"), row.get("keptBy"), Boolean.TRUE.equals(row.get("latest")) ? "<- latest.json" : "");
+        if (rows.isEmpty()) out.println("(no snapshots for town " + config.townId() + ")");
+        else if (policy != null) out.println("history policy: " + policy.describe() + "; NEW is what a snapshot added to the one before it");
         return R2Common.EXIT_OK;
     }
 

@@ -28,14 +28,14 @@ import java.util.concurrent.*;
 import java.util.stream.Collectors;
 import java.util.stream.Stream;
 
-/** An object and its size, as listed. */
-record StoredObject(String key, long size) {}
+/** An object, its size and when it was last written, as listed. */
+record StoredObject(String key, long size, java.time.Instant modified) {}
 
 /** An object's bytes with the ETag a conditional write must name. */
 record Versioned(byte[] data, String etag) {}
 
 /** An upload that was started and never completed or aborted (a crashed sync leaves these). */
-record PendingUpload(String key, String uploadId) {}
+record PendingUpload(String key, String uploadId, java.time.Instant initiated) {}
 
 /** A conditional write lost: someone else wrote the object since we read it. */
 final class PreconditionFailed extends R2Exception {
@@ -59,9 +59,6 @@ interface ObjectStore extends AutoCloseable {
     FileEntry download(String key, Path target, String snapshotPath, Progress progress);
 
     List<StoredObject> list(String prefix);
-
-    /** Server-side copy: an unchanged artifact is never uploaded twice. */
-    void copy(String fromKey, String toKey);
 
     void delete(Collection<String> keys);
 
@@ -149,7 +146,7 @@ final class S3ObjectStore implements ObjectStore {
             call("complete upload " + key, () -> s3.completeMultipartUpload(b -> b.bucket(bucket).key(key)
                     .uploadId(uploadId).multipartUpload(m -> m.parts(completed))));
         } catch (Exception e) {
-            abort(new PendingUpload(key, uploadId));
+            abort(new PendingUpload(key, uploadId, java.time.Instant.now()));
             if (e instanceof ExecutionException && e.getCause() instanceof R2Exception r2) throw r2;
             if (e instanceof InterruptedException) Thread.currentThread().interrupt();
             if (e instanceof R2Exception r2) throw r2;
@@ -273,13 +270,7 @@ final class S3ObjectStore implements ObjectStore {
     @Override
     public List<StoredObject> list(String prefix) {
         return call("list " + prefix, () -> s3.listObjectsV2Paginator(b -> b.bucket(bucket).prefix(prefix)).contents()
-                .stream().map(o -> new StoredObject(o.key(), o.size())).collect(Collectors.toList()));
-    }
-
-    @Override
-    public void copy(String fromKey, String toKey) {
-        call("copy " + fromKey, () -> s3.copyObject(b -> b.sourceBucket(bucket).sourceKey(fromKey)
-                .destinationBucket(bucket).destinationKey(toKey)));
+                .stream().map(o -> new StoredObject(o.key(), o.size(), o.lastModified())).collect(Collectors.toList()));
     }
 
     @Override
@@ -298,7 +289,7 @@ final class S3ObjectStore implements ObjectStore {
     @Override
     public List<PendingUpload> pendingUploads(String prefix) {
         return call("list uploads " + prefix, () -> s3.listMultipartUploadsPaginator(b -> b.bucket(bucket).prefix(prefix))
-                .uploads().stream().map(u -> new PendingUpload(u.key(), u.uploadId())).collect(Collectors.toList()));
+                .uploads().stream().map(u -> new PendingUpload(u.key(), u.uploadId(), u.initiated())).collect(Collectors.toList()));
     }
 
     @Override
@@ -446,16 +437,11 @@ final class DirObjectStore implements ObjectStore {
                     .map(p -> root.relativize(p).toString().replace(File.separatorChar, '/'))
                     .filter(k -> k.startsWith(prefix) && !k.equals(".lock") && !k.startsWith(".tmp"))
                     .sorted()
-                    .map(k -> new StoredObject(k, path(k).toFile().length()))
+                    .map(k -> new StoredObject(k, path(k).toFile().length(), java.time.Instant.ofEpochMilli(path(k).toFile().lastModified())))
                     .collect(Collectors.toList());
         } catch (IOException e) {
             throw new R2Exception(R2Common.EXIT_FAILED, "store: list " + prefix + ": " + e.getMessage(), e);
         }
-    }
-
-    @Override
-    public void copy(String fromKey, String toKey) {
-        writeAtomically(toKey, tmp -> Files.copy(path(fromKey), tmp, StandardCopyOption.REPLACE_EXISTING));
     }
 
     @Override
@@ -475,7 +461,8 @@ final class DirObjectStore implements ObjectStore {
         Path tmpDir = root.resolve(".tmp");
         if (!Files.isDirectory(tmpDir)) return List.of();
         try (Stream<Path> s = Files.list(tmpDir)) {
-            return s.map(p -> new PendingUpload(p.getFileName().toString(), p.toString())).collect(Collectors.toList());
+            return s.map(p -> new PendingUpload(p.getFileName().toString(), p.toString(),
+                    java.time.Instant.ofEpochMilli(p.toFile().lastModified()))).collect(Collectors.toList());
         } catch (IOException e) {
             return List.of();
         }

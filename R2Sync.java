@@ -7,7 +7,6 @@ import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Option;
 
 import java.io.IOException;
-import java.net.InetAddress;
 import java.nio.channels.FileChannel;
 import java.nio.channels.FileLock;
 import java.nio.channels.OverlappingFileLockException;
@@ -24,11 +23,13 @@ import java.util.stream.Stream;
 
 @Command(name = "r2-sync", mixinStandardHelpOptions = true, version = R2Common.VERSION, sortOptions = false,
         description = {
-                "Backs up a Gas Town to R2: the whole town root but a short skip list (README). Every Dolt "
-                        + "database goes up as a `dolt backup`, every git directory's objects and refs as a bundle, "
-                        + "and every other path (work trees with their uncommitted work, git config, hooks, index, "
-                        + "reflogs, runtime state, empty dirs, symlinks) in config.tar and runtime.tar, as one "
-                        + "snapshot under gastown/<town_id>/snapshots/<timestamp>/; then latest.json names it.",
+                "Backs up a Gas Town to R2: the whole town root but a short skip list (README), as one snapshot "
+                        + "(gastown/<town_id>/snapshots/<timestamp>/manifest.json) made of immutable objects under "
+                        + "gastown/<town_id>/incremental/ that snapshots share: each Dolt database's `dolt backup` files, "
+                        + "each git directory's chain of bundles, and packs of every other path (work trees with their "
+                        + "uncommitted work, git config, hooks, index, reflogs, runtime state, empty dirs, symlinks). "
+                        + "A cycle uploads only what changed; then latest.json names the snapshot, and the history policy "
+                        + "and garbage collection remove what no kept snapshot needs.",
                 "GT_TOWN_ROOT must be a town (it holds mayor/town.json): any other directory is refused.",
                 "Without --immediate it runs as a daemon: a sync every --interval, the first at start."},
         exitCodeListHeading = "%nExit codes:%n",
@@ -64,16 +65,17 @@ public class R2Sync implements Callable<Integer> {
                     + "every sync (env R2_WORK_DIR, default ${DEFAULT-VALUE}).")
     Path workDir;
 
-    @Option(names = "--keep", defaultValue = "${env:R2_KEEP_SNAPSHOTS:-3}", paramLabel = "N",
-            description = "Complete snapshots to keep (env R2_KEEP_SNAPSHOTS, default ${DEFAULT-VALUE}).")
-    int keep;
+    @Mixin
+    HistoryOptions history = new HistoryOptions();
 
     private Config config;
     private ObjectStore store;
     private Heartbeat heartbeat;
-    /** The last published manifest, kept at hand so the next cycle can skip what did not change. */
+    /** The last published manifest and its file index, kept at hand so the next cycle can skip what did not change. */
     private Manifest lastManifest;
-    /** Manifest format of each snapshot retention has looked at (a snapshot's format never changes). */
+    private FileIndex lastIndex;
+    /** Manifests of the snapshots the history policy keeps, and the format of each snapshot looked at (both never change). */
+    private final Map<String, Manifest> manifests = new HashMap<>();
     private final Map<String, Integer> formats = new HashMap<>();
 
     public static void main(String... args) {
@@ -83,7 +85,7 @@ public class R2Sync implements Callable<Integer> {
     @Override
     public Integer call() {
         config = r2.toConfig();
-        if (keep < 1) throw R2Options.usage("--keep must be at least 1");
+        history.policy();
         if (interval.isZero() || interval.isNegative()) throw R2Options.usage("--interval must be positive");
         if (immediate) Town.requireTown(config.townRoot());
         heartbeat = new Heartbeat(config);
@@ -157,10 +159,10 @@ public class R2Sync implements Callable<Integer> {
     // One sync, in the order it runs.
     // ---------------------------------------------------------------------------------------------
 
-    /** Takes the lock, builds, uploads and publishes one snapshot, prunes old ones, and reports. */
+    /** Takes the lock, builds and uploads what changed, publishes one snapshot, applies the history policy, and reports. */
     SyncResult syncOnce() {
         Instant start = Instant.now();
-        String timestamp = null;
+        String timestamp = Keys.format(start);
         try (SyncLock lock = SyncLock.acquire(lockFile, lockWait)) {
             Town.requireTown(config.townRoot());
             refuseAfterFailedRestore();
@@ -170,27 +172,27 @@ public class R2Sync implements Callable<Integer> {
             Manifest base = previousManifest(previous);
             Town town = Town.scan(config.townRoot());
             refuseEmptyTownOverBackup(town, base);
-            timestamp = claimSnapshot(previous);
+            Log.info("sync " + timestamp + ": started for town " + config.townId());
             Path work = Files.createDirectories(workDir.resolve("r2-sync-" + timestamp + "-" + ProcessHandle.current().pid()));
             try {
-                Snapshot snapshot = new Snapshot(timestamp, work);
+                Snapshot snapshot = new Snapshot(timestamp, work, config.keys(), storedObjects(), base == null ? null : base.timestamp());
                 backupDatabases(town, snapshot, base);
                 Map<Path, List<WorkTreeFacts>> workTrees = inspectWorkTrees(town, snapshot);
-                archiveFiles(town, snapshot);
+                packFiles(town, snapshot, base);
                 bundleRepos(town, workTrees, snapshot, base);
                 snapshot.requireSomethingBackedUp();
-                Manifest manifest = snapshot.manifest(config.townId(), config.townRoot().toString(), versions());
-                Transfer transfer = upload(snapshot, manifest, base);
-                movePointer(previous, manifest);
+                Transfer transfer = upload(snapshot, base);
+                Manifest manifest = publish(previous, snapshot);
                 lastManifest = manifest;
-                formats.put(timestamp, Manifest.FORMAT);
+                lastIndex = snapshot.index();
                 try {
-                    applyRetention(timestamp);
+                    applyHistory(manifest.timestamp());
                 } catch (R2Exception e) {
-                    // The snapshot is published; old objects left behind are the next sync's to remove.
-                    Log.warn("sync " + timestamp + ": retention failed, the next sync retries it: " + R2Cli.messageChain(e));
+                    // The snapshot is published; what is left behind is the next sync's to remove.
+                    Log.warn("sync " + manifest.timestamp() + ": history policy or garbage collection failed, the next sync "
+                            + "retries it: " + R2Cli.messageChain(e));
                 }
-                SyncResult result = new SyncResult(timestamp, manifest.problems(), transfer, Duration.between(start, Instant.now()));
+                SyncResult result = new SyncResult(manifest.timestamp(), manifest.problems(), transfer, Duration.between(start, Instant.now()));
                 report(result, null);
                 recordLastSync(result, null);
                 return result;
@@ -207,7 +209,7 @@ public class R2Sync implements Callable<Integer> {
     /** Reports a failed sync, unless the JVM is shutting down: then the cycle is abandoned, not failed. */
     private R2Exception fail(String timestamp, Instant start, R2Exception failure) {
         if (Proc.shuttingDown) {
-            Log.info("sync " + timestamp + ": abandoned (shutting down); the next sync removes what it left");
+            Log.info("sync " + timestamp + ": abandoned (shutting down); what it uploaded is collected later");
             return failure;
         }
         SyncResult result = new SyncResult(timestamp, List.of(), Transfer.NONE, Duration.between(start, Instant.now()));
@@ -258,84 +260,78 @@ public class R2Sync implements Callable<Integer> {
         }
     }
 
+    /** The snapshot latest.json names, whose objects this one reuses; null means everything is uploaded. */
     private Manifest previousManifest(PointerState previous) {
         if (previous.pointer() == null) return null;
         String ts = previous.pointer().timestamp();
         if (lastManifest != null && lastManifest.timestamp().equals(ts)) return lastManifest;
+        lastIndex = null;
         try {
-            Optional<Versioned> json = store.get(config.keys().object(ts, Keys.MANIFEST));
-            if (json.isEmpty()) return null;
-            int format = Manifest.formatOf(json.get().data());
-            formats.put(ts, format);
-            if (format != Manifest.FORMAT) {
-                Log.info("sync: the previous snapshot " + ts + " is in manifest format " + format + "; this one is written in "
-                        + "format " + Manifest.FORMAT + " from scratch, and format " + format + " snapshots are kept until "
-                        + keep + " of format " + Manifest.FORMAT + " exist");
-                return null;
-            }
-            return R2Common.fromJson(json.get().data(), Manifest.class, "manifest of " + ts);
+            Manifest manifest = manifest(ts);
+            if (manifest == null)
+                Log.info("sync: the previous snapshot " + ts + " is in manifest format " + formatOf(ts) + "; this one is written in "
+                        + "format " + Manifest.FORMAT + " from scratch, and the older snapshots are kept until "
+                        + history.last + " of format " + Manifest.FORMAT + " exist");
+            return manifest;
         } catch (R2Exception e) {
-            formats.putIfAbsent(ts, -1);   // retention keeps what it cannot read
             Log.warn("sync: previous manifest unusable, uploading everything: " + e.getMessage());
             return null;
         }
     }
 
-    /** Picks a timestamp newer than the current one and claims its prefix, so no two writers share it. */
-    private String claimSnapshot(PointerState previous) {
-        Instant candidate = Instant.now();
-        if (previous.pointer() != null) {
-            Instant latest = Keys.parse(previous.pointer().timestamp());
-            if (!candidate.isAfter(latest.plusSeconds(1))) candidate = latest.plusSeconds(1);
-        }
-        byte[] claim = R2Common.toJson(Map.of("host", hostname(), "pid", ProcessHandle.current().pid(),
-                "started", Instant.now().toString(), "tool", R2Common.VERSION));
-        for (int attempt = 0; attempt < 30; attempt++, candidate = candidate.plusSeconds(1)) {
-            String timestamp = Keys.format(candidate);
-            try {
-                store.putIfMatch(config.keys().object(timestamp, Keys.CLAIM), claim, null);
-                Log.info("sync " + timestamp + ": started for town " + config.townId());
-                return timestamp;
-            } catch (PreconditionFailed e) {
-                // another writer holds this second; take the next one
-            }
-        }
-        throw new R2Exception(R2Common.EXIT_FAILED, "sync: could not claim a snapshot prefix after 30 tries");
+    /** Every object under incremental/ as listed now: what need not be uploaded again. */
+    private Map<String, StoredObject> storedObjects() {
+        Map<String, StoredObject> stored = new HashMap<>();
+        for (StoredObject o : store.list(config.keys().objects())) stored.put(o.key(), o);
+        return stored;
     }
 
+    /**
+     * Each database through `dolt backup` into a directory that persists between syncs (dolt then writes only
+     * the table files it lacks), then the files the backup's manifest names; table files are named by their
+     * content, so one the previous snapshot holds is not read again.
+     */
     private void backupDatabases(Town town, Snapshot snapshot, Manifest base) {
         boolean serverRunning = DoltServer.running(town.root());
         for (Town.DoltDatabase db : town.databases()) {
-            String path = Keys.doltBackup(db.name(), db.path());
-            snapshot.attempt("database " + db.path(), path, base, () -> {
+            String dir = Keys.doltBackup(db.name(), db.path());
+            snapshot.attempt("database " + db.path(), base == null ? List.of() : base.filesUnder(dir),
+                    base == null ? null : base.database(db.path()).orElse(null), null, () -> {
                 Instant t = Instant.now();
                 Path dbDir = town.root().resolve(db.path());
-                Path backupDir = snapshot.dir().resolve("dolt-work").resolve(db.path());
+                Path backupDir = config.stateDir().resolve("dolt-backups").resolve(config.townId()).resolve(db.path());
                 Files.createDirectories(backupDir.getParent());
                 DoltServer.backup(dbDir, backupDir);
-                String root = DoltServer.backupRoot(backupDir);
-                DatabaseFacts facts = new DatabaseFacts(db.name(), db.path(), path, serverRunning, DoltServer.branches(dbDir), root);
-                DatabaseFacts before = base == null ? null : base.database(db.path()).orElse(null);
-                if (before != null && root.equals(before.root()) && base.file(path).isPresent()) {
-                    snapshot.reuse(base.file(path).get(), base.timestamp());
-                    Log.info("sync " + snapshot.timestamp() + ": dolt " + db.path() + " unchanged since " + base.timestamp());
-                } else {
-                    Path tar = snapshot.dir().resolve(path);
-                    Files.createDirectories(tar.getParent());
-                    FileEntry entry = Tars.write(backupDir, listFiles(backupDir), tar, path, true);
-                    snapshot.add(entry, tar);
-                    Log.info("sync " + snapshot.timestamp() + ": dolt " + db.path() + " " + Log.bytes(entry.size()) + " in "
-                            + Log.seconds(Duration.between(t, Instant.now())));
+                List<String> files = DoltServer.backupFiles(backupDir);
+                DoltServer.prune(backupDir, files);
+                long newBytes = 0;
+                int newFiles = 0;
+                for (String name : files) {
+                    String path = dir + "/" + name;
+                    Path local = backupDir.resolve(name);
+                    Optional<FileEntry> before = base == null ? Optional.empty() : base.file(path);
+                    if (!name.equals("manifest") && before.isPresent() && before.get().size() == Files.size(local) && snapshot.stored(before.get())) {
+                        snapshot.reuse(before.get());
+                    } else {
+                        FileEntry entry = Sha256.ofFile(local, path);
+                        snapshot.add(entry, local);
+                        if (!snapshot.stored(entry)) {
+                            newBytes += entry.size();
+                            newFiles++;
+                        }
+                    }
                 }
-                FileTrees.delete(backupDir);
-                snapshot.databases().add(facts);
+                snapshot.databases().add(new DatabaseFacts(db.name(), db.path(), dir, serverRunning, DoltServer.branches(dbDir),
+                        DoltServer.backupRoot(backupDir)));
+                Log.info("sync " + snapshot.timestamp() + ": dolt " + db.path() + ": " + newFiles + " new of " + files.size()
+                        + " backup files (" + Log.bytes(newBytes) + ") in " + Log.seconds(Duration.between(t, Instant.now())));
             });
         }
     }
 
     /**
      * What each work tree holds that no commit does (staged, modified, untracked files), by the git directory
-     * its .git leads to. Read just before the files are archived, so the counts describe the archive.
+     * its .git leads to. Read just before the files are packed, so the counts describe the packs.
      */
     private Map<Path, List<WorkTreeFacts>> inspectWorkTrees(Town town, Snapshot snapshot) {
         Map<Path, List<WorkTreeFacts>> byRepo = new HashMap<>();
@@ -347,7 +343,7 @@ public class R2Sync implements Callable<Integer> {
                 Path common = commonDir(wt.gitDir());
                 byRepo.computeIfAbsent(common, k -> new ArrayList<>()).add(GitRepo.inspect(wt.path(), town.named(wt.gitDir()), dir, List.of()));
             } catch (IOException | R2Exception e) {
-                // Its files are archived all the same; only the record of its git state is missing.
+                // Its files are packed all the same; only the record of its git state is missing.
                 Log.warn("sync " + snapshot.timestamp() + ": work tree " + Town.shown(wt.path()) + ": git state not recorded: " + R2Cli.messageChain(e));
             }
         }
@@ -361,52 +357,97 @@ public class R2Sync implements Callable<Integer> {
         return gitDir.resolve(Files.readString(commondir).strip()).normalize().toRealPath();
     }
 
-    /** Every path of the town outside the skip list: .runtime/ trees into runtime.tar, all else into config.tar. */
-    private void archiveFiles(Town town, Snapshot snapshot) throws IOException {
-        Map<Boolean, List<String>> byTar = town.files().stream()
-                .collect(Collectors.partitioningBy(p -> ("/" + p + "/").contains("/.runtime/")));
-        for (boolean runtime : List.of(false, true)) {
-            String path = runtime ? Keys.RUNTIME_TAR : Keys.CONFIG_TAR;
-            List<String> paths = byTar.get(runtime);
-            // The scan lists every directory, so each tar holds exactly its own paths.
-            FileEntry entry = Tars.write(town.root(), paths, town.redacted(), snapshot.dir().resolve(path), path, false, false);
-            snapshot.add(entry, snapshot.dir().resolve(path));
-            Log.info("sync " + snapshot.timestamp() + ": " + path + " " + paths.size() + " paths, " + Log.bytes(entry.size()));
-        }
+    /** Every path of the town outside the skip list: what changed into new packs, the rest as the last snapshot had it. */
+    private void packFiles(Town town, Snapshot snapshot, Manifest base) throws IOException {
+        Instant t = Instant.now();
+        FileIndex previous = previousIndex(base, snapshot);
+        Map<String, FileEntry> previousPacks = new HashMap<>();
+        if (previous != null) base.filesUnder("files").forEach(f -> previousPacks.put(f.path(), f));
+        FilePacks.Packed packed = FilePacks.pack(town, previous, previousPacks, snapshot::stored, snapshot.dir(),
+                "files/" + snapshot.timestamp());
+        packed.written().forEach(snapshot::add);
+        packed.kept().forEach(snapshot::reuse);
+        snapshot.add(packed.index(), packed.indexFile());
+        snapshot.index = packed.indexObject();
+        Log.info("sync " + snapshot.timestamp() + ": files: " + packed.packedPaths() + " paths packed ("
+                + Log.bytes(packed.written().keySet().stream().mapToLong(FileEntry::size).sum()) + " in " + packed.written().size()
+                + " new packs), " + packed.unchangedPaths() + " unchanged in " + packed.kept().size() + " earlier packs, in "
+                + Log.seconds(Duration.between(t, Instant.now())));
         if (!town.skipped().isEmpty())
             Log.info("sync " + snapshot.timestamp() + ": left out by the skip list: " + town.skipped().entrySet().stream()
                     .map(e -> e.getValue() + " x " + e.getKey()).collect(Collectors.joining("; ")));
     }
 
-    /** Every git directory's objects and refs as a bundle; one whose fingerprint did not change is copied. */
+    /** The previous snapshot's file index: at hand in the daemon, else downloaded; null packs everything. */
+    private FileIndex previousIndex(Manifest base, Snapshot snapshot) {
+        if (base == null) return null;
+        try {
+            if (lastIndex != null && base == lastManifest) return lastIndex;
+            FileEntry entry = base.file(Keys.FILE_INDEX).orElseThrow();
+            Path local = snapshot.dir().resolve("previous-index.json.gz");
+            FileEntry got = store.download(config.keys().object(entry), local, entry.path(), new Progress("index", entry.size()));
+            if (!got.equals(entry)) throw new R2Exception(R2Common.EXIT_FAILED, "it does not match its manifest entry");
+            return FileIndex.read(local);
+        } catch (R2Exception | java.util.NoSuchElementException e) {
+            Log.warn("sync " + snapshot.timestamp() + ": the file index of " + base.timestamp() + " is unusable, packing every "
+                    + "file again: " + e.getMessage());
+            return null;
+        }
+    }
+
+    /**
+     * Every git directory's objects and refs as a chain of bundles: unchanged, the previous snapshot's chain;
+     * changed, that chain plus a bundle of what is new since (BundleChain says when to start over).
+     */
     private void bundleRepos(Town town, Map<Path, List<WorkTreeFacts>> workTrees, Snapshot snapshot, Manifest base) {
         for (Town.GitDir gitDir : town.gitDirs()) {
             String repoPath = gitDir.path();
-            String path = Keys.bundle(repoPath);
-            snapshot.attempt("repo " + repoPath, path, base, () -> {
+            RepoFacts before = base == null ? null : base.repo(repoPath).orElse(null);
+            List<FileEntry> beforeFiles = before == null ? List.of()
+                    : before.bundles().stream().map(l -> base.file(l.file()).orElseThrow()).collect(Collectors.toList());
+            snapshot.attempt("repo " + repoPath, beforeFiles, null, before, () -> {
                 Instant t = Instant.now();
                 Path dir = town.root().resolve(repoPath);
                 GitRepo.Refs refs = GitRepo.refs(dir);
                 String fingerprint = GitRepo.fingerprint(dir, refs);
                 List<WorkTreeFacts> trees = workTrees.getOrDefault(dir.toRealPath(), List.of());
-                RepoFacts before = base == null ? null : base.repo(repoPath).orElse(null);
-                String file = path;
+                boolean chainStored = before != null && beforeFiles.stream().allMatch(snapshot::stored);
+                List<BundleLink> links;
                 if (!hasObjects(dir)) {
-                    file = null;
+                    links = List.of();
                     Log.info("sync " + snapshot.timestamp() + ": git " + repoPath + " has no objects yet; recorded");
-                } else if (before != null && fingerprint.equals(before.fingerprint()) && base.file(path).isPresent()) {
-                    snapshot.reuse(base.file(path).get(), base.timestamp());
+                } else if (chainStored && !before.empty() && fingerprint.equals(before.fingerprint())) {
+                    links = before.bundles();
+                    beforeFiles.forEach(snapshot::reuse);
                     Log.info("sync " + snapshot.timestamp() + ": git " + repoPath + " unchanged since " + base.timestamp());
                 } else {
-                    FileEntry entry = GitRepo.writeBundle(dir, refs.refs(), snapshot.dir().resolve(path), path);
-                    snapshot.add(entry, snapshot.dir().resolve(path));
-                    Log.info("sync " + snapshot.timestamp() + ": git " + repoPath + " " + refs.refs().size() + " refs, "
-                            + Log.bytes(entry.size()) + " in " + Log.seconds(Duration.between(t, Instant.now())));
+                    links = extendChain(dir, repoPath, refs, chainStored ? before.bundles() : List.of(),
+                            chainStored ? beforeFiles : List.of(), snapshot);
+                    Log.info("sync " + snapshot.timestamp() + ": git " + repoPath + " " + refs.refs().size() + " refs, chain of "
+                            + links.size() + " bundles, in " + Log.seconds(Duration.between(t, Instant.now())));
                 }
-                snapshot.repos().add(new RepoFacts(repoPath, file, refs.refs(), refs.symrefs(), GitRepo.promisor(dir),
+                snapshot.repos().add(new RepoFacts(repoPath, links, refs.refs(), refs.symrefs(), GitRepo.promisor(dir),
                         fingerprint, trees, null));
             });
         }
+    }
+
+    /** The chain after this cycle: the kept part of the previous one, and a bundle of what it lacks (if anything). */
+    private List<BundleLink> extendChain(Path dir, String repoPath, GitRepo.Refs refs, List<BundleLink> chain,
+                                         List<FileEntry> chainFiles, Snapshot snapshot) throws IOException {
+        BundleChain.Plan plan = BundleChain.plan(dir, chain, chainFiles);
+        List<BundleLink> links = new ArrayList<>(chain.subList(0, plan.keep()));
+        chainFiles.subList(0, plan.keep()).forEach(snapshot::reuse);
+        String name = Keys.bundle(repoPath) + "/" + links.size();
+        Path local = snapshot.dir().resolve(name);
+        GitRepo.Bundle bundle = GitRepo.writeBundle(dir, refs.refs(), plan.prerequisites(), local, name);
+        if (bundle.objects() == 0 && plan.keep() == chain.size() && !chain.isEmpty()) {
+            Files.delete(local);   // only refs moved: the chain holds every object, the manifest the refs
+            return links;
+        }
+        snapshot.add(bundle.entry(), local);
+        links.add(new BundleLink(name, plan.prerequisites(), GitRepo.commitsPresent(dir, refs.refs().values())));
+        return links;
     }
 
     /** False for a git directory that holds no object yet (`git init` and nothing since). */
@@ -423,44 +464,72 @@ public class R2Sync implements Callable<Integer> {
         return new Versions(gt, dolt, git);
     }
 
-    /** Uploads every file (an unchanged one is copied server-side from the previous snapshot), manifest last. */
-    private Transfer upload(Snapshot snapshot, Manifest manifest, Manifest base) {
+    /**
+     * Uploads every file of the snapshot the bucket does not hold yet. One it holds is skipped when the
+     * previous snapshot uses it (garbage collection keeps it) or it is young enough that collection cannot
+     * take it before this sync publishes (an upload of an interrupted sync).
+     */
+    private Transfer upload(Snapshot snapshot, Manifest base) {
         Instant t = Instant.now();
         Keys keys = config.keys();
-        long bytes = 0;
-        int uploaded = 0;
-        int copied = 0;
-        Progress progress = new Progress("upload", snapshot.files().stream()
-                .filter(a -> a.local() != null).mapToLong(a -> a.entry().size()).sum());
+        Set<String> baseKeys = base == null ? Set.of() : base.files().stream().map(keys::object).collect(Collectors.toSet());
+        Instant freshAfter = t.minus(history.gcGrace.dividedBy(2));
+        List<Snapshot.Artifact> toUpload = new ArrayList<>();
+        int present = 0;
         for (Snapshot.Artifact a : snapshot.files()) {
-            String key = keys.object(snapshot.timestamp(), a.entry().path());
-            String copyFrom = a.copyFrom();
-            if (copyFrom == null && base != null && base.file(a.entry().path()).filter(a.entry()::equals).isPresent())
-                copyFrom = base.timestamp();
-            if (copyFrom != null) {
-                store.copy(keys.object(copyFrom, a.entry().path()), key);
-                copied++;
-            } else {
-                store.putFile(key, a.local(), a.entry(), progress);
-                bytes += a.entry().size();
-                uploaded++;
-            }
+            String key = keys.object(a.entry());
+            StoredObject stored = snapshot.stored.get(key);
+            boolean keep = stored != null && stored.size() == a.entry().size()
+                    && (baseKeys.contains(key) || (stored.modified() != null && stored.modified().isAfter(freshAfter)));
+            if (keep) present++;
+            else if (a.local() == null)
+                throw new R2Exception(R2Common.EXIT_FAILED, "sync " + snapshot.timestamp() + ": " + key + " is gone from the bucket "
+                        + "and has no local copy; the next sync starts that part afresh");
+            else toUpload.add(a);
         }
+        long bytes = toUpload.stream().mapToLong(a -> a.entry().size()).sum();
+        Progress progress = new Progress("upload", bytes);
+        for (Snapshot.Artifact a : toUpload) store.putFile(keys.object(a.entry()), a.local(), a.entry(), progress);
         progress.finish();
-        byte[] manifestJson = R2Common.toJson(manifest);
-        store.putBytes(keys.object(snapshot.timestamp(), Keys.MANIFEST), manifestJson);
-        Log.info("sync " + snapshot.timestamp() + ": uploaded " + uploaded + " files (" + Log.bytes(bytes) + "), copied "
-                + copied + " unchanged, manifest last, in " + Log.seconds(Duration.between(t, Instant.now())));
-        return new Transfer(bytes + manifestJson.length, uploaded + 1, copied);
+        Log.info("sync " + snapshot.timestamp() + ": uploaded " + toUpload.size() + " files (" + Log.bytes(bytes) + "), "
+                + present + " already stored, in " + Log.seconds(Duration.between(t, Instant.now())));
+        return new Transfer(bytes, toUpload.size(), present);
+    }
+
+    /**
+     * Publishes the snapshot: creates its manifest.json under a timestamp newer than latest.json's (only if no
+     * other writer has that timestamp), then moves latest.json to it.
+     */
+    private Manifest publish(PointerState previous, Snapshot snapshot) {
+        Instant candidate = Keys.parse(snapshot.timestamp());
+        if (previous.pointer() != null) {
+            Instant latest = Keys.parse(previous.pointer().timestamp());
+            if (!candidate.isAfter(latest)) candidate = latest.plusSeconds(1);
+        }
+        Versions versions = versions();
+        for (int attempt = 0; attempt < 30; attempt++, candidate = candidate.plusSeconds(1)) {
+            Manifest manifest = snapshot.manifest(Keys.format(candidate), config.townId(), config.townRoot().toString(), versions,
+                    history.policy());
+            byte[] json = R2Common.toJson(manifest);
+            try {
+                store.putIfMatch(config.keys().object(manifest.timestamp(), Keys.MANIFEST), json, null);
+            } catch (PreconditionFailed e) {
+                continue;   // another writer holds this second; take the next one
+            }
+            manifests.put(manifest.timestamp(), manifest);
+            movePointer(previous, manifest, json);
+            return manifest;
+        }
+        throw new R2Exception(R2Common.EXIT_FAILED, "sync: could not create a manifest under a free timestamp after 30 tries");
     }
 
     /**
      * Moves latest.json with a conditional write on the ETag read at the start: if another writer moved it
      * meanwhile, a newer snapshot of theirs is never replaced, and ours is discarded.
      */
-    private void movePointer(PointerState previous, Manifest manifest) {
+    private void movePointer(PointerState previous, Manifest manifest, byte[] manifestJson) {
         String timestamp = manifest.timestamp();
-        byte[] pointer = R2Common.toJson(new Pointer(timestamp, Sha256.of(R2Common.toJson(manifest))));
+        byte[] pointer = R2Common.toJson(new Pointer(timestamp, Sha256.of(manifestJson)));
         String expected = previous.etag();
         for (int attempt = 0; attempt < 3; attempt++) {
             try {
@@ -485,66 +554,90 @@ public class R2Sync implements Callable<Integer> {
     }
 
     private void discard(String timestamp) {
+        manifests.remove(timestamp);
         store.delete(store.list(config.keys().snapshot(timestamp)).stream().map(StoredObject::key).collect(Collectors.toList()));
     }
 
     /**
-     * Keeps the newest complete snapshots; removes older ones and the leftovers of syncs that died (a prefix
-     * older than ours without a manifest can never be published: its writer's conditional write would fail).
-     * Never touches ours (the one latest.json names) or anything newer (a sync still uploading).
+     * Applies the history policy to the snapshots up to ours, then collects the objects no remaining snapshot
+     * uses. Never touches ours (the one latest.json names) or anything newer (another writer's). Snapshots of
+     * an older format stay until --keep snapshots of this one exist: until then they may be the only copy the
+     * previous version of this tool can restore. A prefix without a manifest is the leftover of an older
+     * version's interrupted sync.
      */
-    private void applyRetention(String current) {
+    private void applyHistory(String current) {
         Keys keys = config.keys();
         Map<String, List<StoredObject>> byTimestamp = new TreeMap<>(Comparator.reverseOrder());
         for (StoredObject o : store.list(keys.snapshots())) {
             String ts = keys.timestampOf(o.key());
             if (ts != null) byTimestamp.computeIfAbsent(ts, k -> new ArrayList<>()).add(o);
         }
-        List<String> doomed = new ArrayList<>();
-        List<String> removed = new ArrayList<>();
-        int completeKept = 0;
+        List<String> ours = new ArrayList<>();
         List<String> olderFormat = new ArrayList<>();
+        List<String> unfinished = new ArrayList<>();
         for (Map.Entry<String, List<StoredObject>> e : byTimestamp.entrySet()) {
             String ts = e.getKey();
-            boolean complete = e.getValue().stream().anyMatch(o -> o.key().equals(keys.object(ts, Keys.MANIFEST)));
             if (ts.compareTo(current) > 0) continue;
-            if (complete && !ts.equals(current) && formatOf(ts) != Manifest.FORMAT) {
-                olderFormat.add(ts);   // this tool cannot restore it, so it never counts toward --keep
-                continue;
-            }
-            if (ts.equals(current) || (complete && completeKept < keep)) {
-                if (complete) completeKept++;
-                continue;
-            }
-            removed.add(ts + (complete ? "" : " (unfinished)"));
-            e.getValue().forEach(o -> doomed.add(o.key()));
+            boolean complete = e.getValue().stream().anyMatch(o -> o.key().equals(keys.object(ts, Keys.MANIFEST)));
+            if (!complete) unfinished.add(ts);
+            else if (formatOf(ts) == Manifest.FORMAT) ours.add(ts);
+            else olderFormat.add(ts);
         }
-        // Snapshots of an older format stay until --keep snapshots of this one exist: until then they may be
-        // the only copy of the town that the previous version of this tool can restore.
-        if (completeKept >= keep)
-            for (String ts : olderFormat) {
-                removed.add(ts + " (format " + formatOf(ts) + ")");
-                byTimestamp.get(ts).forEach(o -> doomed.add(o.key()));
-            }
+        Map<String, String> kept = history.policy().keep(ours);
+        List<String> removed = ours.stream().filter(ts -> !kept.containsKey(ts) && !ts.equals(current)).collect(Collectors.toList());
+        int keptCount = ours.size() - removed.size();
+        if (keptCount >= history.last) removed.addAll(olderFormat);
+        removed.addAll(unfinished);
+        List<String> doomed = new ArrayList<>();
+        for (String ts : removed) byTimestamp.get(ts).forEach(o -> doomed.add(o.key()));
         if (!doomed.isEmpty()) store.delete(doomed);
-        int aborted = 0;
-        for (PendingUpload u : store.pendingUploads(keys.snapshots())) {
-            String ts = keys.timestampOf(u.key());
-            if (ts == null || ts.compareTo(current) < 0) {
-                store.abort(u);
-                aborted++;
+        removed.forEach(manifests::remove);
+        if (!removed.isEmpty()) Log.info("sync " + current + ": history policy (" + history.policy().describe() + ") removed "
+                + removed.size() + " snapshot(s) " + removed + "; " + keptCount + " kept");
+        collectGarbage(current, byTimestamp.keySet().stream().filter(ts -> !removed.contains(ts)).collect(Collectors.toList()));
+    }
+
+    /** Deletes the objects none of the remaining snapshots uses, once they are older than the grace period. */
+    private void collectGarbage(String current, List<String> remaining) {
+        Keys keys = config.keys();
+        Set<String> used = new HashSet<>();
+        for (String ts : remaining) {
+            if (formatOf(ts) != Manifest.FORMAT) continue;   // an older format keeps its files under its own prefix
+            Manifest m = manifest(ts);
+            if (m == null) {
+                Log.warn("sync " + current + ": garbage collection skipped: the manifest of " + ts + " cannot be read");
+                return;
             }
+            m.files().forEach(f -> used.add(keys.object(f)));
         }
-        if (!removed.isEmpty() || aborted > 0)
-            Log.info("sync " + current + ": retention removed " + removed.size() + " snapshot(s) " + removed
-                    + (aborted > 0 ? " and aborted " + aborted + " unfinished upload(s)" : ""));
+        GarbageCollector.Collected c = GarbageCollector.collect(store, keys, used, history.gcGrace, Instant.now());
+        if (c.deleted() > 0 || c.young() > 0)
+            Log.info("sync " + current + ": garbage collection removed " + c.deleted() + " unused object(s) (" + Log.bytes(c.bytes())
+                    + "); " + c.young() + " unused but younger than " + DurationConverter.format(history.gcGrace) + " kept ("
+                    + Log.bytes(c.youngBytes()) + ")");
+    }
+
+    /** A complete snapshot's manifest in this format, read once and remembered; null for an older format. */
+    private Manifest manifest(String timestamp) {
+        Manifest cached = manifests.get(timestamp);
+        if (cached != null) return cached;
+        if (formats.containsKey(timestamp) && formats.get(timestamp) != Manifest.FORMAT) return null;
+        Optional<Versioned> json = store.get(config.keys().object(timestamp, Keys.MANIFEST));
+        if (json.isEmpty()) throw new R2Exception(R2Common.EXIT_FAILED, "manifest of " + timestamp + " is missing");
+        int format = Manifest.formatOf(json.get().data());
+        formats.put(timestamp, format);
+        if (format != Manifest.FORMAT) return null;
+        Manifest manifest = R2Common.fromJson(json.get().data(), Manifest.class, "manifest of " + timestamp);
+        manifests.put(timestamp, manifest);
+        return manifest;
     }
 
     /**
      * The manifest format of a complete snapshot, read once and remembered; -1 when it cannot be read, which
-     * retention treats like an older format (kept until --keep snapshots of this format exist).
+     * the history policy treats like an older format (kept until --keep snapshots of this format exist).
      */
     private int formatOf(String timestamp) {
+        if (manifests.containsKey(timestamp)) return Manifest.FORMAT;
         return formats.computeIfAbsent(timestamp, ts -> {
             try {
                 return store.get(config.keys().object(ts, Keys.MANIFEST)).map(v -> Manifest.formatOf(v.data())).orElse(-1);
@@ -563,7 +656,7 @@ public class R2Sync implements Callable<Integer> {
         body.put("durationMs", result.took().toMillis());
         body.put("bytesUploaded", result.transfer().bytes());
         body.put("filesUploaded", result.transfer().uploaded());
-        body.put("filesCopied", result.transfer().copied());
+        body.put("filesAlreadyStored", result.transfer().present());
         if (!result.problems().isEmpty())
             body.put("problems", result.problems().stream().map(p -> p.part() + ": " + Log.redact(p.error())).collect(Collectors.toList()));
         if (failure != null) body.put("error", Log.redact(R2Cli.messageChain(failure)));
@@ -595,7 +688,7 @@ public class R2Sync implements Callable<Integer> {
 
     record PointerState(Pointer pointer, String etag) {}
 
-    record Transfer(long bytes, int uploaded, int copied) {
+    record Transfer(long bytes, int uploaded, int present) {
         static final Transfer NONE = new Transfer(0, 0, 0);
     }
 
@@ -605,9 +698,10 @@ public class R2Sync implements Callable<Integer> {
         }
     }
 
-    /** What one sync has built so far: files to upload (or to carry over), facts, and problems. */
+    /** What one sync has built so far: files to upload (or already stored), facts, and problems. */
     static final class Snapshot {
-        record Artifact(FileEntry entry, Path local, String copyFrom) {}
+        /** A file of the snapshot and its local copy (null: the bucket holds it, from an earlier snapshot). */
+        record Artifact(FileEntry entry, Path local) {}
 
         interface Step {
             void run() throws IOException;
@@ -615,39 +709,57 @@ public class R2Sync implements Callable<Integer> {
 
         private final String timestamp;
         private final Path dir;
+        private final Keys keys;
+        /** The bucket's objects when the sync started. */
+        final Map<String, StoredObject> stored;
+        /** The snapshot this one builds on (its files are carried over when a part fails), or null. */
+        private final String baseTimestamp;
         private final List<Artifact> files = new ArrayList<>();
         private final List<DatabaseFacts> databases = new ArrayList<>();
         private final List<RepoFacts> repos = new ArrayList<>();
         private final List<Problem> problems = new ArrayList<>();
+        private FileIndex index;
         private int succeeded;
         private int attempted;
 
-        Snapshot(String timestamp, Path dir) {
+        Snapshot(String timestamp, Path dir, Keys keys, Map<String, StoredObject> stored, String baseTimestamp) {
             this.timestamp = timestamp;
             this.dir = dir;
+            this.keys = keys;
+            this.stored = stored;
+            this.baseTimestamp = baseTimestamp;
         }
 
         String timestamp() { return timestamp; }
         Path dir() { return dir; }
+        FileIndex index() { return index; }
         List<Artifact> files() { return files; }
         List<DatabaseFacts> databases() { return databases; }
         List<RepoFacts> repos() { return repos; }
 
         void add(FileEntry entry, Path local) {
-            files.add(new Artifact(entry, local, null));
+            files.add(new Artifact(entry, local));
         }
 
-        void reuse(FileEntry entry, String fromTimestamp) {
-            files.add(new Artifact(entry, null, fromTimestamp));
+        void reuse(FileEntry entry) {
+            files.add(new Artifact(entry, null));
+        }
+
+        /** True when the bucket held this file when the sync started. */
+        boolean stored(FileEntry entry) {
+            StoredObject o = stored.get(keys.object(entry));
+            return o != null && o.size() == entry.size();
         }
 
         /**
          * Runs one part of the backup. A part whose source fails (a locked database, a corrupt repo) is
-         * recorded as a problem and, where the previous snapshot has it, carried over from there, marked.
-         * A local disk failure (no space) fails the whole sync instead: nothing would be trustworthy.
+         * recorded as a problem and, where the previous snapshot has it and the bucket still holds its files,
+         * carried over from there, marked. A local disk failure (no space) fails the whole sync instead:
+         * nothing would be trustworthy.
          */
-        void attempt(String part, String path, Manifest base, Step step) {
+        void attempt(String part, List<FileEntry> previousFiles, DatabaseFacts previousDb, RepoFacts previousRepo, Step step) {
             attempted++;
+            int filesBefore = files.size();
             try {
                 step.run();
                 succeeded++;
@@ -657,13 +769,15 @@ public class R2Sync implements Callable<Integer> {
                 String error = R2Cli.messageChain(e);
                 if (error.toLowerCase(Locale.ROOT).contains("no space left"))
                     throw new R2Exception(R2Common.EXIT_FAILED, "sync: " + part + ": " + error, e);
+                files.subList(filesBefore, files.size()).clear();
                 String carried = null;
-                if (base != null && base.file(path).isPresent()) {
-                    reuse(base.file(path).get(), base.timestamp());
-                    base.databases().stream().filter(d -> part.equals("database " + d.path())).findFirst().ifPresent(databases::add);
-                    base.repos().stream().filter(r -> part.equals("repo " + r.path())).findFirst()
-                            .ifPresent(r -> repos.add(r.carriedFrom(base.timestamp())));
-                    carried = base.timestamp();
+                boolean canCarry = (previousDb != null || previousRepo != null) && previousFiles.stream().allMatch(this::stored);
+                if (canCarry) {
+                    previousFiles.forEach(this::reuse);
+                    if (previousDb != null) databases.add(previousDb);
+                    if (previousRepo != null)
+                        repos.add(previousRepo.carriedFrom(previousRepo.carriedFrom() != null ? previousRepo.carriedFrom() : baseTimestamp));
+                    carried = baseTimestamp;
                 }
                 problems.add(new Problem(part, Log.redact(error), carried));
                 Log.error("sync " + timestamp + ": " + part + " NOT backed up" + (carried != null
@@ -678,9 +792,9 @@ public class R2Sync implements Callable<Integer> {
                         + problems.stream().map(p -> p.part() + ": " + p.error()).collect(Collectors.joining("; ")));
         }
 
-        Manifest manifest(String townId, String townRoot, Versions versions) {
-            return new Manifest(Manifest.FORMAT, R2Common.VERSION, townId, timestamp, Instant.now().toString(), townRoot, versions,
-                    files.stream().map(Artifact::entry).collect(Collectors.toList()), databases, repos, problems);
+        Manifest manifest(String publishedAs, String townId, String townRoot, Versions versions, HistoryPolicy history) {
+            return new Manifest(Manifest.FORMAT, R2Common.VERSION, townId, publishedAs, Instant.now().toString(), townRoot, versions,
+                    history, files.stream().map(Artifact::entry).collect(Collectors.toList()), databases, repos, problems);
         }
     }
 
@@ -740,20 +854,6 @@ public class R2Sync implements Callable<Integer> {
         public void close() throws IOException {
             lock.release();
             channel.close();
-        }
-    }
-
-    static String hostname() {
-        try {
-            return InetAddress.getLocalHost().getHostName();
-        } catch (IOException e) {
-            return "unknown";
-        }
-    }
-
-    private static List<String> listFiles(Path dir) throws IOException {
-        try (Stream<Path> s = Files.walk(dir)) {
-            return s.filter(Files::isRegularFile).map(p -> dir.relativize(p).toString()).sorted().collect(Collectors.toList());
         }
     }
 

@@ -10,7 +10,6 @@ import java.io.*;
 import java.nio.channels.Channels;
 import java.nio.channels.FileChannel;
 import java.nio.file.*;
-import java.nio.file.attribute.FileTime;
 import java.nio.file.attribute.PosixFilePermission;
 import java.nio.file.attribute.PosixFilePermissions;
 import java.util.*;
@@ -21,69 +20,52 @@ final class Tars {
 
     private Tars() {}
 
+    /** A tar written: its entry (size, sha256) and the paths that were gone by the time they were read. */
+    record Written(FileEntry entry, Set<String> missing) {}
+
     /**
-     * Writes the given town-relative paths (directories, files, symlinks; and the directories above them)
-     * into a tar, hashing while writing. Entries are sorted and carry mode and mtime but no owner, so the
-     * same files give the same bytes. With zeroTimes, mtimes are 0 too (for content that is rewritten each
-     * cycle but unchanged). A path in redacted is a small text file written with URL credentials removed.
-     * With withParents false, only the paths given are written (the caller lists every directory itself).
+     * Writes exactly the given town-relative paths (directories, files, symlinks) into a tar, hashing while
+     * writing. Entries are sorted and carry mode and mtime but no owner, so the same files give the same
+     * bytes. A path in redacted is a small text file written with URL credentials removed.
      */
-    static FileEntry write(Path root, List<String> paths, Set<String> redacted, Path tarFile, String snapshotPath,
-                           boolean zeroTimes, boolean withParents) throws IOException {
+    static Written write(Path root, List<String> paths, Set<String> redacted, Path tarFile, String name) throws IOException {
         Sha256.HashingOutputStream hashing;
+        Set<String> missing = new HashSet<>();
         try (OutputStream file = Files.newOutputStream(tarFile, StandardOpenOption.CREATE_NEW)) {
             hashing = new Sha256.HashingOutputStream(new BufferedOutputStream(file, 1 << 16));
             try (TarArchiveOutputStream tar = new TarArchiveOutputStream(hashing)) {
                 tar.setLongFileMode(TarArchiveOutputStream.LONGFILE_POSIX);
                 tar.setBigNumberMode(TarArchiveOutputStream.BIGNUMBER_POSIX);
                 tar.setAddPaxHeadersForNonAsciiNames(true);
-                Set<String> dirsWritten = new HashSet<>();
                 for (String rel : new TreeSet<>(paths)) {
                     Path source = root.resolve(rel);
                     try {
-                        if (withParents) writeParents(root, rel, tar, dirsWritten, zeroTimes);
-                        if (Files.isSymbolicLink(source)) writeSymlink(source, rel, tar, zeroTimes);
-                        else if (Files.isDirectory(source, LinkOption.NOFOLLOW_LINKS)) writeDir(source, rel + "/", tar, dirsWritten, zeroTimes);
-                        else if (redacted.contains(rel)) writeRedacted(source, rel, tar, zeroTimes);
-                        else if (Files.isRegularFile(source, LinkOption.NOFOLLOW_LINKS)) writeFile(source, rel, tar, zeroTimes);
+                        if (Files.isSymbolicLink(source)) writeSymlink(source, rel, tar);
+                        else if (Files.isDirectory(source, LinkOption.NOFOLLOW_LINKS)) writeDir(source, rel + "/", tar);
+                        else if (redacted.contains(rel)) writeRedacted(source, rel, tar);
+                        else if (Files.isRegularFile(source, LinkOption.NOFOLLOW_LINKS)) writeFile(source, rel, tar);
+                        else missing.add(rel);
                     } catch (NoSuchFileException e) {
-                        // removed since the scan: the town no longer holds it
+                        missing.add(rel);   // removed since the scan: the town no longer holds it
                     }
                 }
                 tar.finish();
             }
         }
-        return hashing.entry(snapshotPath);
+        return new Written(hashing.entry(name), missing);
     }
 
-    /** Writes files of a directory tree (a dolt backup) with zero mtimes: see write. */
-    static FileEntry write(Path root, List<String> paths, Path tarFile, String snapshotPath, boolean zeroTimes) throws IOException {
-        return write(root, paths, Set.of(), tarFile, snapshotPath, zeroTimes, true);
-    }
-
-    private static void writeParents(Path root, String rel, TarArchiveOutputStream tar, Set<String> written,
-                                     boolean zeroTimes) throws IOException {
-        String[] parts = rel.split("/");
-        StringBuilder dir = new StringBuilder();
-        for (int i = 0; i < parts.length - 1; i++) {
-            dir.append(parts[i]).append('/');
-            writeDir(root.resolve(dir.toString()), dir.toString(), tar, written, zeroTimes);
-        }
-    }
-
-    /** A directory entry ("name/"), once; empty directories come back because they are written too. */
-    private static void writeDir(Path p, String name, TarArchiveOutputStream tar, Set<String> written, boolean zeroTimes)
-            throws IOException {
-        if (!written.add(name)) return;
+    /** A directory entry ("name/"): empty directories come back because they are written too. */
+    private static void writeDir(Path p, String name, TarArchiveOutputStream tar) throws IOException {
         TarArchiveEntry e = new TarArchiveEntry(name, TarConstants.LF_DIR);
         e.setMode(TarArchiveEntry.DEFAULT_DIR_MODE & ~0777 | mode(p));
-        e.setLastModifiedTime(zeroTimes ? FileTime.fromMillis(0) : Files.getLastModifiedTime(p, LinkOption.NOFOLLOW_LINKS));
+        e.setLastModifiedTime(Files.getLastModifiedTime(p, LinkOption.NOFOLLOW_LINKS));
         tar.putArchiveEntry(e);
         tar.closeArchiveEntry();
     }
 
     /** Git's config may hold a token inside a remote URL: the archive gets the file with it removed. */
-    private static void writeRedacted(Path source, String rel, TarArchiveOutputStream tar, boolean zeroTimes) throws IOException {
+    private static void writeRedacted(Path source, String rel, TarArchiveOutputStream tar) throws IOException {
         if (Files.size(source) > (1 << 20))
             throw new IOException(rel + " is larger than 1 MiB, too large for a git config");
         byte[] data = Log.redactUrl(Files.readString(source, java.nio.charset.StandardCharsets.UTF_8))
@@ -91,21 +73,21 @@ final class Tars {
         TarArchiveEntry e = new TarArchiveEntry(rel);
         e.setSize(data.length);
         e.setMode(TarArchiveEntry.DEFAULT_FILE_MODE & ~0777 | mode(source));
-        e.setLastModifiedTime(zeroTimes ? FileTime.fromMillis(0) : Files.getLastModifiedTime(source));
+        e.setLastModifiedTime(Files.getLastModifiedTime(source));
         tar.putArchiveEntry(e);
         tar.write(data);
         tar.closeArchiveEntry();
     }
 
-    private static void writeSymlink(Path source, String rel, TarArchiveOutputStream tar, boolean zeroTimes) throws IOException {
+    private static void writeSymlink(Path source, String rel, TarArchiveOutputStream tar) throws IOException {
         TarArchiveEntry e = new TarArchiveEntry(rel, TarConstants.LF_SYMLINK);
         e.setLinkName(Files.readSymbolicLink(source).toString());
-        e.setLastModifiedTime(zeroTimes ? FileTime.fromMillis(0) : Files.getLastModifiedTime(source, LinkOption.NOFOLLOW_LINKS));
+        e.setLastModifiedTime(Files.getLastModifiedTime(source, LinkOption.NOFOLLOW_LINKS));
         tar.putArchiveEntry(e);
         tar.closeArchiveEntry();
     }
 
-    private static void writeFile(Path source, String rel, TarArchiveOutputStream tar, boolean zeroTimes) throws IOException {
+    private static void writeFile(Path source, String rel, TarArchiveOutputStream tar) throws IOException {
         try (FileChannel ch = FileChannel.open(source, StandardOpenOption.READ)) {
             // The size is taken once from the open file; a file that shrinks while being read (a live town)
             // is padded so the archive stays well-formed, and the next cycle captures it again.
@@ -113,7 +95,7 @@ final class Tars {
             TarArchiveEntry e = new TarArchiveEntry(rel);
             e.setSize(size);
             e.setMode(TarArchiveEntry.DEFAULT_FILE_MODE & ~0777 | mode(source));
-            e.setLastModifiedTime(zeroTimes ? FileTime.fromMillis(0) : Files.getLastModifiedTime(source));
+            e.setLastModifiedTime(Files.getLastModifiedTime(source));
             tar.putArchiveEntry(e);
             InputStream in = Channels.newInputStream(ch);
             byte[] buf = new byte[1 << 16];
@@ -162,23 +144,17 @@ final class Tars {
         }
     }
 
-    /** Extracts a tar and sets its directories' modes and mtimes at once (see the other extract). */
-    static void extract(Path tarFile, Path dest) throws IOException {
-        DirMetadata dirs = new DirMetadata();
-        extract(tarFile, dest, dirs);
-        dirs.apply();
-    }
-
     /**
      * Extracts a tar into dest, refusing anything that could write outside it: absolute names, '..', a
      * path through a symlink or a file, an entry written twice, a hard link to anything but a file earlier
      * in the archive, device nodes and fifos, sparse entries, and entries larger than the archive itself
      * (a tar bomb). A symlink is data and may point anywhere, but nothing is ever written through one.
      * File modes and mtimes are kept; directories' go into dirs, for the caller to apply when the tree is
-     * complete. A refused archive throws; what was written stays inside dest.
+     * complete. Only the entries named in wanted are written (a pack holds paths that later snapshots packed
+     * again); the names found are returned. A refused archive throws; what was written stays inside dest.
      */
-    static void extract(Path tarFile, Path dest, DirMetadata dirs) throws IOException {
-        String archive = tarFile.getFileName().toString();
+    static Set<String> extract(Path tarFile, String archive, Path dest, DirMetadata dirs, Set<String> wanted) throws IOException {
+        Set<String> found = new HashSet<>();
         Path destReal = dest.toRealPath();
         long budget = Files.size(tarFile);
         Set<String> regularFiles = new HashSet<>();
@@ -187,7 +163,9 @@ final class Tars {
             for (TarArchiveEntry e; (e = nextEntry(in, archive)) != null; ) {
                 if (++count > MAX_ENTRIES) throw refuse(archive, e.getName(), "more than " + MAX_ENTRIES + " entries");
                 String name = e.getName();
+                if (!wanted.contains(stripSlash(name))) continue;
                 Path target = safeTarget(archive, destReal, name);
+                if (!found.add(stripSlash(name))) throw refuse(archive, name, "appears twice");
                 if (e.isDirectory()) {
                     createDirs(archive, destReal, target, name);
                     dirs.dirs.put(target, e);
@@ -221,6 +199,7 @@ final class Tars {
         } catch (EOFException e) {
             throw new R2Exception(R2Common.EXIT_FAILED, archive + ": truncated archive");
         }
+        return found;
     }
 
     /**

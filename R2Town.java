@@ -11,6 +11,8 @@ import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.*;
 import java.nio.file.attribute.BasicFileAttributes;
+import java.nio.file.attribute.PosixFileAttributes;
+import java.nio.file.attribute.PosixFilePermissions;
 import java.util.*;
 import java.util.regex.Pattern;
 import java.util.stream.Collectors;
@@ -20,11 +22,14 @@ import java.util.stream.Stream;
  * What the scan found. Paths are town-relative with '/' separators.
  *
  * @param files     every directory, regular file and symlink to archive, parents before children
+ * @param stats     what the scan saw of each of them (to tell, next cycle, that a path did not change)
  * @param redacted  the git config files among them, archived with URL credentials removed
  * @param skipped   how many paths each skip-list entry left out (for the log)
+ * @param scannedAt when the scan started
  */
 record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<WorkTree> workTrees,
-            List<String> files, Set<String> redacted, Map<String, Integer> skipped) {
+            List<String> files, Map<String, PathStat> stats, Set<String> redacted, Map<String, Integer> skipped,
+            java.time.Instant scannedAt) {
     /** gt recognises a town by this file; nothing else is ever backed up. */
     static final String TOWN_MARKER = "mayor/town.json";
     /** This tool's own directories at the town root, and the filesystem's: never part of the town. */
@@ -59,10 +64,12 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
     static Town scan(Path root) throws IOException {
         if (!Files.isDirectory(root))
             throw new R2Exception(R2Common.EXIT_USAGE, "town root " + root + " is not a directory (GT_TOWN_ROOT)");
+        java.time.Instant started = java.time.Instant.now();
         Scan scan = new Scan(root);
         scan.walk(root, Files.exists(root.resolve(".git"), LinkOption.NOFOLLOW_LINKS) ? root : null, null);
         return new Town(root, List.copyOf(scan.databases), List.copyOf(scan.gitDirs), List.copyOf(scan.workTrees),
-                List.copyOf(scan.files), Set.copyOf(scan.redacted), Collections.unmodifiableMap(scan.skipped));
+                List.copyOf(scan.files), Collections.unmodifiableMap(scan.stats), Set.copyOf(scan.redacted),
+                Collections.unmodifiableMap(scan.skipped), started);
     }
 
     /** Town-relative path with '/' separators. */
@@ -130,6 +137,7 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
         private final List<GitDir> gitDirs = new ArrayList<>();
         private final List<WorkTree> workTrees = new ArrayList<>();
         private final List<String> files = new ArrayList<>();
+        private final Map<String, PathStat> stats = new HashMap<>();
         private final Set<String> redacted = new HashSet<>();
         private final Map<String, Integer> skipped = new TreeMap<>();
 
@@ -145,9 +153,9 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
             if (workTree != null && workTree.equals(dir)) workTrees.add(new WorkTree(relative(root, dir), gitDirOf(dir)));
             for (Path child : children(dir)) {
                 String rel = relative(root, child);
-                BasicFileAttributes attrs;
+                PosixFileAttributes attrs;
                 try {
-                    attrs = Files.readAttributes(child, BasicFileAttributes.class, LinkOption.NOFOLLOW_LINKS);
+                    attrs = Files.readAttributes(child, PosixFileAttributes.class, LinkOption.NOFOLLOW_LINKS);
                 } catch (NoSuchFileException e) {
                     continue;   // removed while walking
                 }
@@ -156,10 +164,11 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
                     skipped.merge(skip.pattern(), 1, Integer::sum);
                     continue;
                 }
-                if (attrs.isSymbolicLink()) {
+                if (attrs.isSymbolicLink() || attrs.isDirectory() || attrs.isRegularFile()) {
                     files.add(rel);
-                } else if (attrs.isDirectory()) {
-                    files.add(rel);
+                    stats.put(rel, stat(attrs));
+                }
+                if (attrs.isDirectory()) {
                     Path innerGitDir = gitDir;
                     if (isGitDir(child)) {
                         gitDirs.add(new GitDir(rel));
@@ -171,10 +180,17 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
                             ? child : workTree;
                     walk(child, innerWorkTree, innerGitDir);
                 } else if (attrs.isRegularFile()) {
-                    files.add(rel);
                     if (gitDir != null && child.equals(gitDir.resolve("config"))) redacted.add(rel);
                 }
             }
+        }
+
+        /** Type, mode, size, mtime and inode: a path whose signature is unchanged is not read again. */
+        private static PathStat stat(PosixFileAttributes a) {
+            String type = a.isDirectory() ? "d" : a.isSymbolicLink() ? "l" : "f";
+            java.time.Instant mtime = a.lastModifiedTime().toInstant();
+            return new PathStat(a.isRegularFile() ? a.size() : 0, type + " " + PosixFilePermissions.toString(a.permissions())
+                    + " " + a.size() + " " + mtime + " " + a.fileKey(), mtime);
         }
 
         private static List<Path> children(Path dir) throws IOException {

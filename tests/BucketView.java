@@ -72,15 +72,33 @@ record BucketView(S3Client s3, String bucket, String townId) {
         return prefixes().stream().filter(ts -> find(keys().object(ts, Keys.MANIFEST)).isPresent()).collect(Collectors.toList());
     }
 
+    /** The object a snapshot's file lives in (under incremental/, shared with other snapshots). */
+    String objectKey(String timestamp, String path) {
+        FileEntry f = manifest(timestamp).file(path).orElseThrow(() -> new AssertionError(timestamp + " has no file " + path));
+        return keys().object(f);
+    }
+
     /** Downloads a snapshot file to dir/<path>. */
     Path download(String timestamp, String path, Path dir) {
         Path target = dir.resolve(path);
         try {
             Files.createDirectories(target.getParent());
-            Files.write(target, get(keys().object(timestamp, path)));
+            Files.write(target, get(objectKey(timestamp, path)));
         } catch (IOException e) {
             throw new UncheckedIOException(e);
         }
         return target;
+    }
+
+    /** Downloads every file of a snapshot dir (a database's backup) to dir/<prefix>/. */
+    Path downloadDir(String timestamp, String prefix, Path dir) {
+        for (FileEntry f : manifest(timestamp).filesUnder(prefix)) download(timestamp, f.path(), dir);
+        return dir.resolve(prefix);
+    }
+
+    /** Every town path the snapshot's file index names (what its packs hold for it). */
+    List<String> packedPaths(String timestamp, Path scratch) {
+        Path index = download(timestamp, Keys.FILE_INDEX, scratch);
+        return FileIndex.read(index).entries().stream().map(FileIndex.Entry::path).collect(Collectors.toList());
     }
 }

@@ -333,6 +333,11 @@ final class FaultKit {
             return town(townId) + "snapshots/" + ts + "/";
         }
 
+        /** Keys of every object under prefix, sorted. */
+        List<String> keys(String bucket, String prefix) {
+            return new ArrayList<>(list(bucket, prefix).keySet());
+        }
+
         /** Key -> size of every object under prefix. */
         SortedMap<String, Long> list(String bucket, String prefix) {
             SortedMap<String, Long> out = new TreeMap<>();
@@ -428,7 +433,7 @@ final class FaultKit {
             if (!files.isArray() || files.size() == 0) throw new DataLoss("manifest.json of " + ts + " lists no files");
             for (JsonNode f : files) {
                 String path = f.path("path").asText();
-                String[] got = hash(bucket, base + path);
+                String[] got = hash(bucket, town(townId) + "incremental/" + path + "/" + f.path("sha256").asText());
                 if (got == null) throw new DataLoss(ts + "/" + path + " is missing");
                 if (!got[0].equals(f.path("sha256").asText()) || Long.parseLong(got[1]) != f.path("size").asLong())
                     throw new DataLoss(ts + "/" + path + " does not match its manifest entry");

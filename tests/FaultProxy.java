@@ -300,18 +300,15 @@ final class FaultProxy implements AutoCloseable {
 
     // ---- predicates for S3 requests (path-style: /bucket/key) ----
 
-    /** A plain object PUT (not a copy, not a part) of a key ending with {@code suffix}. */
-    static Predicate<Request> put(String suffix) {
-        return r -> r.method().equals("PUT") && !r.isCopy() && !r.hasParam("partNumber") && r.key().endsWith(suffix);
+    // A snapshot file's key is incremental/<its path>/<sha256>: predicates match a part of the key.
+
+    /** A plain object PUT (not a copy, not a part) of a key containing {@code part}. */
+    static Predicate<Request> put(String part) {
+        return r -> r.method().equals("PUT") && !r.isCopy() && !r.hasParam("partNumber") && r.key().contains(part);
     }
 
-    /** A server-side copy onto a key ending with {@code suffix}. */
-    static Predicate<Request> copyTo(String suffix) {
-        return r -> r.method().equals("PUT") && r.isCopy() && r.key().endsWith(suffix);
-    }
-
-    static Predicate<Request> get(String suffix) {
-        return r -> r.method().equals("GET") && !r.key().isEmpty() && r.key().endsWith(suffix);
+    static Predicate<Request> get(String part) {
+        return r -> r.method().equals("GET") && !r.key().isEmpty() && r.key().contains(part);
     }
 
     /** The batch delete of retention: POST /bucket?delete. */
@@ -329,16 +326,16 @@ final class FaultProxy implements AutoCloseable {
         return r -> r.method().equals("GET") && r.key().isEmpty() && r.hasParam("uploads");
     }
 
-    static Predicate<Request> createUpload(String suffix) {
-        return r -> r.method().equals("POST") && r.hasParam("uploads") && r.key().endsWith(suffix);
+    static Predicate<Request> createUpload(String keyPart) {
+        return r -> r.method().equals("POST") && r.hasParam("uploads") && r.key().contains(keyPart);
     }
 
-    static Predicate<Request> uploadPart(String suffix, int part) {
-        return r -> r.method().equals("PUT") && String.valueOf(part).equals(r.param("partNumber")) && r.key().endsWith(suffix);
+    static Predicate<Request> uploadPart(String keyPart, int part) {
+        return r -> r.method().equals("PUT") && String.valueOf(part).equals(r.param("partNumber")) && r.key().contains(keyPart);
     }
 
-    static Predicate<Request> completeUpload(String suffix) {
-        return r -> r.method().equals("POST") && r.hasParam("uploadId") && r.key().endsWith(suffix);
+    static Predicate<Request> completeUpload(String keyPart) {
+        return r -> r.method().equals("POST") && r.hasParam("uploadId") && r.key().contains(keyPart);
     }
 
     // ---- the proxy ----

@@ -66,7 +66,9 @@ class FaultSuiteTest {
     static final Duration SYNC_TIMEOUT = Duration.ofMinutes(3);
     static final Duration POINT_TIMEOUT = Duration.ofSeconds(90);
     static final int KEEP = 3;
-    /** Above the product's 64 MiB multipart threshold, so config.tar goes up in parts. */
+    /** A pack's key holds the pack's name, files/<timestamp>-<n>.tar. */
+    static final String PACK = ".tar/";
+    /** Above the product's 64 MiB multipart threshold, so its pack goes up in parts. */
     static final int BIG_FILE = 70 * 1000 * 1000;
     /** Enough to fill the small filesystems of the full-disk faults (and cheaper to move than BIG_FILE). */
     static final int MEDIUM_FILE = 12 * 1000 * 1000;
@@ -273,7 +275,6 @@ class FaultSuiteTest {
     /** The local phases: dolt backup, git bundle, tar, version probe, and kills at time offsets. */
     private static List<CrashPoint> localPhasePoints() {
         return List.of(
-                point("while claiming the snapshot prefix (claim.json)", Expect.BEFORE, Touch.NONE, holdRequest(FaultProxy.put("/claim.json"))),
                 point("during dolt backup of the first database", Expect.BEFORE, Touch.NONE, child(c -> c.contains("backup sync-url"), 1)),
                 point("during dolt backup of the second database", Expect.BEFORE, Touch.NONE, child(c -> c.contains("backup sync-url"), 2)),
                 new CrashPoint("during dolt backup through the town's running dolt sql-server (which lives on)", Expect.BEFORE,
@@ -282,7 +283,7 @@ class FaultSuiteTest {
                         child(c -> c.contains("pack-objects") && c.contains("/alpha/.repo.git"), 1)),
                 point("during git bundle of the mayor clone", Expect.BEFORE, Touch.REFS,
                         child(c -> c.contains("pack-objects") && c.contains("/alpha/mayor/rig/.git"), 1)),
-                point("between config.tar and runtime.tar", Expect.BEFORE, Touch.ALL, logLine(": config.tar ")),
+                point("between packing the files and bundling the repos", Expect.BEFORE, Touch.ALL, logLine(": files: ")),
                 point("while probing tool versions", Expect.BEFORE, Touch.NONE, child(c -> c.contains("dolt version"), 1)),
                 point("at 30% of a sync's run time", Expect.BEFORE, Touch.ALL, afterFraction(0.3)),
                 point("at 70% of a sync's run time", Expect.BEFORE, Touch.ALL, afterFraction(0.7)));
@@ -291,34 +292,33 @@ class FaultSuiteTest {
     /** Each upload, the manifest, the pointer, and retention (all held in the proxy while the kill lands). */
     private static List<CrashPoint> uploadAndRetentionPoints() {
         return List.of(
-                point("during the upload of dolt/alpha.backup", Expect.BEFORE, Touch.NONE, holdRequest(FaultProxy.put("/dolt/alpha.backup"))),
-                point("during the upload of git/alpha.bundle", Expect.BEFORE, Touch.REFS, holdRequest(FaultProxy.put("/git/alpha.bundle"))),
-                point("during the upload of config.tar", Expect.BEFORE, Touch.ALL, holdRequest(FaultProxy.put("/config.tar"))),
-                point("during the upload of runtime.tar", Expect.BEFORE, Touch.ALL, holdRequest(FaultProxy.put("/runtime.tar"))),
-                point("during the server-side copy of an unchanged config.tar", Expect.BEFORE, Touch.NONE,
-                        holdRequest(FaultProxy.copyTo("/config.tar"))),
+                point("during the upload of a dolt/alpha.backup file", Expect.BEFORE, Touch.NONE, holdRequest(FaultProxy.put("/dolt/alpha.backup/"))),
+                point("during the upload of a git/alpha.bundle increment", Expect.BEFORE, Touch.REFS, holdRequest(FaultProxy.put("/git/alpha.bundle/"))),
+                point("during the upload of a file pack", Expect.BEFORE, Touch.ALL, holdRequest(FaultProxy.put(PACK))),
+                point("during the upload of the file index", Expect.BEFORE, Touch.ALL, holdRequest(FaultProxy.put("/files/index.json.gz/"))),
+                point("while listing the stored objects", Expect.BEFORE, Touch.NONE, holdRequest(FaultProxy.listObjects())),
                 point("during the upload of manifest.json", Expect.BEFORE, Touch.NONE, holdRequest(FaultProxy.put("/manifest.json"))),
                 point("between manifest.json and latest.json (pointer PUT held)", Expect.BEFORE, Touch.NONE,
                         holdRequest(FaultProxy.put("/latest.json"))),
                 point("after latest.json landed, before its answer", Expect.AFTER, Touch.NONE, holdResponse(FaultProxy.put("/latest.json"))),
-                point("during retention: deleting old snapshots", Expect.AFTER, Touch.NONE, holdRequest(FaultProxy.deleteObjects())),
-                point("during retention: after the delete, before its answer", Expect.AFTER, Touch.NONE,
+                point("during the history policy or garbage collection: a batch delete", Expect.AFTER, Touch.NONE, holdRequest(FaultProxy.deleteObjects())),
+                point("during garbage collection: after a delete, before its answer", Expect.AFTER, Touch.NONE,
                         holdResponse(FaultProxy.deleteObjects())),
-                point("during retention: listing unfinished uploads", Expect.AFTER, Touch.NONE, holdRequest(FaultProxy.listUploads())));
+                point("during garbage collection: listing unfinished uploads", Expect.AFTER, Touch.NONE, holdRequest(FaultProxy.listUploads())));
     }
 
-    /** A 70 MB file in a rig's plugins/: tarring it, and the multipart upload of config.tar. */
+    /** A 70 MB file in a rig's plugins/: packing it, and the multipart upload of its pack. */
     private static List<CrashPoint> multipartPoints() {
         return List.of(
-                point("while tarring a 70 MB config.tar", Expect.BEFORE, Touch.ALL, workFile("config.tar")),
-                point("while starting the multipart upload of config.tar", Expect.BEFORE, Touch.ALL,
-                        holdRequest(FaultProxy.createUpload("/config.tar"))),
+                point("while packing a 70 MB file", Expect.BEFORE, Touch.ALL, workFile("files")),
+                point("while starting the multipart upload of its pack", Expect.BEFORE, Touch.ALL,
+                        holdRequest(FaultProxy.createUpload(PACK))),
                 new CrashPoint("during part 2 of the multipart upload (parts 1 and 3 in flight)", Expect.BEFORE, Touch.ALL, true, false,
-                        holdRequest(FaultProxy.uploadPart("/config.tar", 2))),
+                        holdRequest(FaultProxy.uploadPart(PACK, 2))),
                 new CrashPoint("while completing the multipart upload", Expect.BEFORE, Touch.ALL, true, false,
-                        holdRequest(FaultProxy.completeUpload("/config.tar"))),
+                        holdRequest(FaultProxy.completeUpload(PACK))),
                 point("after the multipart upload completed, before its answer", Expect.BEFORE, Touch.ALL,
-                        holdResponse(FaultProxy.completeUpload("/config.tar"))));
+                        holdResponse(FaultProxy.completeUpload(PACK))));
     }
 
     /** One chain: a lane, its first snapshot, then every crash point in turn, then the last snapshot restored. */
@@ -414,12 +414,14 @@ class FaultSuiteTest {
         assertCleanAfterSync(lane, killedTs, killedComplete);
     }
 
-    /** After a successful sync: no work dir, no unfinished upload, no unfinished prefix, at most KEEP snapshots, lock free. */
+    /**
+     * After a successful sync: no work dir, no unfinished prefix, at most KEEP snapshots, lock free. (What a
+     * dead sync uploaded, objects and unfinished multipart uploads, stays until it is older than the garbage
+     * collector's grace period: it may be another machine's sync in flight. GarbageCollectionTest covers that.)
+     */
     private void assertCleanAfterSync(Lane lane, String abandoned, boolean abandonedComplete) {
         List<String> work = FaultKit.children(lane.workDir).stream().filter(n -> n.startsWith("r2-sync-")).collect(Collectors.toList());
         if (!work.isEmpty()) throw new AssertionError("work dirs left: " + work);
-        List<String> pending = store.pendingUploads(lane.bucket, FaultKit.Store.town(lane.townId));
-        if (!pending.isEmpty()) throw new AssertionError("unfinished multipart uploads left: " + pending);
         SortedMap<String, List<String>> snaps = store.snapshots(lane.bucket, lane.townId);
         List<String> unfinished = snaps.entrySet().stream().filter(e -> !e.getValue().contains("manifest.json"))
                 .map(e -> e.getKey() + e.getValue()).collect(Collectors.toList());
@@ -524,13 +526,13 @@ class FaultSuiteTest {
     enum Want { COMPLETES, FAILS }
 
     private void storageSyncFaults(FaultKit.Group g, Lane lane) throws IOException {
-        syncFault(g, lane, "500 once on PUT dolt/hq.backup", Want.COMPLETES, 2, FaultProxy.put("/dolt/hq.backup"),
+        syncFault(g, lane, "500 once on PUT of a dolt/hq.backup file", Want.COMPLETES, 2, FaultProxy.put("/dolt/hq.backup/"),
                 r -> r.fail(500, "InternalError"), false);
-        syncFault(g, lane, "503 SlowDown on every PUT of git/alpha.bundle", Want.FAILS, 5, FaultProxy.put("/git/alpha.bundle"),
+        syncFault(g, lane, "503 SlowDown on every PUT of a git/alpha.bundle increment", Want.FAILS, 5, FaultProxy.put("/git/alpha.bundle/"),
                 r -> r.fail(503, "SlowDown").always(), true);
-        syncFault(g, lane, "403 AccessDenied (not retryable) on PUT dolt/alpha.backup", Want.FAILS, 1, FaultProxy.put("/dolt/alpha.backup"),
+        syncFault(g, lane, "403 AccessDenied (not retryable) on PUT of a dolt/alpha.backup file", Want.FAILS, 1, FaultProxy.put("/dolt/alpha.backup/"),
                 r -> r.fail(403, "AccessDenied"), true);
-        syncFault(g, lane, "connection reset once on PUT config.tar", Want.COMPLETES, 2, FaultProxy.put("/config.tar"),
+        syncFault(g, lane, "connection reset once on PUT of a file pack", Want.COMPLETES, 2, FaultProxy.put(PACK),
                 FaultProxy.Rule::reset, true);
         syncFault(g, lane, "connection reset on every PUT of manifest.json", Want.FAILS, 5, FaultProxy.put("/manifest.json"),
                 r -> r.reset().always(), true);
@@ -542,32 +544,30 @@ class FaultSuiteTest {
                 r -> r.fail(404, "NoSuchKey"), false);
         syncFault(g, lane, "3 s stall on GET latest.json", Want.COMPLETES, 1, FaultProxy.get("/latest.json"),
                 r -> r.stall(Duration.ofSeconds(3)), false);
-        syncFault(g, lane, "3 s stall on PUT runtime.tar", Want.COMPLETES, 1, FaultProxy.put("/runtime.tar"),
+        syncFault(g, lane, "3 s stall on PUT of the file index", Want.COMPLETES, 1, FaultProxy.put("/files/index.json.gz/"),
                 r -> r.stall(Duration.ofSeconds(3)), true);
         syncFault(g, lane, "500 on every PUT of latest.json", Want.FAILS, 5, FaultProxy.put("/latest.json"),
                 r -> r.fail(500, "InternalError").always(), true);
         syncFault(g, lane, "latest.json PUT applied but its answer lost (reset)", Want.COMPLETES, 2, FaultProxy.put("/latest.json"),
                 FaultProxy.Rule::resetAfterForward, true);
-        syncFault(g, lane, "claim.json PUT applied but its answer lost (reset)", Want.COMPLETES, 2, FaultProxy.put("/claim.json"),
+        syncFault(g, lane, "manifest.json PUT applied but its answer lost (reset)", Want.COMPLETES, 2, FaultProxy.put("/manifest.json"),
                 FaultProxy.Rule::resetAfterForward, true);
-        syncFault(g, lane, "500 once on a server-side copy of an unchanged file", Want.COMPLETES, 2, FaultProxy.copyTo("/runtime.tar"),
-                r -> r.fail(500, "InternalError"), false);
-        syncFault(g, lane, "500 on every batch delete of retention", Want.COMPLETES, 5, FaultProxy.deleteObjects(),
-                r -> r.fail(500, "InternalError").always(), false);
-        syncFault(g, lane, "503 on every listing of retention", Want.COMPLETES, 5, FaultProxy.listObjects(),
+        syncFault(g, lane, "500 on every batch delete of the history policy and garbage collection", Want.COMPLETES, 5,
+                FaultProxy.deleteObjects(), r -> r.fail(500, "InternalError").always(), false);
+        syncFault(g, lane, "503 on every listing (what is stored, the snapshots)", Want.FAILS, 5, FaultProxy.listObjects(),
                 r -> r.fail(503, "SlowDown").always(), false);
         syncFault(g, lane, "500 on every listing of unfinished uploads", Want.COMPLETES, 5, FaultProxy.listUploads(),
                 r -> r.fail(500, "InternalError").always(), false);
-        // Multipart: a 70 MB file in a rig's plugins/ makes config.tar go up in parts.
-        g.step("a 70 MB file makes config.tar a multipart upload", () -> {
+        // Multipart: a 70 MB file in a rig's plugins/ makes a pack go up in parts.
+        g.step("a 70 MB file makes its pack a multipart upload", () -> {
             writeBigFile(lane.town.root().resolve("alpha/plugins/big.bin"), BIG_FILE);
             lane.syncAndRecord();
         });
-        syncFault(g, lane, "500 once on part 2 of a multipart upload", Want.COMPLETES, 2, FaultProxy.uploadPart("/config.tar", 2),
+        syncFault(g, lane, "500 once on part 2 of a multipart upload", Want.COMPLETES, 2, FaultProxy.uploadPart(PACK, 2),
                 r -> r.fail(500, "InternalError"), true);
-        syncFault(g, lane, "reset on every try of part 3 of a multipart upload", Want.FAILS, 5, FaultProxy.uploadPart("/config.tar", 3),
+        syncFault(g, lane, "reset on every try of part 3 of a multipart upload", Want.FAILS, 5, FaultProxy.uploadPart(PACK, 3),
                 r -> r.reset().always(), true);
-        syncFault(g, lane, "500 on every CompleteMultipartUpload", Want.FAILS, 5, FaultProxy.completeUpload("/config.tar"),
+        syncFault(g, lane, "500 on every CompleteMultipartUpload", Want.FAILS, 5, FaultProxy.completeUpload(PACK),
                 r -> r.fail(500, "InternalError").always(), true);
         g.step("a clean sync after the faults cleans up and restores", () -> {
             lane.syncAndRecord();
@@ -643,18 +643,18 @@ class FaultSuiteTest {
     // =============================================================================================
 
     private void storageRestoreFaults(FaultKit.Group g, Lane lane) {
-        restoreFault(g, lane, "500 once on GET dolt/hq.backup", Want.COMPLETES, false, FaultProxy.get("/dolt/hq.backup"),
+        restoreFault(g, lane, "500 once on GET of a dolt/hq.backup file", Want.COMPLETES, false, FaultProxy.get("/dolt/hq.backup/"),
                 r -> r.fail(500, "InternalError"));
-        restoreFault(g, lane, "503 on every GET of git/alpha.bundle", Want.FAILS, false, FaultProxy.get("/git/alpha.bundle"),
+        restoreFault(g, lane, "503 on every GET of a git/alpha.bundle", Want.FAILS, false, FaultProxy.get("/git/alpha.bundle/"),
                 r -> r.fail(503, "SlowDown").always());
-        restoreFault(g, lane, "body of config.tar cut short once", Want.COMPLETES, false, FaultProxy.get("/config.tar"),
+        restoreFault(g, lane, "body of a file pack cut short once", Want.COMPLETES, false, FaultProxy.get(PACK),
                 r -> r.cutResponse(1000));
         restoreFault(g, lane, "connection reset on every GET of manifest.json (--force over a town)", Want.FAILS, true,
                 FaultProxy.get("/manifest.json"), r -> r.reset().always());
         restoreFault(g, lane, "3 s stall on GET latest.json", Want.COMPLETES, false, FaultProxy.get("/latest.json"),
                 r -> r.stall(Duration.ofSeconds(3)));
-        restoreFault(g, lane, "body of runtime.tar cut short every time (--force over a town)", Want.FAILS, true,
-                FaultProxy.get("/runtime.tar"), r -> r.cutResponse(100).always());
+        restoreFault(g, lane, "body of the file index cut short every time (--force over a town)", Want.FAILS, true,
+                FaultProxy.get("/files/index.json.gz/"), r -> r.cutResponse(100).always());
         restoreFault(g, lane, "500 on every GET of latest.json", Want.FAILS, false, FaultProxy.get("/latest.json"),
                 r -> r.fail(500, "InternalError").always());
     }
@@ -703,8 +703,8 @@ class FaultSuiteTest {
     // =============================================================================================
 
     private void fullDisk(FaultKit.Group g, Lane lane) {
-        diskSync(g, lane, "work dir fills up while tarring config.tar (6 MB filesystem)", "6m", "no space left");
-        diskSync(g, lane, "work dir fills up during dolt backup (160 KB filesystem)", "160k", "no space left");
+        diskSync(g, lane, "work dir fills up while packing files (6 MB filesystem)", "R2_WORK_DIR", "6m", "no space left");
+        diskSync(g, lane, "state dir fills up during dolt backup (160 KB filesystem)", "R2_STATE_DIR", "160k", "no space left");
         diskRestore(g, lane, "town volume fills up while downloading (6 MB filesystem)", "6m", false);
         diskRestore(g, lane, "town volume fills up while extracting, --force over a town (20 MB filesystem)", "20m", true);
         g.fault("disk: --verify with a full work dir", () -> {
@@ -719,7 +719,8 @@ class FaultSuiteTest {
         });
     }
 
-    private void diskSync(FaultKit.Group g, Lane lane, String name, String size, String mention) {
+    /** A sync whose work dir or state dir (dirVar) is a small filesystem that fills up. */
+    private void diskSync(FaultKit.Group g, Lane lane, String name, String dirVar, String size, String mention) {
         g.fault("disk: sync: " + name, () -> {
             lane.touch(true);
             FaultKit.Pointer before = lane.pointer();
@@ -727,13 +728,15 @@ class FaultSuiteTest {
             SortedMap<String, String> townBefore = FaultKit.tree(lane.town.root(), dbDirs);
             TownState doltBefore = lane.currentState().only("dolt:");
             try (FaultKit.SmallFs fs = FaultKit.SmallFs.mount(size)) {
-                TestTools.ProcResult r = lane.sync(Map.of("R2_WORK_DIR", fs.dir().toString()));
+                TestTools.ProcResult r = lane.sync(Map.of(dirVar, fs.dir().toString()));
                 if (r.exitCode() != 1) throw new AssertionError("exit " + r.exitCode() + " on a full disk\n" + TestTools.tail(r.stderr(), 3000));
                 assertMentions(r.stderr(), mention);
                 if (!lane.pointer().sameBytes(before)) throw new FaultKit.DataLoss("latest.json changed after a failed sync");
                 store.assertIntact(lane.bucket, lane.townId, before.timestamp(), before.manifestSha256());
-                if (!FaultKit.filesUnder(fs.dir()).isEmpty())
-                    throw new AssertionError("the failed sync left files in its work dir: " + FaultKit.filesUnder(fs.dir()));
+                // A state dir keeps dolt's identity and this machine's record of the failed sync; nothing else.
+                List<String> left = FaultKit.filesUnder(fs.dir()).stream()
+                        .filter(f -> !f.startsWith("dolt-home/") && !f.equals(RestoreState.LAST_SYNC)).collect(Collectors.toList());
+                if (!left.isEmpty()) throw new AssertionError("the failed sync left files in its " + dirVar + ": " + left);
             }
             FaultKit.assertUntouched("the town after a failed sync", townBefore, FaultKit.tree(lane.town.root(), dbDirs));
             String diff = doltBefore.diff(TownState.capture(lane.town.root()).only("dolt:"));
@@ -861,23 +864,27 @@ class FaultSuiteTest {
 
     private void hostileBackups(FaultKit.Group g) {
         String snap = "snapshots/" + templateTs + "/";
-        hostile(g, "truncated object (config.tar cut in half)", "(truncated or replaced)", false,
-                o -> o.put(snap + "config.tar", java.util.Arrays.copyOf(o.get(snap + "config.tar"), o.get(snap + "config.tar").length / 2)));
-        hostile(g, "corrupted object (one byte of dolt/hq.backup flipped)", "does not match its sha256", true,
-                o -> o.get(snap + "dolt/hq.backup")[700] ^= 0x5a);
-        hostile(g, "missing object (runtime.tar deleted)", "runtime.tar is missing", false,
-                o -> o.remove(snap + "runtime.tar"));
-        hostile(g, "manifest with a wrong checksum", "config.tar of " + templateTs + " does not match its sha256", true,
-                o -> editManifest(o, m -> fileEntry(m, "config.tar").put("sha256", "0".repeat(64))));
+        hostile(g, "truncated object (a file pack cut in half)", "(truncated or replaced)", false,
+                o -> o.put(objectOf(o, packOf(o)), java.util.Arrays.copyOf(o.get(objectOf(o, packOf(o))), o.get(objectOf(o, packOf(o))).length / 2)));
+        hostile(g, "corrupted object (one byte of a dolt/hq.backup table file flipped)", "does not match its sha256", true,
+                o -> o.get(objectOf(o, largestUnder(o, "dolt/hq.backup")))[100] ^= 0x5a);
+        hostile(g, "missing object (the file index deleted)", "files/index.json.gz", false,
+                o -> o.remove(objectOf(o, Keys.FILE_INDEX)));
+        hostile(g, "manifest with a wrong checksum (an object under that hash holds other bytes)", "does not match its sha256", true,
+                o -> {
+                    String pack = packOf(o);
+                    o.put("incremental/" + pack + "/" + "0".repeat(64), o.get(objectOf(o, pack)));
+                    editManifest(o, m -> fileEntry(m, pack).put("sha256", "0".repeat(64)));
+                });
         hostile(g, "manifest with a wrong size", "the manifest says", false,
-                o -> editManifest(o, m -> fileEntry(m, "runtime.tar").put("size", 12345)));
+                o -> editManifest(o, m -> fileEntry(m, Keys.FILE_INDEX).put("size", 12345)));
         hostile(g, "malformed latest.json", "latest.json is not valid", true,
                 o -> o.put("latest.json", "{\"timestamp\": \"2026".getBytes(StandardCharsets.UTF_8)));
         hostile(g, "latest.json that is JSON but names no snapshot", "latest.json is not valid", false,
                 o -> o.put("latest.json", "{\"timestamp\": \"../../etc\"}".getBytes(StandardCharsets.UTF_8)));
         hostile(g, "malformed manifest.json (pinned by latest.json)", "manifest.json of " + templateTs + " is not valid", true,
                 o -> {
-                    o.put(snap + "manifest.json", "{\"formatVersion\": 1, \"files\": [".getBytes(StandardCharsets.UTF_8));
+                    o.put(snap + "manifest.json", "{\"formatVersion\": 3, \"files\": [".getBytes(StandardCharsets.UTF_8));
                     pin(o);
                 });
         hostile(g, "manifest.json replaced without the pointer", "is not the one latest.json pins", false,
@@ -886,7 +893,7 @@ class FaultSuiteTest {
                     o.put(snap + "manifest.json", (new String(m, StandardCharsets.UTF_8) + "\n").getBytes(StandardCharsets.UTF_8));
                 });
         hostile(g, "manifest listing a file outside the snapshot", "unsafe file path", true,
-                o -> editManifest(o, m -> fileEntry(m, "runtime.tar").put("path", "../../other-town/runtime.tar")));
+                o -> editManifest(o, m -> fileEntry(m, Keys.FILE_INDEX).put("path", "../../other-town/index.json.gz")));
         hostile(g, "latest.json naming a deleted snapshot (the only one)", "manifest.json of " + templateTs + " is missing", false,
                 o -> o.keySet().removeIf(k -> k.startsWith(snap)));
         g.fault("hostile: latest.json naming a deleted snapshot, an older one intact: refused, then a loud fallback", () -> {
@@ -908,42 +915,102 @@ class FaultSuiteTest {
         });
         hostile(g, "latest.json missing while a snapshot exists", "latest.json is missing although snapshots exist", true,
                 o -> o.remove("latest.json"));
-        // Tars with hostile content; the manifest and pointer are fixed up, so only the content is hostile.
-        hostileTar(g, "config.tar", "entry with ../ climbing out", "climbs out with '..'",
+        // Packs with hostile content, named by the file index so a restore reads them; the index, the manifest
+        // and the pointer are fixed up, so only the content is hostile.
+        hostilePack(g, "entry with ../ climbing out", "unsafe path in the file index",
                 (t, c) -> t.file("../../../canary/pwned-dotdot", "pwned"));
-        hostileTar(g, "config.tar", "absolute path", "absolute", (t, c) -> t.file(c.resolve("pwned-absolute").toString(), "pwned"));
+        hostilePack(g, "absolute path", "unsafe path in the file index", (t, c) -> t.file(c.resolve("pwned-absolute").toString(), "pwned"));
         // A symlink is data and may point anywhere; writing through one is what is refused.
-        hostileTar(g, "config.tar", "symlink pointing outside (absolute), then a file through it", "passes through a symlink",
+        hostilePack(g, "symlink pointing outside (absolute), then a file through it", "passes through a symlink",
                 (t, c) -> t.symlink("settings/evil", c.toString()).file("settings/evil/pwned-symlink", "pwned"));
-        hostileTar(g, "config.tar", "symlink pointing outside (relative), then a file through it", "passes through a symlink",
+        hostilePack(g, "symlink pointing outside (relative), then a file through it", "passes through a symlink",
                 (t, c) -> t.symlink("settings/evil", "../../../canary").file("settings/evil/pwned-symlink", "pwned"));
-        hostileTar(g, "config.tar", "write through a symlink inside the town", "passes through a symlink",
+        hostilePack(g, "write through a symlink inside the town", "passes through a symlink",
                 (t, c) -> t.symlink("settings/loop", ".").file("settings/loop/pwned-through", "pwned"));
-        hostileTar(g, "config.tar", "hard link to a file outside", "hard link to",
+        hostilePack(g, "hard link to a file outside", "hard link to",
                 (t, c) -> t.hardlink("settings/hl", "../../../canary/secret.txt"));
-        hostileTar(g, "config.tar", "hard link to /etc/passwd", "hard link to", (t, c) -> t.hardlink("settings/passwd", "/etc/passwd"));
-        hostileTar(g, "config.tar", "character device node", "unsupported entry type", (t, c) -> t.charDevice("settings/null", 1, 3));
-        hostileTar(g, "config.tar", "block device node", "unsupported entry type", (t, c) -> t.blockDevice("settings/disk", 8, 0));
-        hostileTar(g, "config.tar", "fifo", "unsupported entry type", (t, c) -> t.fifo("settings/pipe"));
-        hostileTar(g, "config.tar", "oversized entry (a tar bomb claiming 7 GiB)", "more than the archive holds",
+        hostilePack(g, "hard link to /etc/passwd", "hard link to", (t, c) -> t.hardlink("settings/passwd", "/etc/passwd"));
+        hostilePack(g, "character device node", "unsupported entry type", (t, c) -> t.charDevice("settings/null", 1, 3));
+        hostilePack(g, "block device node", "unsupported entry type", (t, c) -> t.blockDevice("settings/disk", 8, 0));
+        hostilePack(g, "fifo", "unsupported entry type", (t, c) -> t.fifo("settings/pipe"));
+        hostilePack(g, "oversized entry (a tar bomb claiming 7 GiB)", "more than the archive holds",
                 (t, c) -> t.bomb("plugins/bomb.bin", 7L << 30));
-        hostileTar(g, "runtime.tar", "entry appearing twice (overwrite)", "appears twice",
+        hostilePack(g, "entry appearing twice (overwrite)", "appears twice",
                 (t, c) -> t.file(".runtime/twice.json", "one").file(".runtime/twice.json", "two"));
-        hostileTar(g, "dolt/hq.backup", "dolt backup tar with ../ entry", "climbs out with '..'",
-                (t, c) -> t.file("../../../canary/pwned-dolt", "pwned"));
-        hostileTar(g, "dolt/hq.backup", "dolt backup tar without a dolt backup", "holds no dolt backup",
-                (t, c) -> t.file("README", "not a backup"));
-        hostile(g, "tar cut short (hashes fixed up)", "truncated", false,
-                o -> replaceFile(o, "config.tar", java.util.Arrays.copyOf(o.get(snap + "config.tar"), 3000)));
+        hostile(g, "a dolt backup file named with ../", "unsafe file path", true,
+                o -> editManifest(o, m -> fileEntry(m, largestUnder(o, "dolt/hq.backup")).put("path", "dolt/hq.backup/../../../canary/pwned-dolt")));
+        hostile(g, "a dolt backup whose manifest is not dolt's", "dolt backup restore hq failed", false,
+                o -> replaceFile(o, "dolt/hq.backup/manifest", "not a backup".getBytes(StandardCharsets.UTF_8)));
+        hostile(g, "pack cut short (hashes fixed up)", "truncated", false,
+                o -> replaceFile(o, packOf(o), java.util.Arrays.copyOf(o.get(objectOf(o, packOf(o))), 3000)));
+        hostile(g, "a pack the file index names that lacks a path", "lacks", true,
+                o -> replaceFile(o, packOf(o), new HostileTar().dir("settings/").bytes()));
+        hostile(g, "a missing link of a bundle chain", "git/alpha.bundle", false,
+                o -> o.remove(objectOf(o, "git/alpha.bundle/0")));
+        hostile(g, "a deleted dolt table file", "dolt/hq.backup", true,
+                o -> o.remove(objectOf(o, largestUnder(o, "dolt/hq.backup"))));
     }
 
-    /** A hostile tar for {@code path}: benign entries first, then what {@code content} adds. */
-    private void hostileTar(FaultKit.Group g, String path, String name, String mention,
-                            java.util.function.BiFunction<HostileTar, Path, HostileTar> content) {
-        hostile(g, path + " with " + name, mention, name.length() % 2 == 0, (o, canary) -> {
-            HostileTar t = new HostileTar().dir("settings/").file("settings/ok.json", "{}");
-            replaceFile(o, path, content.apply(t, canary).bytes());
+    /**
+     * A hostile pack: benign entries first, then what {@code content} adds, in a new pack the file index
+     * names every entry of (a well-behaved sync never writes such an index; written here as raw JSON).
+     */
+    private void hostilePack(FaultKit.Group g, String name, String mention,
+                             java.util.function.BiFunction<HostileTar, Path, HostileTar> content) {
+        hostile(g, "a pack with " + name, mention, name.length() % 2 == 0, (o, canary) -> {
+            HostileTar t = content.apply(new HostileTar().dir("settings/").file("settings/ok.json", "{}"), canary);
+            byte[] tar = t.bytes();
+            String pack = "files/hostile.tar";
+            o.put("incremental/" + pack + "/" + FaultKit.sha256(tar), tar);
+            try {
+                ObjectNode index = (ObjectNode) FaultKit.JSON.readTree(new java.util.zip.GZIPInputStream(
+                        new java.io.ByteArrayInputStream(o.get(objectOf(o, Keys.FILE_INDEX)))));
+                com.fasterxml.jackson.databind.node.ArrayNode entries = (com.fasterxml.jackson.databind.node.ArrayNode) index.get("entries");
+                Set<String> named = t.names().stream().map(n -> n.replaceFirst("/$", "")).collect(Collectors.toCollection(java.util.LinkedHashSet::new));
+                for (int i = entries.size() - 1; i >= 0; i--)
+                    if (named.contains(entries.get(i).path("path").asText())) entries.remove(i);
+                for (String n : named) entries.addObject().put("path", n).put("pack", pack).put("size", 0).put("signature", "x");
+                java.io.ByteArrayOutputStream gz = new java.io.ByteArrayOutputStream();
+                try (var out = new java.util.zip.GZIPOutputStream(gz)) {
+                    out.write(FaultKit.JSON.writeValueAsBytes(index));
+                }
+                replaceFile(o, Keys.FILE_INDEX, gz.toByteArray());
+                editManifest(o, m -> ((com.fasterxml.jackson.databind.node.ArrayNode) m.get("files")).addObject()
+                        .put("path", pack).put("size", tar.length).put("sha256", FaultKit.sha256(tar)));
+            } catch (IOException e) {
+                throw new UncheckedIOException(e);
+            }
         });
+    }
+
+    /** The template snapshot's first file pack (a path of its manifest). */
+    private static String packOf(Map<String, byte[]> objects) {
+        return fileEntries(objects).stream().map(f -> f.path("path").asText()).filter(p -> p.matches("files/.*\\.tar"))
+                .findFirst().orElseThrow();
+    }
+
+    /** The largest file under a dir of the template snapshot (a database's biggest table file). */
+    private static String largestUnder(Map<String, byte[]> objects, String dir) {
+        return fileEntries(objects).stream().filter(f -> f.path("path").asText().startsWith(dir + "/"))
+                .max(java.util.Comparator.comparingLong(f -> f.path("size").asLong())).orElseThrow().path("path").asText();
+    }
+
+    /** Where one file of the template snapshot lives: incremental/<path>/<sha256> (town-relative). */
+    private static String objectOf(Map<String, byte[]> objects, String path) {
+        return fileEntries(objects).stream().filter(f -> f.path("path").asText().equals(path))
+                .map(f -> "incremental/" + path + "/" + f.path("sha256").asText()).findFirst()
+                .orElseThrow(() -> new AssertionError("the template snapshot has no file " + path));
+    }
+
+    private static List<com.fasterxml.jackson.databind.JsonNode> fileEntries(Map<String, byte[]> objects) {
+        String key = objects.keySet().stream().filter(k -> k.startsWith("snapshots/") && k.endsWith("/manifest.json")).findFirst().orElseThrow();
+        try {
+            List<com.fasterxml.jackson.databind.JsonNode> files = new ArrayList<>();
+            FaultKit.JSON.readTree(objects.get(key)).path("files").forEach(files::add);
+            return files;
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
     }
 
     private void hostile(FaultKit.Group g, String name, String mention, boolean force, Consumer<Map<String, byte[]>> mutate) {
@@ -988,7 +1055,7 @@ class FaultSuiteTest {
     }
 
     private void replaceFile(Map<String, byte[]> objects, String path, byte[] data) {
-        objects.put("snapshots/" + templateTs + "/" + path, data);
+        objects.put("incremental/" + path + "/" + FaultKit.sha256(data), data);
         editManifest(objects, m -> fileEntry(m, path).put("size", data.length).put("sha256", FaultKit.sha256(data)));
     }
 
@@ -1283,11 +1350,12 @@ class FaultSuiteTest {
             }
             if (api.requests().stream().noneMatch(q -> ("Bearer " + token).equals(q.header("authorization"))))
                 throw new AssertionError("the token never reached the API, so the search would prove nothing");
-            // The git configs go into config.tar with the credential cut out of the URL (the search below proves
-            // the secret itself is nowhere in the bucket).
-            byte[] tar = store.get(lane.bucket, "gastown/" + lane.townId + "/snapshots/" + lane.pointer().timestamp() + "/config.tar");
-            if (!new String(tar, StandardCharsets.ISO_8859_1).contains("https://***@git.example.invalid/alpha.git"))
-                throw new AssertionError("config.tar does not hold the git config with the (redacted) credential URL");
+            // The git configs go into the file packs with the credential cut out of the URL (the search below
+            // proves the secret itself is nowhere in the bucket).
+            String packs = store.keys(lane.bucket, "gastown/" + lane.townId + "/incremental/files/").stream().filter(k -> k.contains(".tar/"))
+                    .map(k -> new String(store.get(lane.bucket, k), StandardCharsets.ISO_8859_1)).collect(Collectors.joining());
+            if (!packs.contains("https://***@git.example.invalid/alpha.git"))
+                throw new AssertionError("no file pack holds the git config with the (redacted) credential URL");
         });
         g.fault("secrets: a storage failure under --debug", () -> {
             lane.touch(true);
@@ -1413,7 +1481,8 @@ class FaultSuiteTest {
             local = product.scratch();
             workDir = Path.of(product.env().get("R2_WORK_DIR"));
             lockFile = Path.of(product.env().get("R2_SYNC_LOCK"));
-            directEnv = product.env();
+            // The history policy keeps the last KEEP only: a suite that crosses an hour keeps the same count.
+            directEnv = FaultKit.env(product.env(), "R2_KEEP_HOURLY", "0", "R2_KEEP_DAILY", "0");
             syncEnv = FaultKit.env(directEnv, "R2_ENDPOINT", proxy.endpoint());
         }
 

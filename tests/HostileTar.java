@@ -10,6 +10,7 @@ import org.apache.commons.compress.archivers.tar.TarConstants;
  */
 final class HostileTar {
     private final ByteArrayOutputStream out = new ByteArrayOutputStream();
+    private final java.util.List<String> names = new java.util.ArrayList<>();
 
     HostileTar dir(String name) {
         return entry(name, TarConstants.LF_DIR, null, new byte[0], 0755, 0, 0);
@@ -41,6 +42,7 @@ final class HostileTar {
 
     /** A regular-file header claiming {@code claimed} bytes, followed by only 4 KiB of zeros. */
     HostileTar bomb(String name, long claimed) {
+        names.add(name);
         TarArchiveEntry e = new TarArchiveEntry(name, TarConstants.LF_NORMAL, true);
         e.setSize(claimed);
         e.setMode(0100644);
@@ -58,7 +60,13 @@ final class HostileTar {
         return copy.toByteArray();
     }
 
+    /** The entry names in the order written (a file index that names them makes a restore read them). */
+    java.util.List<String> names() {
+        return java.util.List.copyOf(names);
+    }
+
     private HostileTar entry(String name, byte flag, String link, byte[] data, int perm, int major, int minor) {
+        names.add(name);
         if (name.getBytes(StandardCharsets.UTF_8).length > 99) longName(TarConstants.LF_GNUTYPE_LONGNAME, name);
         if (link != null && link.getBytes(StandardCharsets.UTF_8).length > 99) longName(TarConstants.LF_GNUTYPE_LONGLINK, link);
         TarArchiveEntry e = new TarArchiveEntry(truncate(name), flag, true);

@@ -13,6 +13,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.*;
+import java.util.stream.Collectors;
 
 import static org.junit.jupiter.api.Assertions.*;
 
@@ -170,46 +171,56 @@ class R2RestoreTest {
     void aCorruptedObjectIsRefusedAndTheVolumeStaysUntouched() {
         String bucket = copyOfPristine();
         BucketView v = view(bucket);
-        String key = v.keys().object(snapshot, "git/alpha.bundle");
+        String key = v.objectKey(snapshot, "git/alpha.bundle/0");
         byte[] data = v.get(key);
         data[data.length / 2] ^= 0x5a;
         v.put(key, data);
-        assertRefused(bucket, "git/alpha.bundle", "sha256");
+        assertRefused(bucket, "git/alpha.bundle/0", "sha256");
     }
 
     @Test
     void aTruncatedObjectIsRefused() {
         String bucket = copyOfPristine();
         BucketView v = view(bucket);
-        String key = v.keys().object(snapshot, "dolt/hq.backup");
+        FileEntry largest = v.manifest(snapshot).filesUnder("dolt/hq.backup").stream()
+                .max(Comparator.comparingLong(FileEntry::size)).orElseThrow();
+        String key = v.objectKey(snapshot, largest.path());
         byte[] data = v.get(key);
         v.put(key, Arrays.copyOf(data, data.length - 100));
-        assertRefused(bucket, "dolt/hq.backup", "bytes");
+        assertRefused(bucket, largest.path(), "bytes");
     }
 
     @Test
     void aMissingObjectIsRefused() {
         String bucket = copyOfPristine();
         BucketView v = view(bucket);
-        v.delete(v.keys().object(snapshot, "config.tar"));
-        assertRefused(bucket, "config.tar", "missing");
+        v.delete(v.objectKey(snapshot, Keys.FILE_INDEX));
+        assertRefused(bucket, Keys.FILE_INDEX, "missing");
     }
 
     @Test
     void aManifestThatLiesIsRefused() throws Exception {
-        // The manifest claims another hash for a file; latest.json is re-pinned so only the lie remains.
+        // The manifest claims another hash for a file, and an object under that hash holds the real bytes;
+        // latest.json is re-pinned so only the lie remains.
         String bucket = copyOfPristine();
         BucketView v = view(bucket);
         Manifest m = v.manifest(snapshot);
         List<FileEntry> files = new ArrayList<>();
-        for (FileEntry f : m.files())
-            files.add(f.path().equals("runtime.tar") ? new FileEntry(f.path(), f.size(), Sha256.of("lie".getBytes())) : f);
+        for (FileEntry f : m.files()) {
+            if (!f.path().equals(Keys.FILE_INDEX)) {
+                files.add(f);
+                continue;
+            }
+            FileEntry lie = new FileEntry(f.path(), f.size(), Sha256.of("lie".getBytes()));
+            v.put(v.keys().object(lie), v.get(v.keys().object(f)));
+            files.add(lie);
+        }
         Manifest lying = new Manifest(m.formatVersion(), m.tool(), m.townId(), m.timestamp(), m.createdAt(), m.townRoot(), m.versions(),
-                files, m.databases(), m.repos(), m.problems());
+                m.history(), files, m.databases(), m.repos(), m.problems());
         byte[] json = R2Common.toJson(lying);
         v.put(v.keys().object(snapshot, Keys.MANIFEST), json);
         v.put(v.keys().latest(), R2Common.toJson(new Pointer(snapshot, Sha256.of(json))));
-        assertRefused(bucket, "runtime.tar", "sha256");
+        assertRefused(bucket, Keys.FILE_INDEX, "sha256");
     }
 
     @Test
@@ -229,17 +240,28 @@ class R2RestoreTest {
     }
 
     @Test
-    void aTarThatClimbsOutWithDotDotIsRefused() throws Exception {
-        String bucket = withConfigTar(tar(file("../escaped.txt", "x")));
-        assertRefused(bucket, "config.tar", "'..'");
+    void aFileIndexNamingAPathThatClimbsOutIsRefused() throws Exception {
+        String bucket = withPack(tar(file("../escaped.txt", "x")), List.of("../escaped.txt"));
+        assertRefused(bucket, Keys.FILE_INDEX, "unsafe path in the file index");
+    }
+
+    @Test
+    void aPackEntryTheIndexDoesNotNameIsNeverWritten() throws Exception {
+        // A pack holds paths later snapshots packed again: only what the index names is taken from it.
+        String bucket = withPack(tar(file("../escaped.txt", "x"), file("settings/extra", "x")), List.of("settings/extra"));
+        Path volume = emptyVolume();
+        product(bucket, volume).restore().assertOk();
+        assertTrue(Files.isRegularFile(volume.resolve("settings/extra")));
+        assertFalse(Files.exists(volume.getParent().resolve("escaped.txt")), "nothing written outside the volume");
     }
 
     @Test
     void aTarThatWritesThroughASymlinkIsRefused() throws Exception {
         // A symlink is data and may point anywhere (a dangling one comes back as it was); nothing is ever
         // written through one.
-        String bucket = withConfigTar(tar(symlink("settings/evil", "/etc"), file("settings/evil/passwd", "x")));
-        assertRefused(bucket, "config.tar", "passes through a symlink");
+        String bucket = withPack(tar(symlink("settings/evil", "/etc"), file("settings/evil/passwd", "x")),
+                List.of("settings/evil", "settings/evil/passwd"));
+        assertRefused(bucket, "files/hostile.tar", "passes through a symlink");
     }
 
     /** Runs a restore onto an empty volume and asserts it fails naming the culprit, writing nothing. */
@@ -286,11 +308,15 @@ class R2RestoreTest {
     void anUnusableLatestSnapshotFallsBackToTheNewestOlderOneLoudly() throws Exception {
         String bucket = copyOfPristine();
         BucketView v = view(bucket);
-        // A second, newer snapshot of the same town, then corrupt it.
+        // A second, newer snapshot of the same town with a change of its own, then corrupt what only it holds.
+        writeFile(town.root().resolve("settings/fallback-note"), "newer\n");
         product(bucket, town.root()).sync("--immediate").assertOk();
+        Files.delete(town.root().resolve("settings/fallback-note"));   // the town is the class's pristine one
         String newest = v.latest().orElseThrow().timestamp();
         assertNotEquals(snapshot, newest);
-        String key = v.keys().object(newest, "dolt/alpha.backup");
+        Set<String> older = v.manifest(snapshot).files().stream().map(f -> v.keys().object(f)).collect(Collectors.toSet());
+        String key = v.manifest(newest).files().stream().map(f -> v.keys().object(f)).filter(k -> !older.contains(k))
+                .findFirst().orElseThrow(() -> new AssertionError("the newer snapshot holds something of its own"));
         byte[] data = v.get(key);
         data[10] ^= 1;
         v.put(key, data);
@@ -313,8 +339,7 @@ class R2RestoreTest {
     void listTellsTheTruthAsATableAndAsJson() throws Exception {
         Product p = product(pristine, emptyVolume());
         BucketView v = view(pristine);
-        long bytes = v.keys(v.keys().snapshot(snapshot)).stream()
-                .filter(k -> !k.endsWith(Keys.CLAIM)).mapToLong(k -> v.get(k).length).sum();
+        long bytes = v.manifest(snapshot).files().stream().mapToLong(f -> v.get(v.keys().object(f)).length).sum();
         var rows = R2Common.JSON.readTree(p.restore("--list", "--json").assertOk().stdout());
         assertEquals(1, rows.size());
         assertEquals(snapshot, rows.get(0).path("timestamp").asText());
@@ -322,7 +347,9 @@ class R2RestoreTest {
         assertEquals("complete", rows.get(0).path("state").asText());
         assertEquals(bytes, rows.get(0).path("bytes").asLong());
         Manifest m = v.manifest(snapshot);
-        assertEquals(m.files().size() + 1, rows.get(0).path("files").asInt(), "the files and the manifest");
+        assertEquals(m.files().size(), rows.get(0).path("files").asInt());
+        assertEquals(bytes, rows.get(0).path("newBytes").asLong(), "the first snapshot added all it holds");
+        assertEquals("last, hourly, daily", rows.get(0).path("keptBy").asText());
         String table = p.restore("--list").assertOk().stdout();
         assertTrue(table.lines().anyMatch(l -> l.startsWith(snapshot) && l.contains("complete") && l.contains("latest")), table);
     }
@@ -337,7 +364,7 @@ class R2RestoreTest {
 
         String bucket = copyOfPristine();
         BucketView v = view(bucket);
-        String key = v.keys().object(snapshot, "git/beta/crew/max/.git.bundle");
+        String key = v.objectKey(snapshot, "git/beta/crew/max/.git.bundle/0");
         byte[] data = v.get(key);
         data[data.length - 1] ^= 1;
         v.put(key, data);
@@ -399,17 +426,37 @@ class R2RestoreTest {
         return out.toByteArray();
     }
 
-    /** A copy of the pristine bucket whose config.tar is replaced, manifest and pointer re-pinned to match. */
-    private String withConfigTar(byte[] tar) {
+    /**
+     * A copy of the pristine bucket with one more pack, files/hostile.tar, whose index names these paths in
+     * it (written as raw JSON, so the index can say what a well-behaved sync never would); the manifest and
+     * the pointer are re-pinned to match.
+     */
+    private String withPack(byte[] tar, List<String> paths) throws IOException {
         String bucket = copyOfPristine();
         BucketView v = view(bucket);
-        v.put(v.keys().object(snapshot, Keys.CONFIG_TAR), tar);
         Manifest m = v.manifest(snapshot);
+        FileEntry pack = new FileEntry("files/hostile.tar", tar.length, Sha256.of(tar));
+        v.put(v.keys().object(pack), tar);
+        var index = (com.fasterxml.jackson.databind.node.ObjectNode) R2Common.JSON.readTree(
+                new java.util.zip.GZIPInputStream(new java.io.ByteArrayInputStream(v.get(v.objectKey(snapshot, Keys.FILE_INDEX)))));
+        var entries = (com.fasterxml.jackson.databind.node.ArrayNode) index.get("entries");
+        for (int i = entries.size() - 1; i >= 0; i--) {
+            String existing = entries.get(i).path("path").asText();
+            if (paths.stream().anyMatch(p -> p.equals(existing) || p.startsWith(existing + "/"))) entries.remove(i);
+        }
+        for (String path : paths) entries.addObject().put("path", path).put("pack", pack.path()).put("size", 0).put("signature", "x");
+        ByteArrayOutputStream gz = new ByteArrayOutputStream();
+        try (var out = new java.util.zip.GZIPOutputStream(gz)) {
+            R2Common.JSON.writeValue(out, index);
+        }
+        byte[] indexBytes = gz.toByteArray();
+        FileEntry indexEntry = new FileEntry(Keys.FILE_INDEX, indexBytes.length, Sha256.of(indexBytes));
+        v.put(v.keys().object(indexEntry), indexBytes);
         List<FileEntry> files = new ArrayList<>();
-        for (FileEntry f : m.files())
-            files.add(f.path().equals(Keys.CONFIG_TAR) ? new FileEntry(f.path(), tar.length, Sha256.of(tar)) : f);
+        for (FileEntry f : m.files()) files.add(f.path().equals(Keys.FILE_INDEX) ? indexEntry : f);
+        files.add(pack);
         byte[] json = R2Common.toJson(new Manifest(m.formatVersion(), m.tool(), m.townId(), m.timestamp(), m.createdAt(),
-                m.townRoot(), m.versions(), files, m.databases(), m.repos(), m.problems()));
+                m.townRoot(), m.versions(), m.history(), files, m.databases(), m.repos(), m.problems()));
         v.put(v.keys().object(snapshot, Keys.MANIFEST), json);
         v.put(v.keys().latest(), R2Common.toJson(new Pointer(snapshot, Sha256.of(json))));
         return bucket;

@@ -51,18 +51,27 @@ class R2SyncTest {
 
         // Every git directory found by what it is: the town root's, each rig's shared repo, the separate
         // clones, and one in a place nobody lists. gamma's repo has no objects: recorded, no bundle.
-        Set<String> expected = new TreeSet<>(List.of("config.tar", "runtime.tar",
-                "dolt/hq.backup", "dolt/alpha.backup", "dolt/beta.backup", "dolt/gamma.backup",
-                "git/.git.bundle", "git/alpha.bundle", "git/beta.bundle",
-                "git/alpha/mayor/rig/.git.bundle", "git/beta/mayor/rig/.git.bundle",
-                "git/alpha/crew/max/.git.bundle", "git/beta/crew/max/.git.bundle",
-                "git/plugins/p/vendor/lib/.git.bundle"));
-        assertEquals(expected, m.files().stream().map(FileEntry::path).collect(Collectors.toCollection(TreeSet::new)));
+        assertEquals(Set.of(".git", "alpha/.repo.git", "beta/.repo.git", "gamma/.repo.git", "alpha/mayor/rig/.git",
+                "beta/mayor/rig/.git", "alpha/crew/max/.git", "beta/crew/max/.git", "plugins/p/vendor/lib/.git"),
+                m.repos().stream().map(RepoFacts::path).collect(Collectors.toSet()));
+        assertEquals(Set.of("gamma/.repo.git"), m.repos().stream().filter(RepoFacts::empty).map(RepoFacts::path).collect(Collectors.toSet()));
+        for (RepoFacts repo : m.repos())
+            if (!repo.empty()) assertEquals(List.of(Keys.bundle(repo.path()) + "/0"), repo.bundles().stream().map(BundleLink::file).toList(),
+                    "a first snapshot holds one full bundle per repo");
+        for (String db : List.of("hq", "alpha", "beta", "gamma"))
+            assertTrue(m.file("dolt/" + db + ".backup/manifest").isPresent(), db + " has its dolt backup's manifest");
+        assertTrue(m.file(Keys.FILE_INDEX).isPresent());
+        assertTrue(m.files().stream().anyMatch(f -> f.path().matches("files/.*\\.tar")), "at least one file pack");
+        // Every file is an object under incremental/, named by its content, holding what the manifest says.
         for (FileEntry f : m.files()) {
-            byte[] data = view.get(view.keys().object(latest.timestamp(), f.path()));
+            String key = view.keys().object(f);
+            assertEquals("gastown/town-1/incremental/" + f.path() + "/" + f.sha256(), key);
+            byte[] data = view.get(key);
             assertEquals(f.size(), data.length, f.path() + " size");
             assertEquals(f.sha256(), Sha256.of(data), f.path() + " sha256");
         }
+        assertEquals(List.of(view.keys().object(latest.timestamp(), Keys.MANIFEST)), view.keys(view.keys().snapshots()),
+                "a snapshot's prefix holds its manifest only");
         assertEquals("town-1", m.townId());
         assertEquals(latest.timestamp(), m.timestamp());
         assertEquals(R2Common.VERSION, m.tool());
@@ -102,9 +111,7 @@ class R2SyncTest {
         Path scratch = TestTools.tempDir("dolt-restore-");
         try {
             for (String db : town.databases()) {
-                Path tar = view.download(ts, "dolt/" + db + ".backup", scratch);
-                Path backup = Files.createDirectories(scratch.resolve("backup-" + db));
-                TestTools.check(List.of("tar", "-xf", tar.toString(), "-C", backup.toString()), scratch);
+                Path backup = view.downloadDir(ts, "dolt/" + db + ".backup", scratch);
                 Path restored = Files.createDirectories(scratch.resolve("restored"));
                 TestTools.dolt(restored, "backup", "restore", "file://" + backup, db);
 
@@ -142,7 +149,7 @@ class R2SyncTest {
             TestTools.git(scratch, "init", "--quiet", "--bare", verifier.toString());   // verify must run inside a repo
             for (RepoFacts repo : m.repos()) {
                 if (repo.empty()) continue;
-                Path bundle = view.download(ts, repo.file(), scratch);
+                Path bundle = view.download(ts, repo.bundles().get(0).file(), scratch);
                 TestTools.git(verifier, "bundle", "verify", bundle.toString());
                 Set<String> bundled = TestTools.git(verifier, "bundle", "list-heads", bundle.toString()).lines()
                         .map(l -> l.split(" ", 2)[1]).filter(r -> r.startsWith("refs/")).collect(Collectors.toSet());
@@ -169,9 +176,7 @@ class R2SyncTest {
         String ts = view.latest().orElseThrow().timestamp();
         Path scratch = TestTools.tempDir("tars-");
         try {
-            Set<String> inTars = new TreeSet<>();
-            for (String tar : List.of(Keys.CONFIG_TAR, Keys.RUNTIME_TAR))
-                inTars.addAll(Tars.list(view.download(ts, tar, scratch)).stream().map(n -> n.replaceFirst("/$", "")).toList());
+            Set<String> inTars = new TreeSet<>(view.packedPaths(ts, scratch));
             for (String kept : town.keptFiles()) assertTrue(inTars.contains(kept), kept + " must be kept");
             for (String dir : town.emptyDirs()) assertTrue(inTars.contains(dir), "empty dir " + dir + " must be kept");
             for (String skipped : town.skippedFiles()) assertFalse(inTars.contains(skipped), skipped + " must be skipped");
@@ -185,7 +190,6 @@ class R2SyncTest {
                 assertTrue(inTars.contains(path), path);
             assertTrue(inTars.stream().noneMatch(p -> p.contains("/objects/") || p.endsWith("packed-refs")
                     || p.matches(".*\\.git/refs/.*") || p.matches("\\.dolt-data/[^/]+/\\.dolt(/.*)?")), "no git or dolt store");
-            assertTrue(Tars.list(scratch.resolve(Keys.RUNTIME_TAR)).stream().allMatch(n -> n.contains(".runtime")));
         } finally {
             TestTools.deleteRecursively(scratch);
         }
@@ -204,9 +208,8 @@ class R2SyncTest {
         Product.of(t.root(), s3, bucket, "town-1").sync("--immediate").assertOk();
         String ts = view.latest().orElseThrow().timestamp();
         Path scratch = TestTools.tempDir("tars-");
-        List<String> inTars = new ArrayList<>();
-        for (String tar : List.of(Keys.CONFIG_TAR, Keys.RUNTIME_TAR)) inTars.addAll(Tars.list(view.download(ts, tar, scratch)));
-        assertTrue(inTars.stream().noneMatch(p -> p.contains("/.dolt/") || p.endsWith("/.dolt/") || p.contains("/objects/")
+        List<String> inTars = view.packedPaths(ts, scratch);
+        assertTrue(inTars.stream().noneMatch(p -> p.contains("/.dolt/") || p.endsWith("/.dolt") || p.contains("/objects/")
                 || p.endsWith("packed-refs")), "no dolt store, no git object store: " + inTars.stream().filter(p -> p.contains(".dolt/")).toList());
         assertTrue(inTars.contains("daemon/dolt.pid"), "a volatile file git shows as untracked is the town's to keep");
         TestTools.deleteRecursively(own);
@@ -231,28 +234,64 @@ class R2SyncTest {
     }
 
     @Test
-    void anUnchangedTownIsCopiedServerSideNotUploadedAgain() {
+    void anUnchangedTownReusesEveryPackAndBundle() {
         String bucket = s3.newBucket();
         BucketView view = BucketView.of(s3, bucket, "town-1");
         Product p = product(bucket);
         p.sync("--immediate").assertOk();
-        TestTools.ProcResult second = p.sync("--immediate").assertOk();
-        // Repos are fingerprinted (refs, shallow boundary, HEADs, indexes, stash), so unchanged ones are never
-        // bundled again. (A dolt database's backup root moves whenever any dolt process opens it, so those may
-        // go up again.)
+        List<String> objectsBefore = view.keys(view.keys().objects());
+        TestTools.ProcResult third = p.sync("--immediate").assertOk();
+        // Repos are fingerprinted (refs, shallow boundary, HEADs, indexes, stash): unchanged ones are never
+        // bundled again; files whose type, mode, size, mtime and inode are unchanged are not read again.
         for (String repo : List.of(".git", "alpha/.repo.git", "alpha/mayor/rig/.git", "alpha/crew/max/.git", "beta/.repo.git",
                 "plugins/p/vendor/lib/.git"))
-            assertTrue(second.stderr().contains("git " + repo + " unchanged since"), repo + ":\n" + second.stderr());
-        assertTrue(second.stderr().matches("(?s).*copied ([6-9]|1\\d) unchanged.*"), second.stderr());
+            assertTrue(third.stderr().contains("git " + repo + " unchanged since"), repo + ":\n" + third.stderr());
+        assertTrue(third.stderr().contains("files: 0 paths packed"), third.stderr());
+        // Every dolt CLI command rewrites the working set's timestamp, so each database's backup gains one
+        // small table file and a new manifest each cycle; nothing else is new.
+        List<String> added = view.keys(view.keys().objects()).stream().filter(k -> !objectsBefore.contains(k)).toList();
+        assertTrue(added.stream().allMatch(k -> k.contains("/incremental/dolt/") && view.get(k).length < 4096), added.toString());
         List<String> snapshots = view.completeSnapshots();
-        assertEquals(2, snapshots.size());
         Manifest first = view.manifest(snapshots.get(0));
         Manifest latest = view.manifest(snapshots.get(1));
-        assertEquals(first.files().stream().filter(f -> !f.path().startsWith("dolt/")).collect(Collectors.toList()),
-                latest.files().stream().filter(f -> !f.path().startsWith("dolt/")).collect(Collectors.toList()),
-                "same bundles and tars, byte for byte");
-        for (FileEntry f : latest.files())
-            assertEquals(f.sha256(), Sha256.of(view.get(view.keys().object(latest.timestamp(), f.path()))), f.path());
+        assertEquals(first.files().stream().filter(f -> !f.path().startsWith("dolt/")).toList(),
+                latest.files().stream().filter(f -> !f.path().startsWith("dolt/")).toList(), "the same packs and bundles");
+    }
+
+    @Test
+    void aSmallChangeUploadsOnlyWhatChanged() throws Exception {
+        Path own = TestTools.tempDir("small-change-");
+        TestTown t = TownBuilder.create().rigs("alpha").build(own);
+        String bucket = s3.newBucket();
+        BucketView view = BucketView.of(s3, bucket, "town-1");
+        Product p = Product.of(t.root(), s3, bucket, "town-1");
+        p.sync("--immediate").assertOk();
+        p.sync("--immediate").assertOk();
+        Manifest before = view.manifest(view.latest().orElseThrow().timestamp());
+        // One dolt row, one commit in a crew clone, one settings edit.
+        TestTools.dolt(t.doltDb("hq"), "sql", "-q", "insert into issues values ('hq-9001', 'small change', 'open', 1)");
+        TestTools.dolt(t.doltDb("hq"), "commit", "-Am", "small change");
+        Path crew = t.root().resolve("alpha/crew/max");
+        Files.writeString(crew.resolve("small.txt"), "one more line\n");
+        TestTools.git(crew, "add", "small.txt");
+        TestTools.git(crew, "commit", "-qm", "small change");
+        Files.writeString(t.root().resolve("settings/config.json"), "{\"changed\": true}\n");
+        TestTools.ProcResult r = p.sync("--immediate").assertOk();
+        Manifest after = view.manifest(view.latest().orElseThrow().timestamp());
+        Set<String> old = before.files().stream().map(f -> view.keys().object(f)).collect(Collectors.toSet());
+        List<FileEntry> added = after.files().stream().filter(f -> !old.contains(view.keys().object(f))).collect(Collectors.toList());
+        long addedBytes = added.stream().mapToLong(FileEntry::size).sum();
+        assertTrue(addedBytes < after.totalBytes() / 10, "a small change adds a small part: " + added);
+        assertTrue(added.stream().anyMatch(f -> f.path().startsWith("dolt/hq.backup/")), "the new dolt table file: " + added);
+        // An unchanged database adds only what every dolt command writes (its working set's new timestamp).
+        assertTrue(added.stream().filter(f -> f.path().startsWith("dolt/alpha.backup/")).mapToLong(FileEntry::size).sum() < 2048,
+                "the unchanged database adds next to nothing: " + added);
+        RepoFacts crewRepo = after.repo("alpha/crew/max/.git").orElseThrow();
+        assertEquals(2, crewRepo.bundles().size(), "the first bundle and an increment");
+        assertFalse(crewRepo.bundles().get(1).prerequisites().isEmpty(), "the increment names what it builds on");
+        assertEquals(before.repo("alpha/crew/max/.git").orElseThrow().bundles().get(0), crewRepo.bundles().get(0));
+        assertTrue(r.stderr().matches("(?s).*files: [0-9] paths packed.*"), "only the changed paths are packed again:\n" + r.stderr());
+        TestTools.deleteRecursively(own);
     }
 
     @Test
@@ -295,7 +334,7 @@ class R2SyncTest {
         Path volume = Files.createDirectories(dir.resolve("format-1-volume"));
         TestTools.ProcResult r = Product.of(volume, s3, bucket, "town-1").restore();
         assertEquals(1, r.exitCode(), r.stderr());
-        assertTrue(r.stderr().contains("manifest format 1 is not the format this tool reads (2)"), r.stderr());
+        assertTrue(r.stderr().contains("manifest format 1 is not the format this tool reads (" + Manifest.FORMAT + ")"), r.stderr());
         try (var left = Files.list(volume)) {
             assertEquals(0, left.count(), "the volume is untouched");
         }
