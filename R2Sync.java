@@ -164,6 +164,7 @@ public class R2Sync implements Callable<Integer> {
         Instant start = Instant.now();
         String timestamp = Keys.format(start);
         try (SyncLock lock = SyncLock.acquire(lockFile, lockWait)) {
+            timestamp = Keys.format(Instant.now());   // what the snapshot holds is read from now on
             Town.requireTown(config.townRoot());
             refuseAfterFailedRestore();
             removeLeftoverWorkDirs();
@@ -581,7 +582,8 @@ public class R2Sync implements Callable<Integer> {
             boolean complete = e.getValue().stream().anyMatch(o -> o.key().equals(keys.object(ts, Keys.MANIFEST)));
             if (!complete) unfinished.add(ts);
             else if (formatOf(ts) == Manifest.FORMAT) ours.add(ts);
-            else olderFormat.add(ts);
+            else if (formatOf(ts) > 0 && formatOf(ts) < Manifest.FORMAT) olderFormat.add(ts);
+            // else unreadable now, or a newer version's: never removed by this one
         }
         Map<String, String> kept = history.policy().keep(ours);
         List<String> removed = ours.stream().filter(ts -> !kept.containsKey(ts) && !ts.equals(current)).collect(Collectors.toList());
@@ -591,7 +593,10 @@ public class R2Sync implements Callable<Integer> {
         List<String> doomed = new ArrayList<>();
         for (String ts : removed) byTimestamp.get(ts).forEach(o -> doomed.add(o.key()));
         if (!doomed.isEmpty()) store.delete(doomed);
-        removed.forEach(manifests::remove);
+        removed.forEach(ts -> {
+            manifests.remove(ts);
+            formats.remove(ts);
+        });
         if (!removed.isEmpty()) Log.info("sync " + current + ": history policy (" + history.policy().describe() + ") removed "
                 + removed.size() + " snapshot(s) " + removed + "; " + keptCount + " kept");
         collectGarbage(current, byTimestamp.keySet().stream().filter(ts -> !removed.contains(ts)).collect(Collectors.toList()));
@@ -602,10 +607,13 @@ public class R2Sync implements Callable<Integer> {
         Keys keys = config.keys();
         Set<String> used = new HashSet<>();
         for (String ts : remaining) {
-            if (formatOf(ts) != Manifest.FORMAT) continue;   // an older format keeps its files under its own prefix
-            Manifest m = manifest(ts);
+            int format = formatOf(ts);
+            if (format > 0 && format < Manifest.FORMAT) continue;   // an older format keeps its files under its own prefix
+            Manifest m = format == Manifest.FORMAT ? manifests.get(ts) : null;
             if (m == null) {
-                Log.warn("sync " + current + ": garbage collection skipped: the manifest of " + ts + " cannot be read");
+                // Unreadable, or written by a newer version: what it uses is unknown, so nothing may go.
+                Log.warn("sync " + current + ": garbage collection skipped: the manifest of " + ts + " cannot be read"
+                        + (format > Manifest.FORMAT ? " (format " + format + ", newer than this tool's)" : ""));
                 return;
             }
             m.files().forEach(f -> used.add(keys.object(f)));
@@ -619,32 +627,28 @@ public class R2Sync implements Callable<Integer> {
 
     /** A complete snapshot's manifest in this format, read once and remembered; null for an older format. */
     private Manifest manifest(String timestamp) {
-        Manifest cached = manifests.get(timestamp);
-        if (cached != null) return cached;
-        if (formats.containsKey(timestamp) && formats.get(timestamp) != Manifest.FORMAT) return null;
-        Optional<Versioned> json = store.get(config.keys().object(timestamp, Keys.MANIFEST));
-        if (json.isEmpty()) throw new R2Exception(R2Common.EXIT_FAILED, "manifest of " + timestamp + " is missing");
-        int format = Manifest.formatOf(json.get().data());
-        formats.put(timestamp, format);
-        if (format != Manifest.FORMAT) return null;
-        Manifest manifest = R2Common.fromJson(json.get().data(), Manifest.class, "manifest of " + timestamp);
-        manifests.put(timestamp, manifest);
-        return manifest;
+        if (!manifests.containsKey(timestamp) && !formats.containsKey(timestamp)) {
+            Optional<Versioned> json = store.get(config.keys().object(timestamp, Keys.MANIFEST));
+            if (json.isEmpty()) throw new R2Exception(R2Common.EXIT_FAILED, "manifest of " + timestamp + " is missing");
+            int format = Manifest.formatOf(json.get().data());
+            formats.put(timestamp, format);
+            if (format == Manifest.FORMAT)
+                manifests.put(timestamp, R2Common.fromJson(json.get().data(), Manifest.class, "manifest of " + timestamp));
+        }
+        return manifests.get(timestamp);
     }
 
     /**
-     * The manifest format of a complete snapshot, read once and remembered; -1 when it cannot be read, which
-     * the history policy treats like an older format (kept until --keep snapshots of this format exist).
+     * The manifest format of a complete snapshot, read once and remembered; -1 when it cannot be read (such a
+     * snapshot is never removed, and garbage collection waits until it can be read).
      */
     private int formatOf(String timestamp) {
-        if (manifests.containsKey(timestamp)) return Manifest.FORMAT;
-        return formats.computeIfAbsent(timestamp, ts -> {
-            try {
-                return store.get(config.keys().object(ts, Keys.MANIFEST)).map(v -> Manifest.formatOf(v.data())).orElse(-1);
-            } catch (R2Exception e) {
-                return -1;
-            }
-        });
+        try {
+            if (manifest(timestamp) != null) return Manifest.FORMAT;
+        } catch (R2Exception e) {
+            formats.putIfAbsent(timestamp, -1);
+        }
+        return formats.get(timestamp);
     }
 
     private void report(SyncResult result, R2Exception failure) {

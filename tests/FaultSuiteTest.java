@@ -324,7 +324,7 @@ class FaultSuiteTest {
     /** One chain: a lane, its first snapshot, then every crash point in turn, then the last snapshot restored. */
     private void crashChain(FaultKit.Group g, String name, List<CrashPoint> points, boolean bigFile) throws IOException {
         Lane lane = lane(name, TownBuilder.create().rigs("alpha"));
-        if (bigFile) writeBigFile(lane.town.root().resolve("alpha/plugins/big.bin"), BIG_FILE);
+        if (bigFile) lane.bigFile(lane.town.root().resolve("alpha/plugins/big.bin"));
         // Short-lived children (git bundle, dolt version) start 0.2 s late, so a kill under load lands in them.
         if (name.equals("crash-local")) lane.slowChildren();
         lane.firstSync(false);
@@ -538,7 +538,8 @@ class FaultSuiteTest {
                 r -> r.reset().always(), true);
         syncFault(g, lane, "body of latest.json cut short once", Want.COMPLETES, 2, FaultProxy.get("/latest.json"),
                 r -> r.cutResponse(10), false);
-        syncFault(g, lane, "body of the previous manifest cut short every time", Want.COMPLETES, 5, FaultProxy.get("/manifest.json"),
+        // Every manifest read fails (the previous one, and those the history policy reads): each is retried.
+        syncFault(g, lane, "body of every manifest cut short every time", Want.COMPLETES, 15, FaultProxy.get("/manifest.json"),
                 r -> r.cutResponse(40).always(), false);
         syncFault(g, lane, "404 for an existing latest.json", Want.COMPLETES, 2, FaultProxy.get("/latest.json"),
                 r -> r.fail(404, "NoSuchKey"), false);
@@ -560,7 +561,7 @@ class FaultSuiteTest {
                 r -> r.fail(500, "InternalError").always(), false);
         // Multipart: a 70 MB file in a rig's plugins/ makes a pack go up in parts.
         g.step("a 70 MB file makes its pack a multipart upload", () -> {
-            writeBigFile(lane.town.root().resolve("alpha/plugins/big.bin"), BIG_FILE);
+            lane.bigFile(lane.town.root().resolve("alpha/plugins/big.bin"));
             lane.syncAndRecord();
         });
         syncFault(g, lane, "500 once on part 2 of a multipart upload", Want.COMPLETES, 2, FaultProxy.uploadPart(PACK, 2),
@@ -704,7 +705,7 @@ class FaultSuiteTest {
 
     private void fullDisk(FaultKit.Group g, Lane lane) {
         diskSync(g, lane, "work dir fills up while packing files (6 MB filesystem)", "R2_WORK_DIR", "6m", "no space left");
-        diskSync(g, lane, "state dir fills up during dolt backup (160 KB filesystem)", "R2_STATE_DIR", "160k", "no space left");
+        diskSync(g, lane, "state dir fills up during dolt backup (32 KB filesystem)", "R2_STATE_DIR", "32k", "no space left");
         diskRestore(g, lane, "town volume fills up while downloading (6 MB filesystem)", "6m", false);
         diskRestore(g, lane, "town volume fills up while extracting, --force over a town (20 MB filesystem)", "20m", true);
         g.fault("disk: --verify with a full work dir", () -> {
@@ -723,6 +724,8 @@ class FaultSuiteTest {
     private void diskSync(FaultKit.Group g, Lane lane, String name, String dirVar, String size, String mention) {
         g.fault("disk: sync: " + name, () -> {
             lane.touch(true);
+            // Only what changed is packed: enough new bytes to fill the work dir's filesystem.
+            if (dirVar.equals("R2_WORK_DIR")) writeBigFile(lane.town.root().resolve("plugins/disk-fill.bin"), 8 << 20);
             FaultKit.Pointer before = lane.pointer();
             Set<String> dbDirs = lane.town.databases().stream().map(db -> ".dolt-data/" + db + "/.dolt").collect(Collectors.toSet());
             SortedMap<String, String> townBefore = FaultKit.tree(lane.town.root(), dbDirs);
@@ -733,9 +736,10 @@ class FaultSuiteTest {
                 assertMentions(r.stderr(), mention);
                 if (!lane.pointer().sameBytes(before)) throw new FaultKit.DataLoss("latest.json changed after a failed sync");
                 store.assertIntact(lane.bucket, lane.townId, before.timestamp(), before.manifestSha256());
-                // A state dir keeps dolt's identity and this machine's record of the failed sync; nothing else.
-                List<String> left = FaultKit.filesUnder(fs.dir()).stream()
-                        .filter(f -> !f.startsWith("dolt-home/") && !f.equals(RestoreState.LAST_SYNC)).collect(Collectors.toList());
+                // A state dir keeps dolt's identity, this machine's record of the failed sync, and the backup
+                // directories of the databases dolt finished (the next sync adds to them); nothing else.
+                List<String> left = FaultKit.filesUnder(fs.dir()).stream().filter(f -> !f.startsWith("dolt-home")
+                        && !f.startsWith("dolt-backups") && !f.equals(RestoreState.LAST_SYNC)).collect(Collectors.toList());
                 if (!left.isEmpty()) throw new AssertionError("the failed sync left files in its " + dirVar + ": " + left);
             }
             FaultKit.assertUntouched("the town after a failed sync", townBefore, FaultKit.tree(lane.town.root(), dbDirs));
@@ -836,9 +840,9 @@ class FaultSuiteTest {
             try (FaultKit.Running a = lane.startSync(); FaultKit.Running b = lane.startSync(otherHost)) {
                 TestTools.ProcResult ra = a.await(SYNC_TIMEOUT);
                 TestTools.ProcResult rb = b.await(SYNC_TIMEOUT);
-                String tsA = startedTimestamp(ra.stderr());
-                String tsB = startedTimestamp(rb.stderr());
-                if (tsA.equals(tsB)) throw new AssertionError("both writers claimed " + tsA);
+                String tsA = publishedTimestamp(ra.stderr());
+                String tsB = publishedTimestamp(rb.stderr());
+                if (tsA.equals(tsB)) throw new AssertionError("both writers created a manifest as " + tsA);
                 String newest = tsA.compareTo(tsB) > 0 ? tsA : tsB;
                 lane.states.put(newest, state);
                 for (TestTools.ProcResult r : List.of(ra, rb)) {
@@ -850,6 +854,13 @@ class FaultSuiteTest {
             }
             assertLatestRestores(lane);
         });
+    }
+
+    /** The timestamp a sync created its manifest under: the one it published, or lost a conflict with. */
+    private static String publishedTimestamp(String log) {
+        java.util.regex.Matcher m = java.util.regex.Pattern.compile("latest\\.json now names (\\d{8}T\\d{6}Z)|sync (\\d{8}T\\d{6}Z): conflict").matcher(log);
+        if (!m.find()) throw new AssertionError("no published or conflicting snapshot in:\n" + log);
+        return m.group(1) != null ? m.group(1) : m.group(2);
     }
 
     private static String startedTimestamp(String log) {
@@ -945,8 +956,8 @@ class FaultSuiteTest {
                 o -> replaceFile(o, packOf(o), java.util.Arrays.copyOf(o.get(objectOf(o, packOf(o))), 3000)));
         hostile(g, "a pack the file index names that lacks a path", "lacks", true,
                 o -> replaceFile(o, packOf(o), new HostileTar().dir("settings/").bytes()));
-        hostile(g, "a missing link of a bundle chain", "git/alpha.bundle", false,
-                o -> o.remove(objectOf(o, "git/alpha.bundle/0")));
+        hostile(g, "a missing link of a bundle chain", ".bundle/0", false, o -> o.remove(objectOf(o, fileEntries(o).stream()
+                .map(f -> f.path("path").asText()).filter(p -> p.endsWith(".bundle/0")).findFirst().orElseThrow())));
         hostile(g, "a deleted dolt table file", "dolt/hq.backup", true,
                 o -> o.remove(objectOf(o, largestUnder(o, "dolt/hq.backup"))));
     }
@@ -1470,6 +1481,7 @@ class FaultSuiteTest {
             current = null;
         }
         private int touches;
+        private Path bigFile;
 
         Lane(String name, TownBuilder builder) {
             dir = TestTools.tempDir("fault-" + name + "-");
@@ -1593,6 +1605,15 @@ class FaultSuiteTest {
          * Changes the town so the next sync has new work: a new branch in every git repository (new bundles) and,
          * with files, a changed config and runtime file (new tars). Databases change on every backup.
          */
+        /**
+         * A 70 MB file in the town that every touch of files changes (one byte appended), so each sync packs it
+         * again: its pack is a multipart upload.
+         */
+        void bigFile(Path file) throws IOException {
+            writeBigFile(file, BIG_FILE);
+            bigFile = file;
+        }
+
         void touch(boolean files) throws IOException {
             current = null;
             int n = ++touches;
@@ -1607,6 +1628,7 @@ class FaultSuiteTest {
             if (files) {
                 Files.writeString(town.root().resolve("settings/fault.json"), "{\"touch\": " + n + "}\n");
                 Files.writeString(town.root().resolve(".runtime/fault-state.json"), "{\"touch\": " + n + "}\n");
+                if (bigFile != null) Files.write(bigFile, new byte[] {(byte) n}, StandardOpenOption.APPEND);
             }
         }
 
