@@ -68,7 +68,7 @@ public class R2Restore implements Callable<Integer> {
     Path workDir;
 
     static final String STAGING = ".r2-restore";
-    /** Downloads in flight at once, and databases or repositories rebuilt at once (each a dolt or git process). */
+    /** Downloads in flight at once, and repositories rebuilt at once (each a git process). */
     static final int DOWNLOADS = 4;
     static final int REBUILDS = 2;
 
@@ -264,27 +264,35 @@ public class R2Restore implements Callable<Integer> {
     }
 
     /**
-     * Builds the whole town in townDir: databases first (dolt restores into directories that must not exist
-     * yet), then every path from the file packs, then every git directory from its bundle chain (its HEAD,
-     * config and index are files from the packs by then), then the work trees' state is compared with the
-     * manifest, and last the directories get their modes and mtimes. Databases, and then repositories, are
-     * rebuilt in parallel: each is independent of the others. Files hold the town's final paths (a worktree's
-     * .git file names the final root), so nothing needs rewriting after the move.
+     * Builds the whole town in townDir, in two lanes at once: the databases (each by `dolt backup restore` in
+     * a directory of its own: dolt, run in a directory, reads every database it finds there), and the files
+     * from the packs followed by every git directory from its bundle chain (its HEAD, config and index are
+     * files from the packs by then; repositories two at a time). Then the databases move into the town, the
+     * work trees' state is compared with the manifest, and last the directories get their modes and mtimes.
+     * Files hold the town's final paths (a worktree's .git file names the final root), so nothing needs
+     * rewriting after the move.
      */
     private void buildTown(Prepared prepared, Path townDir, Path finalRoot) throws IOException {
         Instant t = Instant.now();
         Manifest manifest = prepared.manifest();
         Files.createDirectories(townDir);
-        Parallel.run(REBUILDS, manifest.databases().stream().<Parallel.Task>map(db -> () -> restoreDatabase(prepared, db, townDir))
-                .collect(Collectors.toList()));
         Tars.DirMetadata dirs = new Tars.DirMetadata();
-        FilePacks.restore(FileIndex.read(prepared.file(Keys.FILE_INDEX)), prepared::file, townDir, dirs);
-        if (!finalRoot.toString().equals(manifest.townRoot())) relinkWorktrees(manifest, townDir, finalRoot);
-        Parallel.run(REBUILDS, manifest.repos().stream().<Parallel.Task>map(repo -> () -> {
-            Path gitDir = townDir.resolve(repo.path());
-            GitRepo.restore(gitDir, repo, repo.bundles().stream().map(l -> prepared.file(l.file())).collect(Collectors.toList()));
-            warnAboutRedactedCredentials(repo, gitDir);
-        }).collect(Collectors.toList()));
+        Path databases = prepared.dir().resolve("dolt-restore");
+        Parallel.run(2, List.of(
+                () -> {
+                    for (DatabaseFacts db : manifest.databases())
+                        DoltServer.restore(prepared.file(db.backup()), databases.resolve(db.path()), db);
+                },
+                () -> {
+                    FilePacks.restore(FileIndex.read(prepared.file(Keys.FILE_INDEX)), prepared::file, townDir, dirs);
+                    if (!finalRoot.toString().equals(manifest.townRoot())) relinkWorktrees(manifest, townDir, finalRoot);
+                    Parallel.run(REBUILDS, manifest.repos().stream().<Parallel.Task>map(repo -> () -> {
+                        Path gitDir = townDir.resolve(repo.path());
+                        GitRepo.restore(gitDir, repo, repo.bundles().stream().map(l -> prepared.file(l.file())).collect(Collectors.toList()));
+                        warnAboutRedactedCredentials(repo, gitDir);
+                    }).collect(Collectors.toList()));
+                }));
+        for (DatabaseFacts db : manifest.databases()) moveInto(databases.resolve(db.path()).resolve(db.name()), townDir.resolve(db.path()));
         compareWorkTrees(manifest, townDir);
         dirs.apply();
         Log.info("restore: snapshot " + prepared.timestamp() + ": " + manifest.databases().size() + " databases and "
@@ -292,17 +300,19 @@ public class R2Restore implements Callable<Integer> {
                 + Log.seconds(Duration.between(t, Instant.now())));
     }
 
-    /**
-     * Restores a database in a directory of its own, then moves it into the town: dolt, run in a directory,
-     * reads every database it finds there, so two restores must never share one.
-     */
-    private static void restoreDatabase(Prepared prepared, DatabaseFacts db, Path townDir) throws IOException {
-        Path alone = prepared.dir().resolve("dolt-restore").resolve(db.path());
-        FileTrees.delete(alone);
-        DoltServer.restore(prepared.file(db.backup()), alone, db);
-        Path target = townDir.resolve(db.path());
+    /** Moves a restored database into the town; the packs may have made its directory already (its other files). */
+    private static void moveInto(Path restored, Path target) throws IOException {
         Files.createDirectories(target.getParent());
-        Files.move(alone.resolve(db.name()), target, StandardCopyOption.ATOMIC_MOVE);
+        if (!Files.exists(target, LinkOption.NOFOLLOW_LINKS)) {
+            Files.move(restored, target, StandardCopyOption.ATOMIC_MOVE);
+            return;
+        }
+        for (Path child : Town.sortedChildren(restored)) {
+            Path to = target.resolve(child.getFileName().toString());
+            if (Files.exists(to, LinkOption.NOFOLLOW_LINKS))
+                throw new R2Exception(R2Common.EXIT_FAILED, "restore: " + to + " comes both from the packs and from the database's backup");
+            Files.move(child, to, StandardCopyOption.ATOMIC_MOVE);
+        }
     }
 
     /**

@@ -290,26 +290,32 @@ public class R2Sync implements Callable<Integer> {
     /**
      * Each database through `dolt backup` into a directory that persists between syncs (dolt then writes only
      * the table files it lacks), then the files the backup's manifest names; table files are named by their
-     * content, so one the previous snapshot holds is not read again.
+     * content, so one the previous snapshot holds is not read again. The dolt commands of two databases run at
+     * once: each is mostly a process starting.
      */
-    private void backupDatabases(Town town, Snapshot snapshot, Manifest base) {
+    private void backupDatabases(Town town, Snapshot snapshot, Manifest base) throws IOException {
         boolean serverRunning = DoltServer.running(town.root());
+        Map<String, Object> done = new java.util.concurrent.ConcurrentHashMap<>();   // path -> DoltBackup or its failure
+        Parallel.run(2, town.databases().stream().<Parallel.Task>map(db -> () -> {
+            try {
+                done.put(db.path(), doltBackup(town, db));
+            } catch (IOException | RuntimeException e) {
+                done.put(db.path(), e);
+            }
+        }).collect(Collectors.toList()));
         for (Town.DoltDatabase db : town.databases()) {
             String dir = Keys.doltBackup(db.name(), db.path());
             snapshot.attempt("database " + db.path(), base == null ? List.of() : base.filesUnder(dir),
                     base == null ? null : base.database(db.path()).orElse(null), null, () -> {
-                Instant t = Instant.now();
-                Path dbDir = town.root().resolve(db.path());
-                Path backupDir = config.stateDir().resolve("dolt-backups").resolve(config.townId()).resolve(db.path());
-                Files.createDirectories(backupDir.getParent());
-                DoltServer.backup(dbDir, backupDir);
-                List<String> files = DoltServer.backupFiles(backupDir);
-                DoltServer.prune(backupDir, files);
+                Object result = done.get(db.path());
+                if (result instanceof IOException e) throw e;
+                if (result instanceof RuntimeException e) throw e;
+                DoltBackup backup = (DoltBackup) result;
                 long newBytes = 0;
                 int newFiles = 0;
-                for (String name : files) {
+                for (String name : backup.files()) {
                     String path = dir + "/" + name;
-                    Path local = backupDir.resolve(name);
+                    Path local = backup.dir().resolve(name);
                     Optional<FileEntry> before = base == null ? Optional.empty() : base.file(path);
                     if (!name.equals("manifest") && before.isPresent() && before.get().size() == Files.size(local) && snapshot.stored(before.get())) {
                         snapshot.reuse(before.get());
@@ -322,12 +328,25 @@ public class R2Sync implements Callable<Integer> {
                         }
                     }
                 }
-                snapshot.databases().add(new DatabaseFacts(db.name(), db.path(), dir, serverRunning, DoltServer.branches(dbDir),
-                        DoltServer.backupRoot(backupDir)));
-                Log.info("sync " + snapshot.timestamp() + ": dolt " + db.path() + ": " + newFiles + " new of " + files.size()
-                        + " backup files (" + Log.bytes(newBytes) + ") in " + Log.seconds(Duration.between(t, Instant.now())));
+                snapshot.databases().add(new DatabaseFacts(db.name(), db.path(), dir, serverRunning, backup.branches(), backup.root()));
+                Log.info("sync " + snapshot.timestamp() + ": dolt " + db.path() + ": " + newFiles + " new of " + backup.files().size()
+                        + " backup files (" + Log.bytes(newBytes) + ") in " + Log.seconds(backup.took()));
             });
         }
+    }
+
+    record DoltBackup(Path dir, List<String> files, Map<String, String> branches, String root, Duration took) {}
+
+    /** `dolt backup sync-url` of one database into its persistent directory, then its branch heads. */
+    private DoltBackup doltBackup(Town town, Town.DoltDatabase db) throws IOException {
+        Instant t = Instant.now();
+        Path dbDir = town.root().resolve(db.path());
+        Path backupDir = config.stateDir().resolve("dolt-backups").resolve(config.townId()).resolve(db.path());
+        Files.createDirectories(backupDir.getParent());
+        DoltServer.backup(dbDir, backupDir);
+        List<String> files = DoltServer.backupFiles(backupDir);
+        DoltServer.prune(backupDir, files);
+        return new DoltBackup(backupDir, files, DoltServer.branches(dbDir), DoltServer.backupRoot(backupDir), Duration.between(t, Instant.now()));
     }
 
     /**
