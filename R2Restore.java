@@ -1,5 +1,7 @@
 ///usr/bin/env jbang "$0" "$@" ; exit $?
 //JAVA 17+
+// A heap sized for a sandbox whose agents need the memory: everything large is streamed (tools/soak.sh).
+//JAVA_OPTIONS -Xmx128m
 //SOURCES R2Common.java
 
 import picocli.CommandLine.ArgGroup;
