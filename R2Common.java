@@ -679,7 +679,14 @@ final class Proc {
                 throw new R2Exception(R2Common.EXIT_FAILED, String.join(" ", args) + ": stopped by shutdown");
             return new ProcResult(List.copyOf(args), p.exitValue(), out.get(), err.get());
         } catch (InterruptedException e) {
+            // Stopped (a sibling task failed): the child and what it started end before the caller cleans up.
+            p.descendants().forEach(ProcessHandle::destroyForcibly);
             p.destroyForcibly();
+            try {
+                p.waitFor(10, TimeUnit.SECONDS);
+            } catch (InterruptedException again) {
+                // already stopping
+            }
             Thread.currentThread().interrupt();
             throw new R2Exception(R2Common.EXIT_FAILED, String.join(" ", args) + ": interrupted");
         } catch (ExecutionException e) {
@@ -734,7 +741,10 @@ final class Proc {
     }
 }
 
-/** Independent tasks on a bounded pool: all run, or the first failure is thrown once the others are stopped. */
+/**
+ * Independent tasks on a bounded pool: all run, or the first failure is thrown once the others have stopped
+ * (interrupted, and their processes killed), so the caller may clean up what they wrote.
+ */
 final class Parallel {
     interface Task {
         void run() throws IOException;
@@ -756,16 +766,27 @@ final class Parallel {
                     f.get();
                 } catch (ExecutionException e) {
                     futures.forEach(other -> other.cancel(true));
+                    awaitStopped(pool);
                     if (e.getCause() instanceof IOException io) throw io;
                     if (e.getCause() instanceof RuntimeException re) throw re;
                     throw new R2Exception(R2Common.EXIT_FAILED, String.valueOf(e.getCause()), e.getCause());
                 } catch (InterruptedException e) {
+                    awaitStopped(pool);
                     Thread.currentThread().interrupt();
                     throw new R2Exception(R2Common.EXIT_FAILED, "interrupted");
                 }
             }
         } finally {
             pool.shutdownNow();
+        }
+    }
+
+    private static void awaitStopped(ExecutorService pool) {
+        pool.shutdownNow();
+        try {
+            if (!pool.awaitTermination(2, TimeUnit.MINUTES)) Log.warn("parallel tasks still running after a failure");
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
         }
     }
 }

@@ -161,6 +161,7 @@ final class Tars {
         int count = 0;
         try (TarArchiveInputStream in = new TarArchiveInputStream(new BufferedInputStream(Files.newInputStream(tarFile), 1 << 16))) {
             for (TarArchiveEntry e; (e = nextEntry(in, archive)) != null; ) {
+                if (Thread.currentThread().isInterrupted()) throw new R2Exception(R2Common.EXIT_FAILED, archive + ": extraction stopped");
                 if (++count > MAX_ENTRIES) throw refuse(archive, e.getName(), "more than " + MAX_ENTRIES + " entries");
                 String name = e.getName();
                 if (!wanted.contains(stripSlash(name))) continue;
