@@ -19,8 +19,5 @@ r2_jbang_exec() {
   fi
   local script="$1"
   shift
-  # JBang's own launcher JVM only resolves the script and starts ours: a quick, small JVM is enough for it
-  # (measured: a --immediate sync starts about 0.5 s sooner). An operator's JBANG_JAVA_OPTIONS wins.
-  export JBANG_JAVA_OPTIONS="${JBANG_JAVA_OPTIONS:--XX:TieredStopAtLevel=1 -XX:+UseSerialGC}"
   exec "$jbang" "$dir/$script" "$@"
 }
