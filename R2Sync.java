@@ -504,7 +504,7 @@ public class R2Sync implements Callable<Integer> {
         for (Snapshot.Artifact a : snapshot.files()) {
             String key = keys.object(a.entry());
             StoredObject stored = snapshot.stored.get(key);
-            boolean keep = stored != null && stored.size() == a.entry().size()
+            boolean keep = snapshot.stored(a.entry())
                     && (baseKeys.contains(key) || (stored.modified() != null && stored.modified().isAfter(freshAfter)));
             if (keep) present++;
             else if (a.local() == null)
@@ -604,9 +604,10 @@ public class R2Sync implements Callable<Integer> {
             String ts = e.getKey();
             if (ts.compareTo(current) > 0) continue;
             boolean complete = e.getValue().stream().anyMatch(o -> o.key().equals(keys.object(ts, Keys.MANIFEST)));
+            int format = complete ? formatOf(ts) : -1;
             if (!complete) unfinished.add(ts);
-            else if (formatOf(ts) == Manifest.FORMAT) ours.add(ts);
-            else if (formatOf(ts) > 0 && formatOf(ts) < Manifest.FORMAT) olderFormat.add(ts);
+            else if (format == Manifest.FORMAT) ours.add(ts);
+            else if (format > 0 && format < Manifest.FORMAT) olderFormat.add(ts);
             // else unreadable now, or a newer version's: never removed by this one
         }
         Map<String, String> kept = history.policy().keep(ours);
@@ -821,8 +822,10 @@ public class R2Sync implements Callable<Integer> {
         }
 
         Manifest manifest(String publishedAs, String townId, String townRoot, Versions versions, HistoryPolicy history) {
+            // In path order: two snapshots of the same town list the same files the same way.
+            List<FileEntry> entries = files.stream().map(Artifact::entry).sorted(Comparator.comparing(FileEntry::path)).toList();
             return new Manifest(Manifest.FORMAT, R2Common.VERSION, townId, publishedAs, Instant.now().toString(), townRoot, versions,
-                    history, files.stream().map(Artifact::entry).collect(Collectors.toList()), databases, repos, problems);
+                    history, entries, databases, repos, problems);
         }
     }
 

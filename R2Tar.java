@@ -121,15 +121,6 @@ final class Tars {
         return mode;
     }
 
-    /** The names of the entries in a tar, directories with a trailing '/' (for checks). */
-    static List<String> list(Path tarFile) throws IOException {
-        List<String> names = new ArrayList<>();
-        try (TarArchiveInputStream in = new TarArchiveInputStream(new BufferedInputStream(Files.newInputStream(tarFile)))) {
-            for (TarArchiveEntry e; (e = in.getNextEntry()) != null; ) names.add(e.getName());
-        }
-        return names;
-    }
-
     /** Directory modes and mtimes, applied after everything else is written into the directories. */
     static final class DirMetadata {
         private final Map<Path, TarArchiveEntry> dirs = new TreeMap<>(Comparator.reverseOrder());

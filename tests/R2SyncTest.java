@@ -239,6 +239,8 @@ class R2SyncTest {
         BucketView view = BucketView.of(s3, bucket, "town-1");
         Product p = product(bucket);
         p.sync("--immediate").assertOk();
+        // A path changed within 2 s of a scan is read again at the next one: the class's town may be that fresh.
+        p.sync("--immediate").assertOk();
         List<String> objectsBefore = view.keys(view.keys().objects());
         TestTools.ProcResult third = p.sync("--immediate").assertOk();
         // Repos are fingerprinted (refs, shallow boundary, HEADs, indexes, stash): unchanged ones are never
@@ -252,8 +254,8 @@ class R2SyncTest {
         List<String> added = view.keys(view.keys().objects()).stream().filter(k -> !objectsBefore.contains(k)).toList();
         assertTrue(added.stream().allMatch(k -> k.contains("/incremental/dolt/") && view.get(k).length < 4096), added.toString());
         List<String> snapshots = view.completeSnapshots();
-        Manifest first = view.manifest(snapshots.get(0));
-        Manifest latest = view.manifest(snapshots.get(1));
+        Manifest first = view.manifest(snapshots.get(snapshots.size() - 2));
+        Manifest latest = view.manifest(snapshots.get(snapshots.size() - 1));
         assertEquals(first.files().stream().filter(f -> !f.path().startsWith("dolt/")).toList(),
                 latest.files().stream().filter(f -> !f.path().startsWith("dolt/")).toList(), "the same packs and bundles");
     }
