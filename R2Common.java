@@ -721,6 +721,31 @@ final class Proc {
         }
     }
 
+    /**
+     * Runs action (on a JVM signal thread) each time this process receives SIG{name}, e.g. "USR1". Through
+     * sun.misc.Signal, which the JDK keeps for exactly this; reached reflectively because javac 17 warns of every
+     * direct use at every build, and no option silences it.
+     */
+    static void onSignal(String name, Runnable action) {
+        try {
+            Class<?> signal = Class.forName("sun.misc.Signal");
+            Class<?> handler = Class.forName("sun.misc.SignalHandler");
+            Object onSignal = java.lang.reflect.Proxy.newProxyInstance(handler.getClassLoader(), new Class<?>[]{handler},
+                    (proxy, method, args) -> switch (method.getName()) {
+                        case "handle" -> {
+                            action.run();
+                            yield null;
+                        }
+                        case "hashCode" -> System.identityHashCode(proxy);
+                        case "equals" -> proxy == args[0];
+                        default -> "SIG" + name + " handler";
+                    });
+            signal.getMethod("handle", signal, handler).invoke(null, signal.getConstructor(String.class).newInstance(name), onSignal);
+        } catch (ReflectiveOperationException e) {
+            throw new IllegalStateException("cannot handle SIG" + name + ": " + e, e);
+        }
+    }
+
     /** The first line a command prints, or "unknown" when it is missing or fails. */
     static String versionOf(String... args) {
         try {

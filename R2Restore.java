@@ -1,10 +1,10 @@
 ///usr/bin/env jbang "$0" "$@" ; exit $?
 //JAVA 17+
 // A heap sized for a sandbox whose agents need the memory: everything large is streamed (tools/soak.sh).
-//JAVA_OPTIONS -Xmx128m -Xlog:cds=off -Xlog:cds+dynamic=off
-// Class data sharing: JBang archives the loaded classes at the first run, and later JVMs start from it
-// (its warnings about classes it cannot archive are switched off above: they are not the operator's concern).
-//CDS
+//JAVA_OPTIONS -Xmx128m
+// No //CDS: its archive is written as the first JVM exits (~1.4 s), beside the jar in JBang's cache, which in the
+// sandbox is new on every machine or baked read-only into the image: each restore and each final sync would
+// pay for it, and no JVM would start from it.
 //SOURCES R2Common.java
 
 import picocli.CommandLine.ArgGroup;

@@ -1,10 +1,10 @@
 ///usr/bin/env jbang "$0" "$@" ; exit $?
 //JAVA 17+
 // A heap sized for a sandbox whose agents need the memory: everything large is streamed (tools/soak.sh).
-//JAVA_OPTIONS -Xmx128m -Xlog:cds=off -Xlog:cds+dynamic=off
-// Class data sharing: JBang archives the loaded classes at the first run, and later JVMs start from it
-// (its warnings about classes it cannot archive are switched off above: they are not the operator's concern).
-//CDS
+//JAVA_OPTIONS -Xmx128m
+// No //CDS: its archive is written as the first JVM exits (~1.4 s), beside the jar in JBang's cache, which in the
+// sandbox is new on every machine or baked read-only into the image: each restore and each final sync would
+// pay for it, and no JVM would start from it.
 //SOURCES R2Common.java
 
 import picocli.CommandLine.Command;
@@ -23,6 +23,7 @@ import java.util.*;
 import java.util.concurrent.Callable;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.stream.Collectors;
 import java.util.stream.Stream;
 
@@ -36,7 +37,9 @@ import java.util.stream.Stream;
                         + "A cycle uploads only what changed; then latest.json names the snapshot, and the history policy "
                         + "and garbage collection remove what no kept snapshot needs.",
                 "GT_TOWN_ROOT must be a town (it holds mayor/town.json): any other directory is refused.",
-                "Without --immediate it runs as a daemon: a sync every --interval, the first at start."},
+                "Without --immediate it runs as a daemon: a sync every --interval, the first at start. SIGTERM stops it "
+                        + "(a cycle in flight is abandoned, never published half); SIGUSR1 makes it abandon a cycle in flight, "
+                        + "sync the town as it is then, and exit with that sync's code (startup.sh's flush on SIGTERM)."},
         exitCodeListHeading = "%nExit codes:%n",
         exitCodeList = {
                 "0:a snapshot was published",
@@ -82,6 +85,8 @@ public class R2Sync implements Callable<Integer> {
     /** Manifests of the snapshots the history policy keeps, and the format of each snapshot looked at (both never change). */
     private final Map<String, Manifest> manifests = new HashMap<>();
     private final Map<String, Integer> formats = new HashMap<>();
+    /** Set when the daemon is told to stop or to make its final sync: the cycle in flight then ends as abandoned, not failed. */
+    private volatile boolean abandoning;
 
     public static void main(String... args) {
         System.exit(R2Cli.run(new R2Sync(), args));
@@ -109,55 +114,80 @@ public class R2Sync implements Callable<Integer> {
     private int runDaemon() {
         CountDownLatch stop = new CountDownLatch(1);
         CountDownLatch stopped = new CountDownLatch(1);
+        AtomicBoolean finalSyncAsked = new AtomicBoolean();
         Thread loop = Thread.currentThread();
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
+            if (stopped.getCount() == 0) return;   // ended on its own, after a final sync
             // The pointer only ever moves to a fully uploaded snapshot, so ending mid-cycle is safe:
             // the next sync removes what this one leaves.
             Log.info("daemon: stopping");
             Proc.shuttingDown = true;
-            stop.countDown();
-            loop.interrupt();
+            abandonCycle(stop, loop);
             awaitQuietly(stopped, Duration.ofSeconds(10));
         }, "r2-sync-shutdown"));
-        Log.info("daemon: syncing " + config.townRoot() + " every " + DurationConverter.format(interval));
-        int consecutiveFailures = 0;
-        boolean notATownLogged = false;
+        // The SIGTERM flush of startup.sh, done by this warm JVM: no second JVM to start, the last manifest at hand.
+        Proc.onSignal("USR1", () -> {
+            if (!finalSyncAsked.compareAndSet(false, true)) return;
+            Log.info("daemon: SIGUSR1: a final sync of the town as it is now, then exit (a cycle in flight is abandoned)");
+            abandonCycle(stop, loop);
+        });
+        Log.info("daemon: syncing " + config.townRoot() + " every " + DurationConverter.format(interval)
+                + "; SIGUSR1 asks for a final sync and exit");
         try {
-            while (stop.getCount() > 0) {
-                try {
-                    // A first boot may create the town after the daemon starts: look again every cycle.
-                    if (!Town.isTown(config.townRoot())) {
-                        if (!notATownLogged) Log.error("daemon: " + Town.notATown(config.townRoot()) + " Checking again every "
-                                + DurationConverter.format(interval) + ".");
-                        notATownLogged = true;
-                    } else {
-                        if (notATownLogged) Log.info("daemon: " + config.townRoot() + " is a town now; syncing it");
-                        notATownLogged = false;
-                        syncOnce();
-                        if (consecutiveFailures > 0) Log.info("daemon: recovered after " + consecutiveFailures + " failed cycle(s)");
-                        consecutiveFailures = 0;
-                    }
-                } catch (R2Exception e) {
-                    if (stop.getCount() == 0) break;
-                    consecutiveFailures++;
-                    Log.error("daemon: cycle failed (" + consecutiveFailures + " in a row), retrying in "
-                            + DurationConverter.format(interval) + ": " + R2Cli.messageChain(e));
-                } catch (RuntimeException e) {
-                    if (stop.getCount() == 0) break;
-                    consecutiveFailures++;
-                    Log.error("daemon: cycle failed unexpectedly (" + consecutiveFailures + " in a row): " + R2Cli.messageChain(e));
-                }
-                try {
-                    if (stop.await(interval.toMillis(), TimeUnit.MILLISECONDS)) break;
-                } catch (InterruptedException e) {
-                    break;
-                }
+            runCycles(stop);
+            if (!finalSyncAsked.get() || Proc.shuttingDown) return R2Common.EXIT_OK;
+            synchronized (this) {   // abandonCycle has run to its end: its interrupt is cleared, not left for this sync
+                Thread.interrupted();
+                abandoning = false;
             }
+            return syncOnce().exitCode();
         } finally {
             Log.info("daemon: stopped");
             stopped.countDown();
         }
-        return R2Common.EXIT_OK;
+    }
+
+    /** A sync every interval until stop is counted down; a failed cycle is reported and retried at the next one. */
+    private void runCycles(CountDownLatch stop) {
+        int consecutiveFailures = 0;
+        boolean notATownLogged = false;
+        while (stop.getCount() > 0) {
+            try {
+                // A first boot may create the town after the daemon starts: look again every cycle.
+                if (!Town.isTown(config.townRoot())) {
+                    if (!notATownLogged) Log.error("daemon: " + Town.notATown(config.townRoot()) + " Checking again every "
+                            + DurationConverter.format(interval) + ".");
+                    notATownLogged = true;
+                } else {
+                    if (notATownLogged) Log.info("daemon: " + config.townRoot() + " is a town now; syncing it");
+                    notATownLogged = false;
+                    syncOnce();
+                    if (consecutiveFailures > 0) Log.info("daemon: recovered after " + consecutiveFailures + " failed cycle(s)");
+                    consecutiveFailures = 0;
+                }
+            } catch (R2Exception e) {
+                if (stop.getCount() == 0) break;
+                consecutiveFailures++;
+                Log.error("daemon: cycle failed (" + consecutiveFailures + " in a row), retrying in "
+                        + DurationConverter.format(interval) + ": " + R2Cli.messageChain(e));
+            } catch (RuntimeException e) {
+                if (stop.getCount() == 0) break;
+                consecutiveFailures++;
+                Log.error("daemon: cycle failed unexpectedly (" + consecutiveFailures + " in a row): " + R2Cli.messageChain(e));
+            }
+            try {
+                if (stop.await(interval.toMillis(), TimeUnit.MILLISECONDS)) break;
+            } catch (InterruptedException e) {
+                break;
+            }
+        }
+    }
+
+    /** Ends the loop; a cycle in flight is interrupted (its dolt and git children killed) and reported as abandoned. */
+    private synchronized void abandonCycle(CountDownLatch stop, Thread loop) {
+        abandoning = true;
+        stop.countDown();
+        loop.interrupt();
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -214,8 +244,9 @@ public class R2Sync implements Callable<Integer> {
 
     /** Reports a failed sync, unless the JVM is shutting down: then the cycle is abandoned, not failed. */
     private R2Exception fail(String timestamp, Instant start, R2Exception failure) {
-        if (Proc.shuttingDown) {
-            Log.info("sync " + timestamp + ": abandoned (shutting down); what it uploaded is collected later");
+        if (Proc.shuttingDown || abandoning) {
+            Log.info("sync " + timestamp + ": abandoned (" + (Proc.shuttingDown ? "shutting down" : "a final sync follows")
+                    + "); what it uploaded is collected later");
             return failure;
         }
         SyncResult result = new SyncResult(timestamp, List.of(), Transfer.NONE, Duration.between(start, Instant.now()));

@@ -5,9 +5,10 @@
 #      is, and a failed restore is logged loudly but does not stop the container
 #   2. gt up
 #   3. the R2 sync daemon (r2-sync-daemon.sh) in the background, restarted if it dies
-#   4. wait for SIGTERM or SIGINT, then: stop the daemon (a cycle in flight is abandoned, never
-#      published half), a final sync of the town as it is now (r2-sync-daemon.sh --immediate), gt down,
-#      stop COMMAND, exit 0. A second signal abandons the final sync.
+#   4. wait for SIGTERM or SIGINT, then: a final sync of the town as it is now, by the running daemon
+#      (SIGUSR1: it abandons a cycle in flight, never published half, syncs once more and exits; its JVM
+#      is warm, so no second one starts) or, when the daemon is not running, by r2-sync-daemon.sh
+#      --immediate; then gt down, stop COMMAND, exit 0. A second signal abandons the final sync.
 #
 # Usage: startup.sh [-- COMMAND [ARG...]]
 #   COMMAND (optional) runs in the background after gt up, e.g. a web terminal. When it exits on its
@@ -29,7 +30,7 @@ daemon_pid=""           # the sync daemon, or the timer before its restart
 daemon_state=""         # running | waiting (daemon_pid is a restart timer)
 daemon_delay=10         # seconds before the next restart of a dead daemon (doubles, up to 300)
 command_pid=""          # COMMAND, when given
-flush_pid=""            # the final sync, while it runs
+flush_pid=""            # the final sync's process (the daemon, or a new one), while it runs
 last_status=0           # the exit status wait_for saw
 have_setsid=""          # non-empty when setsid(1) exists: children get process groups of their own
 
@@ -221,24 +222,66 @@ on_second_signal() {
   fi
 }
 
-# Syncs the final state to R2 once, under a time limit; prints how long it took.
+# Syncs the final state to R2 once, under a time limit, and logs how it ended and how long it took.
+# The running daemon does it (flush_by_daemon); when it is not running, or ends before it could take
+# the request, a new sync process does (flush_by_new_process).
 flush() {
-  local start status limit=${R2_FLUSH_TIMEOUT:-120}
+  local start limit=${R2_FLUSH_TIMEOUT:-120} deadline
   start=$(now_us)
-  log "final sync to R2 (limit ${limit}s)"
-  # timeout(1) puts the sync in a process group of its own and signals the whole group at the limit.
-  timeout --kill-after=5 "$limit" "$here/r2-sync-daemon.sh" --immediate &
-  flush_pid=$!
-  wait_for "$flush_pid"
-  status=$last_status
-  flush_pid=""
-  case "$status" in
+  deadline=$((SECONDS + limit))
+  if [[ "$daemon_state" == running ]] && alive "$daemon_pid"; then
+    log "final sync to R2 by the sync daemon (SIGUSR1, limit ${limit}s)"
+    flush_by_daemon "$deadline"
+    if ((last_status == 128 + 10)); then   # killed by SIGUSR1: its JVM was starting, without the handler yet
+      log "the sync daemon ended at SIGUSR1 before it could take it (it was starting); syncing in a new process"
+      flush_by_new_process "$((deadline - SECONDS > 1 ? deadline - SECONDS : 1))"
+    fi
+  else
+    stop_child "$daemon_pid" "the sync daemon's restart timer"
+    log "final sync to R2 (the sync daemon is not running; limit ${limit}s)"
+    flush_by_new_process "$limit"
+  fi
+  case "$last_status" in
     0) log "final sync done: the snapshot holds the town as it was at the signal" ;;
     3) log "WARNING: final sync published a PARTIAL snapshot (exit 3): some parts were not backed up (see above)" ;;
-    124 | 137) log "ERROR: final sync did not finish within ${limit}s and was abandoned; R2 keeps the previous snapshot" ;;
-    *) log "ERROR: final sync failed (exit $status); R2 keeps the previous snapshot" ;;
+    124 | 137 | 143) log "ERROR: final sync did not finish within its limit or was abandoned; R2 keeps the previous snapshot" ;;
+    *) log "ERROR: final sync failed (exit $last_status); R2 keeps the previous snapshot" ;;
   esac
   log "flush took $(seconds_since "$start")"
+}
+
+# Asks the daemon for its final sync (SIGUSR1) and waits for it to exit with that sync's status, for at
+# most until <deadline> (in SECONDS); then stops it (SIGTERM, then SIGKILL). Sets last_status (124 at the
+# deadline).
+# Usage: flush_by_daemon <deadline>
+flush_by_daemon() {
+  local deadline=$1
+  flush_pid=$daemon_pid
+  kill -USR1 "$daemon_pid" 2> /dev/null || true
+  # Polled, not waited for: the traps (a second signal abandons the flush) run between the short sleeps.
+  while alive "$daemon_pid" && ((SECONDS < deadline)); do
+    sleep 0.1
+  done
+  if alive "$daemon_pid"; then
+    stop_child "$daemon_pid" "the sync daemon" 5
+    last_status=124
+  else
+    wait_for "$daemon_pid"
+    stop_child "$daemon_pid" "the sync daemon"   # sweeps up what its process group left
+  fi
+  flush_pid=""
+  daemon_pid=""
+}
+
+# Runs one sync in a new process (r2-sync-daemon.sh --immediate) for at most <limit> seconds. Sets
+# last_status (124 or 137 at the limit).
+# Usage: flush_by_new_process <limit-seconds>
+flush_by_new_process() {
+  # timeout(1) puts the sync in a process group of its own and signals the whole group at the limit.
+  timeout --kill-after=5 "$1" "$here/r2-sync-daemon.sh" --immediate &
+  flush_pid=$!
+  wait_for "$flush_pid"
+  flush_pid=""
 }
 
 # The shutdown sequence; never returns.
@@ -260,10 +303,8 @@ shutdown() {
   if alive "$step_pid"; then
     stop_child "$step_pid" "gt up"
   fi
-  # The daemon goes first: a cycle it has in flight is abandoned (R2 never sees half a snapshot), and
-  # no timer cycle can start during or after the final sync, which is then the last word in R2.
-  stop_child "$daemon_pid" "the sync daemon"
-  log "sync daemon stopped"
+  # The final sync is the last word in R2: after it no daemon cycle runs (the daemon exits with it, or
+  # was stopped first).
   flush
   run_gt down
   stop_child "$command_pid" "the command"

@@ -2,8 +2,13 @@
 # Benchmark, side by side with restic: our sync and restore against `restic backup` / `restic restore` on the
 # same town and the same S3 server (S3Proxy, filesystem store, on loopback), step by step, ours then restic:
 #   1 first backup   2 no change   3 small change (1 dolt row committed, 1 git commit, 1 settings file edited)
-#   4 restore into an empty dir   5 `jbang R2Sync.java --immediate` for a small change (ours only: the SIGTERM
-#   flush, JVM start included)   6 BENCH_CYCLES small-change cycles, then bucket size / first snapshot's size.
+#   4 restore into an empty dir   5 `jbang R2Sync.java --immediate` for a small change (ours only: the flush
+#   when no daemon runs, JVM start included)   6 BENCH_CYCLES small-change cycles, then bucket size / first
+#   snapshot's size.
+# Ours runs as it does in the sandbox: steps 2, 3 and 6 are cycles of the warm sync daemon (started before the
+# step, its first cycle not counted; the change made; then SIGUSR1, its final sync, measured from the signal to
+# its exit), steps 1 and 5 are new processes (`jbang R2Sync.java --immediate`, JVM start included). Restic runs
+# `restic backup` each time, as cron would.
 # Per step and tool: wall and CPU seconds (user+sys, child processes included), peak RSS, bytes and requests
 # sent to S3, bytes received from it, and the bucket's growth. Traffic is counted by a small HTTP proxy
 # (python3 stdlib) in front of S3Proxy that both tools talk to; bucket sizes are the file sizes under S3Proxy's
@@ -13,13 +18,13 @@
 #   BENCH_SIZES="30 300"  town sizes in MiB of git data; Dolt rows scale with it (2000 per 3 MiB: 20000, 200000)
 #   BENCH_ROWS            a fixed row count instead
 #   BENCH_CYCLES=20       small-change cycles in step 6
-#   BENCH_HEAP=256m       JVM heap cap (JAVA_TOOL_OPTIONS=-Xmx...), to show nothing is held whole in memory
+#   BENCH_HEAP            a JVM heap cap instead of the scripts' own -Xmx128m (JAVA_TOOL_OPTIONS=-Xmx...)
 #   BENCH_KEEP=1          keep the work dir (towns, buckets, per-step logs) and print its path
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 sizes="${BENCH_SIZES:-30 300}"
 cycles="${BENCH_CYCLES:-20}"
-heap="${BENCH_HEAP:-256m}"
+heap="${BENCH_HEAP:-}"
 
 # build_town ROOT SCRATCH MB ROWS: hq with a table of ROWS rows, rig alpha whose shallow .repo.git holds MB MiB
 # of random data (cloned from SCRATCH/work, where later commits are made and pushed from), a settings file.
@@ -212,28 +217,62 @@ import os, sys
 print(sum(os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk(sys.argv[1]) for f in fs))" "$BLOBS/$1"
 }
 
-# measure STEP TOOL BUCKET CMD...: runs CMD under /usr/bin/time and appends one result row to $results:
-# step tool rc wall cpu rss_kb requests up down bucket_before bucket_after. A failing CMD is recorded (rc) and
-# its log shown; the run goes on.
+# measure STEP TOOL BUCKET CMD...: runs CMD under /usr/bin/time and records it (record). A failing CMD is
+# recorded (rc) and its log shown; the run goes on.
 measure() {
   local step="$1" tool="$2" bucket="$3"
   shift 3
-  local log="$LOGS/$tool-${step// /_}-$((++log_seq)).log" rc=0 b0 b1 s0 s1 wall user sys rss a0 a1
+  local log="$LOGS/$tool-${step// /_}-$((++log_seq)).log" rc=0 b0 s0 wall user sys rss
   b0="$(bucket_bytes "$bucket")"
   s0="$(proxy_stats)"
   /usr/bin/time -f '%e %U %S %M' -o "$work/time.txt" "$@" > "$log" 2>&1 || rc=$?
+  read -r wall user sys rss < <(tail -n 1 "$work/time.txt")
+  record "$step" "$tool" "$bucket" "$log" "$rc" "$wall" "$(python3 -c "print(round($user + $sys, 2))")" "$rss" "$s0" "$b0"
+}
+
+# daemon_cycle STEP [CHANGE...]: one cycle of our warm daemon: starts it (R2Sync.java with no --immediate; its
+# first cycle runs at start and is not counted), runs CHANGE, asks for its final sync (SIGUSR1) and records
+# that sync, from the signal to the daemon's exit: wall, CPU (the JVM and the dolt and git it ran, less what
+# they had used before the signal), the daemon's peak RSS, and the traffic and bucket growth since the signal.
+daemon_cycle() {
+  local step="$1"
+  shift
+  local log="$LOGS/ours-${step// /_}-$((++log_seq)).log" rc=0 time_pid pid b0 s0 cpu0 t0 t1 wall user sys rss tries=0
+  R2_SYNC_INTERVAL=1h /usr/bin/time -f '%e %U %S %M' -o "$work/time.txt" "$repo/jbang" "$repo/R2Sync.java" > "$log" 2>&1 &
+  time_pid=$!
+  until grep -q ': ok in \|: FAILED\|failed' "$log"; do
+    ((tries++ < 3000)) || { echo "bench: the daemon's first cycle did not end; see $log" >&2; exit 1; }
+    sleep 0.1
+  done
+  (($# == 0)) || "$@"
+  pid="$(pgrep -P "$time_pid")"
+  b0="$(bucket_bytes "$OURS_BUCKET")"
+  s0="$(proxy_stats)"
+  # utime stime cutime cstime of the JVM (fields 14-17), in clock ticks.
+  cpu0="$(awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13 + $14 + $15) / hz }' "/proc/$pid/stat")"
+  t0="$EPOCHREALTIME"
+  kill -USR1 "$pid"
+  wait "$time_pid" || rc=$?
+  t1="$EPOCHREALTIME"
+  read -r wall user sys rss < <(tail -n 1 "$work/time.txt")
+  record "$step" ours "$OURS_BUCKET" "$log" "$rc" "$(python3 -c "print(round($t1 - $t0, 2))")" \
+    "$(python3 -c "print(round($user + $sys - $cpu0, 2))")" "$rss" "$s0" "$b0"
+}
+
+# record STEP TOOL BUCKET LOG RC WALL CPU RSS_KB STATS_BEFORE BUCKET_BEFORE: appends one result row to $results:
+# step tool rc wall cpu rss_kb requests up down bucket_before bucket_after (traffic and bucket: now less before).
+record() {
+  local step="$1" tool="$2" bucket="$3" log="$4" rc="$5" wall="$6" cpu="$7" rss="$8" s0="$9" b0="${10}" b1 s1 a0 a1
   s1="$(proxy_stats)"
   b1="$(bucket_bytes "$bucket")"
-  read -r wall user sys rss < <(tail -n 1 "$work/time.txt")
   if ((rc != 0)); then
     echo "bench: $tool '$step' exited $rc; last lines of $log:" >&2
     tail -n 15 "$log" | sed 's/^/  /' >&2
   fi
   read -r -a a0 <<< "$s0"
   read -r -a a1 <<< "$s1"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$step" "$tool" "$rc" "$wall" \
-    "$(python3 -c "print(round($user + $sys, 2))")" "$rss" "$((a1[0] - a0[0]))" "$((a1[1] - a0[1]))" \
-    "$((a1[2] - a0[2]))" "$b0" "$b1" >> "$results"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$step" "$tool" "$rc" "$wall" "$cpu" "$rss" \
+    "$((a1[0] - a0[0]))" "$((a1[1] - a0[1]))" "$((a1[2] - a0[2]))" "$b0" "$b1" >> "$results"
 }
 
 ours_sync() { measure "$1" ours "$OURS_BUCKET" "$repo/jbang" "$repo/R2Sync.java" --immediate; }
@@ -314,9 +353,9 @@ bench_size() {
   jvm_start="$(tail -n 1 "$dir/jvm-start.txt")"
 
   ours_sync "1 first backup"; restic_sync "1 first backup"
-  ours_sync "2 no change"; restic_sync "2 no change"
-  small_change "$GT_TOWN_ROOT" "$dir/scratch" $((++n))
-  ours_sync "3 small change"; restic_sync "3 small change"
+  daemon_cycle "2 no change"; restic_sync "2 no change"
+  daemon_cycle "3 small change" small_change "$GT_TOWN_ROOT" "$dir/scratch" $((++n))
+  restic_sync "3 small change"
   # A fresh machine: an empty town root, and for restic an empty cache.
   GT_TOWN_ROOT="$dir/restore-ours" R2_STATE_DIR="$dir/restore-state" \
     measure "4 restore" ours "$OURS_BUCKET" "$repo/jbang" "$repo/R2Restore.java"
@@ -326,8 +365,8 @@ bench_size() {
   ours_sync "5 --immediate (flush)"
   local i
   for ((i = 0; i < cycles; i++)); do
-    small_change "$GT_TOWN_ROOT" "$dir/scratch" $((++n))
-    ours_sync "6 $cycles small changes"; restic_sync "6 $cycles small changes"
+    daemon_cycle "6 $cycles small changes" small_change "$GT_TOWN_ROOT" "$dir/scratch" $((++n))
+    restic_sync "6 $cycles small changes"
   done
 
   local restored_ours=0 restored_restic=0
@@ -335,7 +374,8 @@ bench_size() {
   [[ -d "$dir/restore-restic" ]] && restored_restic="$(du -sb "$dir/restore-restic" | cut -f1)"
   echo
   print_table "$results" "== town $mb MB: $((town_bytes / 1048576)) MiB on disk ($mb MiB git data, $rows Dolt rows);\
- JVM heap $heap; $(nproc) cores; jbang+JVM start (--help) ${jvm_start} s =="
+ JVM heap ${heap:-as shipped};\
+ $(nproc) cores; jbang+JVM start (--help) ${jvm_start} s; ours: steps 2, 3, 6 a warm daemon's cycle, 1 and 5 a new process =="
   echo "restored on disk: ours $((restored_ours / 1048576)) MiB, restic $((restored_restic / 1048576)) MiB" \
     "(town at restore time $((town_bytes / 1048576)) MiB before changes)"
   echo "load average at the end (other work on this machine skews wall times): $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -362,7 +402,8 @@ _main() {
 
   start_s3 "$work/s3"
   export R2_ACCESS_KEY_ID=bench R2_SECRET_ACCESS_KEY=bench-secret AWS_ACCESS_KEY_ID=bench
-  export AWS_SECRET_ACCESS_KEY=bench-secret RESTIC_PASSWORD=bench R2_NO_PROGRESS=1 JAVA_TOOL_OPTIONS="-Xmx$heap"
+  export AWS_SECRET_ACCESS_KEY=bench-secret RESTIC_PASSWORD=bench R2_NO_PROGRESS=1
+  [[ -z "$heap" ]] || export JAVA_TOOL_OPTIONS="-Xmx$heap"
   "$repo/jbang" build "$repo/R2Sync.java" "$repo/R2Restore.java" > /dev/null 2>&1 || true
   echo "bench: ours = $(git -C "$repo" log -1 --format='%h %s'); $(restic version)"
   local mb
