@@ -89,7 +89,10 @@ final class GitRepo {
         try (OutputStream file = Files.newOutputStream(bundle, StandardOpenOption.CREATE_NEW)) {
             Sha256.HashingOutputStream out = new Sha256.HashingOutputStream(new BufferedOutputStream(file, 1 << 16));
             out.write(headerBytes);
-            Proc.pipe(gitDir, List.of("git", "--git-dir=" + gitDir, "pack-objects", "--stdout", "--quiet", "--revs",
+            // Small pack windows: by default git maps whole packs, and a 300 MiB repo's bundle then shows as
+            // 300 MiB of RSS (70 MiB with these, as fast).
+            Proc.pipe(gitDir, List.of("git", "--git-dir=" + gitDir, "-c", "core.packedGitWindowSize=16m",
+                    "-c", "core.packedGitLimit=64m", "pack-objects", "--stdout", "--quiet", "--revs",
                     "--all", "--reflog", "--indexed-objects", "--missing=allow-promisor", "--delta-base-offset"),
                     revs.getBytes(StandardCharsets.UTF_8), out);
             out.flush();

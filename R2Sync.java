@@ -109,6 +109,7 @@ public class R2Sync implements Callable<Integer> {
 
     // ---------------------------------------------------------------------------------------------
     // The daemon: a sync every interval; a failed cycle is reported and retried at the next one.
+    // SIGTERM ends it; SIGUSR1 ends it with a final sync, whose exit code is the daemon's.
     // ---------------------------------------------------------------------------------------------
 
     private int runDaemon() {

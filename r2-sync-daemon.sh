@@ -2,9 +2,11 @@
 # r2-sync-daemon.sh: backs up this Gas Town to R2 by running R2Sync.java with JBang.
 #
 #   r2-sync-daemon.sh               the daemon: a sync at start, then one every R2_SYNC_INTERVAL (5m);
-#                                   SIGTERM ends it (a cycle in flight is abandoned, never published half)
+#                                   SIGTERM ends it (a cycle in flight is abandoned, never published half);
+#                                   SIGUSR1 makes it abandon a cycle in flight, sync once more and exit
+#                                   with that sync's code (the SIGTERM flush of startup.sh)
 #   r2-sync-daemon.sh --immediate   one sync now, then exit; waits for a sync already running (the
-#                                   SIGTERM flush of startup.sh)
+#                                   flush when no daemon runs)
 #
 # Every argument goes to R2Sync (`r2-sync-daemon.sh --help`), and R2Sync's exit code is this script's:
 # 0 published, 1 failed, 2 usage or configuration, 3 published with parts missing. Configuration comes
