@@ -213,10 +213,14 @@ public class R2Sync implements Callable<Integer> {
             Path work = Files.createDirectories(workDir.resolve("r2-sync-" + timestamp + "-" + ProcessHandle.current().pid()));
             try {
                 Snapshot snapshot = new Snapshot(timestamp, work, config.keys(), storedObjects(), base == null ? null : base.timestamp());
-                backupDatabases(town, snapshot, base);
-                Map<Path, List<WorkTreeFacts>> workTrees = inspectWorkTrees(town, snapshot);
-                packFiles(town, snapshot, base);
-                bundleRepos(town, workTrees, snapshot, base);
+                // The dolt backups run beside the packing and bundling: on a first backup each takes seconds.
+                Map<String, Object> doltBackups = new java.util.concurrent.ConcurrentHashMap<>();
+                Parallel.run(2, List.of(() -> runDoltBackups(town, doltBackups), () -> {
+                    Map<Path, List<WorkTreeFacts>> workTrees = inspectWorkTrees(town, snapshot);
+                    packFiles(town, snapshot, base);
+                    bundleRepos(town, workTrees, snapshot, base);
+                }));
+                addDatabases(town, snapshot, base, doltBackups);
                 snapshot.requireSomethingBackedUp();
                 Transfer transfer = upload(snapshot, base);
                 Manifest manifest = publish(previous, snapshot);
@@ -326,13 +330,10 @@ public class R2Sync implements Callable<Integer> {
 
     /**
      * Each database through `dolt backup` into a directory that persists between syncs (dolt then writes only
-     * the table files it lacks), then the files the backup's manifest names; table files are named by their
-     * content, so one the previous snapshot holds is not read again. The dolt commands of two databases run at
-     * once: each is mostly a process starting.
+     * the table files it lacks); done maps each database's path to its DoltBackup or its failure. The dolt
+     * commands of two databases run at once: each is mostly a process starting.
      */
-    private void backupDatabases(Town town, Snapshot snapshot, Manifest base) throws IOException {
-        boolean serverRunning = DoltServer.running(town.root());
-        Map<String, Object> done = new java.util.concurrent.ConcurrentHashMap<>();   // path -> DoltBackup or its failure
+    private void runDoltBackups(Town town, Map<String, Object> done) throws IOException {
         Parallel.run(2, town.databases().stream().<Parallel.Task>map(db -> () -> {
             try {
                 done.put(db.path(), doltBackup(town, db));
@@ -340,6 +341,14 @@ public class R2Sync implements Callable<Integer> {
                 done.put(db.path(), e);
             }
         }).collect(Collectors.toList()));
+    }
+
+    /**
+     * The files each database's backup manifest names, or its failure as a problem; table files are named by
+     * their content, so one the previous snapshot holds is not read again.
+     */
+    private void addDatabases(Town town, Snapshot snapshot, Manifest base, Map<String, Object> done) throws IOException {
+        boolean serverRunning = DoltServer.running(town.root());
         for (Town.DoltDatabase db : town.databases()) {
             String dir = Keys.doltBackup(db.name(), db.path());
             snapshot.attempt("database " + db.path(), base == null ? List.of() : base.filesUnder(dir),
