@@ -405,6 +405,30 @@ class SandboxTest {
         }
     }
 
+    @Test
+    @Order(11)
+    void aSignalBeforeTheDaemonCanTakeTheFlushIsFlushedByANewProcess() throws Exception {
+        Machine m = machine("m11", dir.resolve("m4-volume"));   // the town test 4 restored
+        Files.writeString(m.volume().resolve("settings/m11.json"), "{\"m\":11}\n");
+        try (Startup s = Startup.start(repo, m, env(m, Map.of()))) {
+            s.awaitLog("startup: running;", START_TIMEOUT);
+            s.signal("TERM");   // the daemon's JVM is still starting (JBang alone takes longer than this)
+            assertEquals(0, s.awaitExit(STOP_TIMEOUT), s.log());
+            assertFalse(s.log().contains("daemon: syncing"), "the daemon had not started its loop:\n" + s.log());
+            assertLogOrder(s.log(), "startup: final sync to R2 by the sync daemon",
+                    "startup: the sync daemon ended at SIGUSR1 before it could take it", ": ok in", "startup: final sync done",
+                    "startup: gt down", "startup: stopped; exit 0");
+            String last = view.latest().orElseThrow().timestamp();
+            assertTrue(view.manifest(last).complete(), "the final snapshot is complete");
+            assertEquals(last, lastSyncSeenBy(m, "down"), "gt down ran after the flush had published " + last + ":\n" + s.log());
+            s.assertNoneLeft();
+        }
+        Machine fresh = machine("m11b", Files.createDirectories(dir.resolve("m11b-volume")));
+        TestTools.ProcResult r = jbang(env(fresh, Map.of()), "r2-restore@" + repo);
+        assertEquals(0, r.exitCode(), r.stderr());
+        assertEquals("{\"m\":11}\n", Files.readString(fresh.volume().resolve("settings/m11.json")), "the file written before the start");
+    }
+
     // ---------------------------------------------------------------------------------------------
     // Helpers
     // ---------------------------------------------------------------------------------------------

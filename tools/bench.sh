@@ -164,6 +164,14 @@ server.serve_forever()
 PY
 }
 
+# stop_servers: S3Proxy, the counting proxy and a daemon still running (its JVM, the child of /usr/bin/time).
+stop_servers() {
+  if [[ -n "${DAEMON_PID:-}" ]]; then
+    pkill -KILL -P "$DAEMON_PID" 2> /dev/null || true
+  fi
+  kill "${PROXY_PID:-0}" "${S3_PID:-0}" 2> /dev/null || true
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
@@ -240,6 +248,7 @@ daemon_cycle() {
   local log="$LOGS/ours-${step// /_}-$((++log_seq)).log" rc=0 time_pid pid b0 s0 cpu0 t0 t1 wall user sys rss tries=0
   R2_SYNC_INTERVAL=1h /usr/bin/time -f '%e %U %S %M' -o "$work/time.txt" "$repo/jbang" "$repo/R2Sync.java" > "$log" 2>&1 &
   time_pid=$!
+  DAEMON_PID=$time_pid   # for the exit trap: a bench stopped midway leaves no daemon behind
   until grep -q ': ok in \|: FAILED\|failed' "$log" 2> /dev/null; do
     ((tries++ < 3000)) || { echo "bench: the daemon's first cycle did not end; see $log" >&2; exit 1; }
     sleep 0.1
@@ -254,6 +263,7 @@ daemon_cycle() {
   kill -USR1 "$pid"
   wait "$time_pid" || rc=$?
   t1="$EPOCHREALTIME"
+  DAEMON_PID=
   read -r wall user sys rss < <(tail -n 1 "$work/time.txt")
   record "$step" ours "$OURS_BUCKET" "$log" "$rc" "$(python3 -c "print(round($t1 - $t0, 2))")" \
     "$(python3 -c "print(round($user + $sys - $cpu0, 2))")" "$rss" "$s0" "$b0"
@@ -390,9 +400,9 @@ _main() {
   work="$(mktemp -d "${TMPDIR:-/tmp}/gastown-r2-bench.XXXXXX")"
   log_seq=0
   if [[ -n "${BENCH_KEEP:-}" ]]; then
-    trap 'kill "${PROXY_PID:-0}" "${S3_PID:-0}" 2> /dev/null || true; echo "bench: kept $work" >&2' EXIT
+    trap 'stop_servers; echo "bench: kept $work" >&2' EXIT
   else
-    trap 'kill "${PROXY_PID:-0}" "${S3_PID:-0}" 2> /dev/null || true; rm -rf "$work"' EXIT
+    trap 'stop_servers; rm -rf "$work"' EXIT
   fi
   export DOLT_ROOT_PATH="$work/dolt-root" GIT_CONFIG_GLOBAL="$work/gitconfig"
   git config --global user.name bench && git config --global user.email bench@example.invalid
