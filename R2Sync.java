@@ -834,8 +834,9 @@ public class R2Sync implements Callable<Integer> {
                 step.run();
                 succeeded++;
             } catch (IOException | R2Exception | IllegalArgumentException | java.io.UncheckedIOException e) {
-                if (Proc.shuttingDown)   // its dolt or git was killed by the shutdown: the source is fine
-                    throw new R2Exception(R2Common.EXIT_FAILED, "sync " + timestamp + ": stopped by shutdown", e);
+                // Its dolt or git was killed because the cycle is being stopped or abandoned: the source is fine.
+                if (Proc.shuttingDown || Thread.currentThread().isInterrupted())
+                    throw new R2Exception(R2Common.EXIT_FAILED, "sync " + timestamp + ": stopped", e);
                 String error = R2Cli.messageChain(e);
                 if (error.toLowerCase(Locale.ROOT).contains("no space left"))
                     throw new R2Exception(R2Common.EXIT_FAILED, "sync: " + part + ": " + error, e);
