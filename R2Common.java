@@ -680,8 +680,7 @@ final class Proc {
             return new ProcResult(List.copyOf(args), p.exitValue(), out.get(), err.get());
         } catch (InterruptedException e) {
             // Stopped (a sibling task failed): the child and what it started end before the caller cleans up.
-            p.descendants().forEach(ProcessHandle::destroyForcibly);
-            p.destroyForcibly();
+            kill(p);
             try {
                 p.waitFor(10, TimeUnit.SECONDS);
             } catch (InterruptedException again) {
@@ -715,10 +714,13 @@ final class Proc {
     /** Ends every running child and its descendants (used on shutdown). */
     static void killAll() {
         shuttingDown = true;
-        for (Process p : RUNNING) {
-            p.descendants().forEach(ProcessHandle::destroyForcibly);
-            p.destroyForcibly();
-        }
+        RUNNING.forEach(Proc::kill);
+    }
+
+    /** Kills a child and everything it started (dolt and git start helpers of their own). */
+    private static void kill(Process p) {
+        p.descendants().forEach(ProcessHandle::destroyForcibly);
+        p.destroyForcibly();
     }
 
     /**

@@ -2,9 +2,7 @@
 //JAVA 17+
 // A heap sized for a sandbox whose agents need the memory: everything large is streamed (tools/soak.sh).
 //JAVA_OPTIONS -Xmx128m
-// No //CDS: its archive is written as the first JVM exits (~1.4 s), beside the jar in JBang's cache, which in the
-// sandbox is new on every machine or baked read-only into the image: each restore and each final sync would
-// pay for it, and no JVM would start from it.
+// No //CDS: see R2Sync.java.
 //SOURCES R2Common.java
 
 import picocli.CommandLine.ArgGroup;

@@ -22,6 +22,8 @@
 #   BENCH_KEEP=1          keep the work dir (towns, buckets, per-step logs) and print its path
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=tools/s3proxy.sh
+source "$repo/tools/s3proxy.sh"
 sizes="${BENCH_SIZES:-30 300}"
 cycles="${BENCH_CYCLES:-20}"
 heap="${BENCH_HEAP:-}"
@@ -184,27 +186,16 @@ wait_port() {
   done
 }
 
-# start_s3 DIR: S3Proxy with a filesystem store under DIR/blobs and the counting proxy in front of it; sets
-# S3_PID, PROXY_PID, BLOBS and ENDPOINT (the proxy's URL, which both tools use).
+# start_s3 DIR: S3Proxy (tools/s3proxy.sh) with its store under DIR/blobs and the counting proxy in front of it;
+# sets S3_PID, PROXY_PID, BLOBS and ENDPOINT (the proxy's URL, which both tools use).
 start_s3() {
-  local dir="$1" s3_port proxy_port
-  s3_port="$(free_port)"
+  local dir="$1" proxy_port
+  s3proxy_start "$dir" bench bench-secret
+  S3_PID=$S3PROXY_PID
   BLOBS="$dir/blobs"
-  mkdir -p "$BLOBS"
-  cat > "$dir/s3proxy.conf" <<CONF
-s3proxy.endpoint=http://127.0.0.1:$s3_port
-s3proxy.authorization=aws-v2-or-v4
-s3proxy.identity=bench
-s3proxy.credential=bench-secret
-jclouds.provider=filesystem
-jclouds.filesystem.basedir=$BLOBS
-CONF
-  java -jar "$S3PROXY_JAR" --properties "$dir/s3proxy.conf" > "$dir/s3proxy.log" 2>&1 &
-  S3_PID=$!
-  wait_port "$s3_port" S3Proxy
   proxy_port="$(free_port)"
   write_proxy "$dir/s3count.py"
-  python3 "$dir/s3count.py" "$proxy_port" "$s3_port" > "$dir/proxy.log" 2>&1 &
+  python3 "$dir/s3count.py" "$proxy_port" "$S3PROXY_PORT" > "$dir/proxy.log" 2>&1 &
   PROXY_PID=$!
   wait_port "$proxy_port" "the counting proxy"
   ENDPOINT="http://127.0.0.1:$proxy_port"

@@ -16,6 +16,8 @@
 #   SOAK_KEEP          set to keep the work dir (daemon log, rss.tsv) for a look afterwards
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=tools/s3proxy.sh
+source "$repo/tools/s3proxy.sh"
 
 cycles="${SOAK_CYCLES:-200}"
 interval="${SOAK_INTERVAL:-2s}"
@@ -69,26 +71,12 @@ change_town() {
   esac
 }
 
-# start_s3 DIR: S3Proxy with a filesystem store on a free loopback port; sets s3_pid and the R2_* env.
+# start_s3 DIR: S3Proxy (tools/s3proxy.sh) with a bucket "soak"; sets s3_pid and the R2_* env.
 start_s3() {
-  local dir="$1" port tries=0
-  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-  mkdir -p "$dir/blobs/soak"
-  cat > "$dir/s3proxy.conf" <<CONF
-s3proxy.endpoint=http://127.0.0.1:$port
-s3proxy.authorization=aws-v2-or-v4
-s3proxy.identity=soak
-s3proxy.credential=soak-secret
-jclouds.provider=filesystem
-jclouds.filesystem.basedir=$dir/blobs
-CONF
-  java -Xmx256m -jar "$S3PROXY_JAR" --properties "$dir/s3proxy.conf" > "$dir/s3proxy.log" 2>&1 &
-  s3_pid=$!
-  export R2_ENDPOINT="http://127.0.0.1:$port" R2_ACCESS_KEY_ID=soak R2_SECRET_ACCESS_KEY=soak-secret R2_BUCKET=soak
-  until (echo > "/dev/tcp/127.0.0.1/$port") 2> /dev/null; do
-    ((tries++ < 200)) || { say "S3Proxy did not start (see $dir/s3proxy.log)"; exit 2; }
-    sleep 0.1
-  done
+  mkdir -p "$1/blobs/soak"
+  s3proxy_start "$1" soak soak-secret -Xmx256m
+  s3_pid=$S3PROXY_PID
+  export R2_ENDPOINT="http://127.0.0.1:$S3PROXY_PORT" R2_ACCESS_KEY_ID=soak R2_SECRET_ACCESS_KEY=soak-secret R2_BUCKET=soak
 }
 
 # setup_env DIR: tools on PATH, private git and dolt identities, and the daemon's R2_* settings under DIR.
