@@ -1,7 +1,8 @@
 // Dolt: backups of the town's databases through the dolt CLI (part of R2Common, included with //SOURCES).
 //   DoltHome     the dolt config this tool's dolt commands run with: an identity of their own, so a
 //                restore on a new machine (HOME empty, no `dolt config --global`) works
-//   DoltServer   whether the town's sql-server runs, branch heads, backup roots, backup and restore
+//   DoltServer   whether the town's sql-server runs, a database's state (refs and working sets), backups
+//                that skip an unchanged database, and restore
 
 import java.io.IOException;
 import java.nio.file.*;
@@ -49,11 +50,73 @@ final class DoltServer {
 
     /** Branch name -> commit hash, through the running server when there is one (the CLI finds it). */
     static Map<String, String> branches(Path dbDir) throws IOException {
-        ProcResult r = Proc.check(dbDir, "dolt", "sql", "-r", "json", "-q", "select name, hash from dolt_branches");
+        return refs(dbDir).branches();
+    }
+
+    /**
+     * What a backup of the database holds, less the working set's timestamp that every dolt command rewrites
+     * (so the backup's root moves each cycle while nothing changed): branch heads, tags, remote branches,
+     * stashes, and the working and staged roots of every branch. Equal states back up to the same data.
+     */
+    record State(Map<String, String> branches, List<String> lines) {}
+
+    // One row per ref; dolt_hashof_db() is the working root's hash, dolt-ignored tables included.
+    private static final String REFS = "select 'branch' kind, name, hash from dolt_branches"
+            + " union all select 'tag', tag_name, tag_hash from dolt_tags"
+            + " union all select 'remote branch', name, hash from dolt_remote_branches"
+            + " union all select 'stash', stash_id, hash from dolt_stashes"
+            + " union all select 'database', database(), ''"
+            + " union all select 'working', active_branch(), dolt_hashof_db()"
+            + " union all select 'staged', active_branch(), dolt_hashof_db('STAGED')";
+    private static final String WORKING_SETS = "select 'working' kind, active_branch() name, dolt_hashof_db() hash"
+            + " union all select 'staged', active_branch(), dolt_hashof_db('STAGED')";
+
+    /** The refs and the checked-out branch's working set, in one dolt run. */
+    static State refs(Path dbDir) throws IOException {
+        return collect(sql(dbDir, REFS), List.of());
+    }
+
+    /** The refs and every branch's working set: a second dolt run when there are branches besides the checked-out one. */
+    static State state(Path dbDir) throws IOException {
+        List<String[]> refs = sql(dbDir, REFS);
+        Set<String> checkedOut = names(refs, "working");
+        StringBuilder otherBranches = new StringBuilder();
+        for (String database : names(refs, "database"))
+            for (String branch : names(refs, "branch"))
+                if (!checkedOut.contains(branch))
+                    otherBranches.append("use `").append((database + "/" + branch).replace("`", "``")).append("`; ")
+                            .append(WORKING_SETS).append(";\n");
+        return collect(refs, otherBranches.length() == 0 ? List.of() : sql(dbDir, otherBranches.toString()));
+    }
+
+    private static State collect(List<String[]> refs, List<String[]> workingSets) {
         Map<String, String> branches = new TreeMap<>();
-        for (var row : R2Common.JSON.readTree(r.stdout()).path("rows"))
-            branches.put(row.path("name").asText(), row.path("hash").asText());
-        return branches;
+        for (String[] row : refs) if (row[0].equals("branch")) branches.put(row[1], row[2]);
+        List<String> lines = new ArrayList<>();
+        for (String[] row : refs) lines.add(String.join(" ", row));
+        for (String[] row : workingSets) lines.add(String.join(" ", row));
+        Collections.sort(lines);
+        return new State(branches, List.copyOf(lines));
+    }
+
+    private static Set<String> names(List<String[]> rows, String kind) {
+        Set<String> names = new TreeSet<>();
+        for (String[] row : rows) if (row[0].equals(kind)) names.add(row[1]);
+        return names;
+    }
+
+    /** (kind, name, hash) rows of one or more statements (`dolt sql -r json` prints one document per result). */
+    private static List<String[]> sql(Path dbDir, String query) throws IOException {
+        ProcResult r = Proc.check(dbDir, "dolt", "sql", "-r", "json", "-q", query);
+        List<String[]> rows = new ArrayList<>();
+        try (var documents = R2Common.JSON.readerFor(com.fasterxml.jackson.databind.JsonNode.class).readValues(r.stdout())) {
+            while (documents.hasNext())
+                for (var row : ((com.fasterxml.jackson.databind.JsonNode) documents.next()).path("rows"))
+                    rows.add(new String[] {row.path("kind").asText(), row.path("name").asText(), row.path("hash").asText()});
+        } catch (RuntimeException e) {
+            throw new IOException("dolt sql in " + dbDir + " printed what is not JSON: " + r.tail(), e);
+        }
+        return rows;
     }
 
     /** The root hash in a file:// backup's manifest ("5:__DOLT__:<lock>:<root>:..."). */
@@ -88,12 +151,49 @@ final class DoltServer {
                 Files.delete(p);
     }
 
+    /** What bringing a database's backup up to date did: the state the backup holds, and whether dolt wrote to it. */
+    record Backup(State state, boolean synced) {}
+
     /**
-     * dolt backup sync-url into a directory that persists between syncs, so dolt writes only the table files
-     * it lacks. Retried: a GC running at the same time can fail it ("please try again"); a retry starts the
-     * directory afresh, in case the failure left it inconsistent.
+     * Brings the backup directory of a database up to its state. The directory persists between syncs, so dolt
+     * writes only the table files it lacks; the state it was last synced at is kept in syncedAt, and a database
+     * still in that state is not synced at all (dolt would add a table file for the new timestamp alone). A
+     * state that moved while dolt ran is synced again, so the branch heads recorded are the ones the backup
+     * holds; a database that never holds still for three runs is backed up without them.
      */
-    static void backup(Path dbDir, Path backupDir) {
+    static Backup backup(Path dbDir, Path backupDir, Path syncedAt) throws IOException {
+        State state = state(dbDir);
+        if (holds(backupDir, syncedAt, state)) return new Backup(state, false);
+        Files.deleteIfExists(syncedAt);
+        for (int run = 1; run <= 3; run++) {
+            syncUrl(dbDir, backupDir);
+            State after = state(dbDir);
+            if (after.equals(state)) {
+                FileTrees.writeAtomically(syncedAt, String.join("\n", state.lines()).getBytes(java.nio.charset.StandardCharsets.UTF_8));
+                return new Backup(state, true);
+            }
+            state = after;
+        }
+        Log.warn("sync: " + dbDir.getFileName() + " changed during each of 3 backups; this one is kept without its "
+                + "branch heads, so its restore checks fsck and constraints but not the heads");
+        return new Backup(new State(Map.of(), state.lines()), true);
+    }
+
+    /** True when the directory holds a whole backup synced at this state. */
+    private static boolean holds(Path backupDir, Path syncedAt, State state) {
+        try {
+            backupFiles(backupDir);
+            return Files.readString(syncedAt).equals(String.join("\n", state.lines()));
+        } catch (IOException | R2Exception e) {
+            return false;
+        }
+    }
+
+    /**
+     * dolt backup sync-url into the backup directory. Retried: a GC running at the same time can fail it
+     * ("please try again"); a retry starts the directory afresh, in case the failure left it inconsistent.
+     */
+    private static void syncUrl(Path dbDir, Path backupDir) {
         String url = "file://" + backupDir.toAbsolutePath();
         R2Exception last = null;
         for (int attempt = 1; attempt <= 3; attempt++) {

@@ -153,7 +153,8 @@ public class R2Restore implements Callable<Integer> {
             report(chosen, null, fallback, start);
             RestoreState.clearFailure(config);
             return R2Common.EXIT_OK;
-        } catch (R2Exception | IOException e) {
+        } catch (IOException | RuntimeException e) {
+            // Whatever failed (an unexpected error included), a half-built staging dir is not left on the volume.
             if (!RestoreState.moving(staging)) FileTrees.deleteQuietly(staging);
             R2Exception failure = e instanceof R2Exception r ? r : new R2Exception(R2Common.EXIT_FAILED, "restore: " + e, e);
             report(chosen, failure, fallback, start);

@@ -375,24 +375,27 @@ public class R2Sync implements Callable<Integer> {
                     }
                 }
                 snapshot.databases().add(new DatabaseFacts(db.name(), db.path(), dir, serverRunning, backup.branches(), backup.root()));
-                Log.info("sync " + snapshot.timestamp() + ": dolt " + db.path() + ": " + newFiles + " new of " + backup.files().size()
-                        + " backup files (" + Log.bytes(newBytes) + ") in " + Log.seconds(backup.took()));
+                Log.info("sync " + snapshot.timestamp() + ": dolt " + db.path() + ": " + (backup.synced() ? "" : "unchanged since its last backup, ")
+                        + newFiles + " new of " + backup.files().size() + " backup files (" + Log.bytes(newBytes) + ") in "
+                        + Log.seconds(backup.took()));
             });
         }
     }
 
-    record DoltBackup(Path dir, List<String> files, Map<String, String> branches, String root, Duration took) {}
+    record DoltBackup(Path dir, List<String> files, Map<String, String> branches, String root, boolean synced, Duration took) {}
 
-    /** `dolt backup sync-url` of one database into its persistent directory, then its branch heads. */
+    /** One database's backup directory brought up to date (`dolt backup sync-url`, skipped when nothing changed). */
     private DoltBackup doltBackup(Town town, Town.DoltDatabase db) throws IOException {
         Instant t = Instant.now();
         Path dbDir = town.root().resolve(db.path());
         Path backupDir = config.stateDir().resolve("dolt-backups").resolve(config.townId()).resolve(db.path());
+        Path syncedAt = config.stateDir().resolve("dolt-backup-states").resolve(config.townId()).resolve(db.path());
         Files.createDirectories(backupDir.getParent());
-        DoltServer.backup(dbDir, backupDir);
+        DoltServer.Backup backup = DoltServer.backup(dbDir, backupDir, syncedAt);
         List<String> files = DoltServer.backupFiles(backupDir);
-        DoltServer.prune(backupDir, files);
-        return new DoltBackup(backupDir, files, DoltServer.branches(dbDir), DoltServer.backupRoot(backupDir), Duration.between(t, Instant.now()));
+        if (backup.synced()) DoltServer.prune(backupDir, files);
+        return new DoltBackup(backupDir, files, backup.state().branches(), DoltServer.backupRoot(backupDir), backup.synced(),
+                Duration.between(t, Instant.now()));
     }
 
     /**

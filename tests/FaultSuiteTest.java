@@ -262,7 +262,7 @@ class FaultSuiteTest {
         boolean await(FaultKit.Running run);
     }
 
-    /** How the town changes before a crash point: not at all, new git refs (new bundles), or refs and files (new tars). */
+    /** How the town changes before a crash point: not at all, new git and dolt refs (new bundles and backups), or refs and files (new tars). */
     enum Touch { NONE, REFS, ALL }
 
     /**
@@ -275,10 +275,10 @@ class FaultSuiteTest {
     /** The local phases: dolt backup, git bundle, tar, version probe, and kills at time offsets. */
     private static List<CrashPoint> localPhasePoints() {
         return List.of(
-                point("during dolt backup of the first database", Expect.BEFORE, Touch.NONE, child(c -> c.contains("backup sync-url"), 1)),
-                point("during dolt backup of the second database", Expect.BEFORE, Touch.NONE, child(c -> c.contains("backup sync-url"), 2)),
+                point("during dolt backup of the first database", Expect.BEFORE, Touch.REFS, child(c -> c.contains("backup sync-url"), 1)),
+                point("during dolt backup of the second database", Expect.BEFORE, Touch.REFS, child(c -> c.contains("backup sync-url"), 2)),
                 new CrashPoint("during dolt backup through the town's running dolt sql-server (which lives on)", Expect.BEFORE,
-                        Touch.NONE, false, true, child(c -> c.contains("backup sync-url"), 1)),
+                        Touch.REFS, false, true, child(c -> c.contains("backup sync-url"), 1)),
                 point("during git bundle of .repo.git", Expect.BEFORE, Touch.REFS,
                         child(c -> c.contains("pack-objects") && c.contains("/alpha/.repo.git"), 1)),
                 point("during git bundle of the mayor clone", Expect.BEFORE, Touch.REFS,
@@ -292,7 +292,7 @@ class FaultSuiteTest {
     /** Each upload, the manifest, the pointer, and retention (all held in the proxy while the kill lands). */
     private static List<CrashPoint> uploadAndRetentionPoints() {
         return List.of(
-                point("during the upload of a dolt/alpha.backup file", Expect.BEFORE, Touch.NONE, holdRequest(FaultProxy.put("/dolt/alpha.backup/"))),
+                point("during the upload of a dolt/alpha.backup file", Expect.BEFORE, Touch.REFS, holdRequest(FaultProxy.put("/dolt/alpha.backup/"))),
                 point("during the upload of a git/alpha.bundle increment", Expect.BEFORE, Touch.REFS, holdRequest(FaultProxy.put("/git/alpha.bundle/"))),
                 point("during the upload of a file pack", Expect.BEFORE, Touch.ALL, holdRequest(FaultProxy.put(PACK))),
                 point("during the upload of the file index", Expect.BEFORE, Touch.ALL, holdRequest(FaultProxy.put("/files/index.json.gz/"))),
@@ -527,7 +527,7 @@ class FaultSuiteTest {
 
     private void storageSyncFaults(FaultKit.Group g, Lane lane) throws IOException {
         syncFault(g, lane, "500 once on PUT of a dolt/hq.backup file", Want.COMPLETES, 2, FaultProxy.put("/dolt/hq.backup/"),
-                r -> r.fail(500, "InternalError"), false);
+                r -> r.fail(500, "InternalError"), true);
         syncFault(g, lane, "503 SlowDown on every PUT of a git/alpha.bundle increment", Want.FAILS, 5, FaultProxy.put("/git/alpha.bundle/"),
                 r -> r.fail(503, "SlowDown").always(), true);
         syncFault(g, lane, "403 AccessDenied (not retryable) on PUT of a dolt/alpha.backup file", Want.FAILS, 1, FaultProxy.put("/dolt/alpha.backup/"),
@@ -737,9 +737,11 @@ class FaultSuiteTest {
                 if (!lane.pointer().sameBytes(before)) throw new FaultKit.DataLoss("latest.json changed after a failed sync");
                 store.assertIntact(lane.bucket, lane.townId, before.timestamp(), before.manifestSha256());
                 // A state dir keeps dolt's identity, this machine's record of the failed sync, and the backup
-                // directories of the databases dolt finished (the next sync adds to them); nothing else.
+                // directories of the databases dolt finished with the states they hold (the next sync adds to
+                // them); nothing else.
                 List<String> left = FaultKit.filesUnder(fs.dir()).stream().filter(f -> !f.startsWith("dolt-home")
-                        && !f.startsWith("dolt-backups") && !f.equals(RestoreState.LAST_SYNC)).collect(Collectors.toList());
+                        && !f.startsWith("dolt-backups") && !f.startsWith("dolt-backup-states") && !f.equals(RestoreState.LAST_SYNC))
+                        .collect(Collectors.toList());
                 if (!left.isEmpty()) throw new AssertionError("the failed sync left files in its " + dirVar + ": " + left);
             }
             FaultKit.assertUntouched("the town after a failed sync", townBefore, FaultKit.tree(lane.town.root(), dbDirs));
@@ -1602,10 +1604,6 @@ class FaultSuiteTest {
         }
 
         /**
-         * Changes the town so the next sync has new work: a new branch in every git repository (new bundles) and,
-         * with files, a changed config and runtime file (new tars). Databases change on every backup.
-         */
-        /**
          * A 70 MB file in the town that every touch of files changes (one byte appended), so each sync packs it
          * again: its pack is a multipart upload.
          */
@@ -1614,6 +1612,10 @@ class FaultSuiteTest {
             bigFile = file;
         }
 
+        /**
+         * Changes the town so the next sync has new work: a new branch in every git repository (new bundles) and
+         * every database (new dolt backups), and, with files, a changed config and runtime file (new tars).
+         */
         void touch(boolean files) throws IOException {
             current = null;
             int n = ++touches;
@@ -1625,6 +1627,9 @@ class FaultSuiteTest {
                 TestTools.git(repo, "branch", "fault-" + n, "HEAD");
                 if (n > 1) TestTools.git(repo, "branch", "-D", "fault-" + (n - 1));
             }
+            for (String db : town.databases())
+                TestTools.dolt(town.doltDb(db), "sql", "-q", "call dolt_branch('fault-" + n + "')"
+                        + (n > 1 ? "; call dolt_branch('-D', 'fault-" + (n - 1) + "')" : ""));
             if (files) {
                 Files.writeString(town.root().resolve("settings/fault.json"), "{\"touch\": " + n + "}\n");
                 Files.writeString(town.root().resolve(".runtime/fault-state.json"), "{\"touch\": " + n + "}\n");
