@@ -50,7 +50,7 @@ class SandboxTest {
     private static final Pattern FLUSH_TOOK = Pattern.compile("startup: flush took (\\d+\\.\\d)s");
 
     private final S3Server s3 = S3Server.shared();
-    private final Path repo = repo();
+    private final Path repo = TestTools.repo();
     private HeartbeatReceiver api;
     private Path dir;
     private Path standinBin;
@@ -592,24 +592,6 @@ class SandboxTest {
         List<String> all = new ArrayList<>(List.of(repo.resolve("R2Status.java").toString()));
         all.addAll(List.of(args));
         return jbang(env, all.toArray(String[]::new));
-    }
-
-    /** The repo: $GASTOWN_R2_REPO, else where tests/run's JBang launcher lives, else up from the working dir. */
-    private static Path repo() {
-        List<Path> candidates = new ArrayList<>();
-        Optional.ofNullable(System.getenv("GASTOWN_R2_REPO")).ifPresent(p -> candidates.add(Path.of(p)));
-        Optional.ofNullable(System.getenv("JBANG_LAUNCH_CMD")).ifPresent(p -> candidates.add(Path.of(p).toAbsolutePath().getParent()));
-        for (Path p = Path.of("").toAbsolutePath(); p != null; p = p.getParent()) candidates.add(p);
-        return candidates.stream().filter(p -> p != null && Files.isRegularFile(p.resolve("startup.sh"))
-                        && Files.isRegularFile(p.resolve("R2Sync.java"))).findFirst()
-                .map(p -> {
-                    try {
-                        return p.toRealPath();
-                    } catch (IOException e) {
-                        throw new UncheckedIOException(e);
-                    }
-                })
-                .orElseThrow(() -> new IllegalStateException("cannot find the repo (startup.sh); run with tests/run"));
     }
 
     // ---------------------------------------------------------------------------------------------

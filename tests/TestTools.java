@@ -14,6 +14,7 @@ import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
+import java.util.Optional;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
 import java.util.function.BooleanSupplier;
@@ -146,6 +147,24 @@ final class TestTools {
     }
 
     // ---- temp dirs, ports, waiting ----
+
+    /** The repo: $GASTOWN_R2_REPO, else where tests/run's JBang launcher lives, else up from the working dir. */
+    static Path repo() {
+        List<Path> candidates = new ArrayList<>();
+        Optional.ofNullable(System.getenv("GASTOWN_R2_REPO")).ifPresent(p -> candidates.add(Path.of(p)));
+        Optional.ofNullable(System.getenv("JBANG_LAUNCH_CMD")).ifPresent(p -> candidates.add(Path.of(p).toAbsolutePath().getParent()));
+        for (Path p = Path.of("").toAbsolutePath(); p != null; p = p.getParent()) candidates.add(p);
+        return candidates.stream().filter(p -> p != null && Files.isRegularFile(p.resolve("startup.sh"))
+                        && Files.isRegularFile(p.resolve("R2Sync.java"))).findFirst()
+                .map(p -> {
+                    try {
+                        return p.toRealPath();
+                    } catch (IOException e) {
+                        throw new UncheckedIOException(e);
+                    }
+                })
+                .orElseThrow(() -> new IllegalStateException("cannot find the repo (startup.sh); run with tests/run"));
+    }
 
     /**
      * A new temp dir. Under $GASTOWN_R2_TEST_TMP when set (tests/run sets it and removes it on exit,
