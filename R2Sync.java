@@ -533,12 +533,15 @@ public class R2Sync implements Callable<Integer> {
         return new Versions(gt, dolt, git);
     }
 
+    /** Files uploaded at once: a cycle's few small files wait for R2's round trips, not for the link. */
+    static final int UPLOADS = 4;
+
     /**
-     * Uploads every file of the snapshot the bucket does not hold yet. One it holds is skipped when the
-     * previous snapshot uses it (garbage collection keeps it) or it is young enough that collection cannot
-     * take it before this sync publishes (an upload of an interrupted sync).
+     * Uploads every file of the snapshot the bucket does not hold yet, UPLOADS at a time. One it holds is
+     * skipped when the previous snapshot uses it (garbage collection keeps it) or it is young enough that
+     * collection cannot take it before this sync publishes (an upload of an interrupted sync).
      */
-    private Transfer upload(Snapshot snapshot, Manifest base) {
+    private Transfer upload(Snapshot snapshot, Manifest base) throws IOException {
         Instant t = Instant.now();
         Keys keys = config.keys();
         Set<String> baseKeys = base == null ? Set.of() : base.files().stream().map(keys::object).collect(Collectors.toSet());
@@ -558,7 +561,8 @@ public class R2Sync implements Callable<Integer> {
         }
         long bytes = toUpload.stream().mapToLong(a -> a.entry().size()).sum();
         Progress progress = new Progress("upload", bytes);
-        for (Snapshot.Artifact a : toUpload) store.putFile(keys.object(a.entry()), a.local(), a.entry(), progress);
+        Parallel.run(UPLOADS, toUpload.stream().<Parallel.Task>map(a -> () -> store.putFile(keys.object(a.entry()), a.local(), a.entry(), progress))
+                .collect(Collectors.toList()));
         progress.finish();
         Log.info("sync " + snapshot.timestamp() + ": uploaded " + toUpload.size() + " files (" + Log.bytes(bytes) + "), "
                 + present + " already stored, in " + Log.seconds(Duration.between(t, Instant.now())));
