@@ -58,7 +58,12 @@ final class DoltServer {
      * (so the backup's root moves each cycle while nothing changed): branch heads, tags, remote branches,
      * stashes, and the working and staged roots of every branch. Equal states back up to the same data.
      */
-    record State(Map<String, String> branches, List<String> lines) {}
+    record State(Map<String, String> branches, List<String> lines) {
+        /** As recorded beside a backup directory: one line per ref or working set. */
+        String text() {
+            return String.join("\n", lines);
+        }
+    }
 
     // One row per ref; dolt_hashof_db() is the working root's hash, dolt-ignored tables included.
     private static final String REFS = "select 'branch' kind, name, hash from dolt_branches"
@@ -169,7 +174,7 @@ final class DoltServer {
             syncUrl(dbDir, backupDir);
             State after = state(dbDir);
             if (after.equals(state)) {
-                FileTrees.writeAtomically(syncedAt, String.join("\n", state.lines()).getBytes(java.nio.charset.StandardCharsets.UTF_8));
+                FileTrees.writeAtomically(syncedAt, state.text().getBytes(java.nio.charset.StandardCharsets.UTF_8));
                 return new Backup(state, true);
             }
             state = after;
@@ -183,7 +188,7 @@ final class DoltServer {
     private static boolean holds(Path backupDir, Path syncedAt, State state) {
         try {
             backupFiles(backupDir);
-            return Files.readString(syncedAt).equals(String.join("\n", state.lines()));
+            return Files.readString(syncedAt).equals(state.text());
         } catch (IOException | R2Exception e) {
             return false;
         }
