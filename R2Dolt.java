@@ -50,7 +50,7 @@ final class DoltServer {
 
     /** Branch name -> commit hash, through the running server when there is one (the CLI finds it). */
     static Map<String, String> branches(Path dbDir) throws IOException {
-        return refs(dbDir).branches();
+        return collect(sql(dbDir, REFS), List.of()).branches();
     }
 
     /**
@@ -75,11 +75,6 @@ final class DoltServer {
             + " union all select 'staged', active_branch(), dolt_hashof_db('STAGED')";
     private static final String WORKING_SETS = "select 'working' kind, active_branch() name, dolt_hashof_db() hash"
             + " union all select 'staged', active_branch(), dolt_hashof_db('STAGED')";
-
-    /** The refs and the checked-out branch's working set, in one dolt run. */
-    static State refs(Path dbDir) throws IOException {
-        return collect(sql(dbDir, REFS), List.of());
-    }
 
     /** The refs and every branch's working set: a second dolt run when there are branches besides the checked-out one. */
     static State state(Path dbDir) throws IOException {
@@ -150,14 +145,14 @@ final class DoltServer {
     }
 
     /** Removes what earlier syncs left in a backup directory and its manifest no longer names. */
-    static void prune(Path backupDir, List<String> live) throws IOException {
+    private static void prune(Path backupDir, List<String> live) throws IOException {
         for (Path p : Town.sortedChildren(backupDir))
             if (Files.isRegularFile(p) && !live.contains(p.getFileName().toString()) && !p.getFileName().toString().equals("LOCK"))
                 Files.delete(p);
     }
 
-    /** What bringing a database's backup up to date did: the state the backup holds, and whether dolt wrote to it. */
-    record Backup(State state, boolean synced) {}
+    /** What bringing a database's backup up to date did: the state and files it holds, and whether dolt wrote to it. */
+    record Backup(State state, List<String> files, boolean synced) {}
 
     /**
      * Brings the backup directory of a database up to its state. The directory persists between syncs, so dolt
@@ -168,30 +163,38 @@ final class DoltServer {
      */
     static Backup backup(Path dbDir, Path backupDir, Path syncedAt) throws IOException {
         State state = state(dbDir);
-        if (holds(backupDir, syncedAt, state)) return new Backup(state, false);
+        Optional<List<String>> held = filesSyncedAt(backupDir, syncedAt, state);
+        if (held.isPresent()) return new Backup(state, held.get(), false);
         Files.deleteIfExists(syncedAt);
         for (int run = 1; run <= 3; run++) {
             syncUrl(dbDir, backupDir);
             State after = state(dbDir);
             if (after.equals(state)) {
                 FileTrees.writeAtomically(syncedAt, state.text().getBytes(java.nio.charset.StandardCharsets.UTF_8));
-                return new Backup(state, true);
+                return new Backup(state, liveFiles(backupDir), true);
             }
             state = after;
         }
         Log.warn("sync: " + dbDir.getFileName() + " changed during each of 3 backups; this one is kept without its "
                 + "branch heads, so its restore checks fsck and constraints but not the heads");
-        return new Backup(new State(Map.of(), state.lines()), true);
+        return new Backup(new State(Map.of(), state.lines()), liveFiles(backupDir), true);
     }
 
-    /** True when the directory holds a whole backup synced at this state. */
-    private static boolean holds(Path backupDir, Path syncedAt, State state) {
+    /** The backup's files when the directory holds a whole backup synced at this state. */
+    private static Optional<List<String>> filesSyncedAt(Path backupDir, Path syncedAt, State state) {
         try {
-            backupFiles(backupDir);
-            return Files.readString(syncedAt).equals(state.text());
+            List<String> files = backupFiles(backupDir);
+            return Files.readString(syncedAt).equals(state.text()) ? Optional.of(files) : Optional.empty();
         } catch (IOException | R2Exception e) {
-            return false;
+            return Optional.empty();
         }
+    }
+
+    /** The files the backup's manifest names, once what earlier syncs left beside them is removed. */
+    private static List<String> liveFiles(Path backupDir) throws IOException {
+        List<String> files = backupFiles(backupDir);
+        prune(backupDir, files);
+        return files;
     }
 
     /**

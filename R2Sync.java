@@ -392,9 +392,7 @@ public class R2Sync implements Callable<Integer> {
         Path syncedAt = config.stateDir().resolve("dolt-backup-states").resolve(config.townId()).resolve(db.path());
         Files.createDirectories(backupDir.getParent());
         DoltServer.Backup backup = DoltServer.backup(dbDir, backupDir, syncedAt);
-        List<String> files = DoltServer.backupFiles(backupDir);
-        if (backup.synced()) DoltServer.prune(backupDir, files);
-        return new DoltBackup(backupDir, files, backup.state().branches(), DoltServer.backupRoot(backupDir), backup.synced(),
+        return new DoltBackup(backupDir, backup.files(), backup.state().branches(), DoltServer.backupRoot(backupDir), backup.synced(),
                 Duration.between(t, Instant.now()));
     }
 
