@@ -27,10 +27,11 @@
 //   9. CLI wiring    R2Exception, R2Cli.run
 // Each other concept has a file of its own: R2Store.java (the object store), R2Tar.java (tar writing and
 // hostile-archive refusal), R2Town.java (what a snapshot holds: the scan and its skip list), R2Git.java
-// (bundle chains and work-tree state), R2Dolt.java (dolt backups and the dolt identity restores run with),
+// (chains of git packs, and work-tree state), R2Dolt.java (dolt backups and the dolt identity restores run with),
 // R2Packs.java (files stored incrementally: packs and the file index), R2History.java (which snapshots are
 // kept, and garbage collection of the objects none of them uses).
 
+import com.fasterxml.jackson.annotation.JsonAlias;
 import com.fasterxml.jackson.annotation.JsonInclude;
 import com.fasterxml.jackson.databind.DeserializationFeature;
 import com.fasterxml.jackson.databind.ObjectMapper;
@@ -62,7 +63,7 @@ import java.util.stream.Stream;
 // ---------------------------------------------------------------------------------------------
 
 final class R2Common {
-    static final String VERSION = "gastown-r2 0.3.0";
+    static final String VERSION = "gastown-r2 0.4.0";
 
     /** Exit codes shared by both commands (restic's spirit: few, and each one a script can act on). */
     static final int EXIT_OK = 0;
@@ -303,10 +304,13 @@ record Keys(String townId) {
         return path.equals(".dolt-data/" + name) ? "dolt/" + name + ".backup" : "dolt/" + path + ".backup";
     }
 
-    /** A rig's shared {rig}/.repo.git as git/{rig}.bundle/{n}; any other git directory as git/{its town path}.bundle/{n}. */
-    static String bundle(String gitDirPath) {
+    /**
+     * A rig's shared {rig}/.repo.git as git/{rig}.packs/{n}.pack and {n}.idx; any other git directory as
+     * git/{its town path}.packs/. (Format 3 chains were bundles: git/{rig}.bundle/{n}.)
+     */
+    static String gitPacks(String gitDirPath) {
         String[] parts = gitDirPath.split("/");
-        return parts.length == 2 && parts[1].equals(".repo.git") ? "git/" + parts[0] + ".bundle" : "git/" + gitDirPath + ".bundle";
+        return parts.length == 2 && parts[1].equals(".repo.git") ? "git/" + parts[0] + ".packs" : "git/" + gitDirPath + ".packs";
     }
 }
 
@@ -372,27 +376,39 @@ record WorkTreeFacts(String path, String gitDir, String head, String branch, int
 }
 
 /**
- * One bundle of a repository's chain: its file in the snapshot, the commits it needs already present
- * (none for the first), and the commits its refs reached (what the next bundle may take as given).
+ * One link of a repository's chain: a pack as `git pack-objects` writes one (file) with its index (index, the
+ * .idx: restore puts both into objects/pack as they are, instead of hashing every object again), the commits it
+ * needs already present (none for the first link), and the commits its refs reached (what the next link may
+ * take as given). A link a format 3 snapshot wrote is a v2 bundle (header, then the pack) and has no index.
  */
-record BundleLink(String file, List<String> prerequisites, List<String> tips) {
-    BundleLink {
+record ChainLink(String file, String index, List<String> prerequisites, List<String> tips) {
+    ChainLink {
+        Town.requireSafeRelative(file, "chain link");
+        if (index != null) Town.requireSafeRelative(index, "chain link index");
         prerequisites = prerequisites == null ? List.of() : List.copyOf(prerequisites);
         tips = tips == null ? List.of() : List.copyOf(tips);
+    }
+
+    boolean bundle() {
+        return index == null;
+    }
+
+    List<String> files() {
+        return bundle() ? List.of(file) : List.of(file, index);
     }
 }
 
 /**
- * A git directory (a bare repo, a clone's .git): its bundle chain (a full bundle, then increments, applied in
- * order; empty when it has no objects to carry), every ref, the symbolic ones, whether it is a partial
- * clone, the fingerprint that says its chain is unchanged, and the work trees whose .git leads to it. Its
- * other files (HEAD, index, config, hooks, ...) are in the file packs.
+ * A git directory (a bare repo, a clone's .git): its chain (a link holding every object, then increments,
+ * applied in order; empty when it has no objects to carry; "bundles" in format 3), every ref, the symbolic
+ * ones, whether it is a partial clone, the fingerprint that says its chain is unchanged, and the work trees
+ * whose .git leads to it. Its other files (HEAD, index, config, hooks, ...) are in the file packs.
  */
-record RepoFacts(String path, List<BundleLink> bundles, Map<String, String> refs, Map<String, String> symrefs, boolean promisor,
+record RepoFacts(String path, @JsonAlias("bundles") List<ChainLink> chain, Map<String, String> refs, Map<String, String> symrefs, boolean promisor,
                  String fingerprint, List<WorkTreeFacts> workTrees, String carriedFrom) {
     RepoFacts {
         Town.requireSafeRelative(path, "repo path");
-        bundles = bundles == null ? List.of() : List.copyOf(bundles);
+        chain = chain == null ? List.of() : List.copyOf(chain);
         refs = refs == null ? Map.of() : Collections.unmodifiableMap(new TreeMap<>(refs));
         symrefs = symrefs == null ? Map.of() : Collections.unmodifiableMap(new TreeMap<>(symrefs));
         workTrees = workTrees == null ? List.of() : List.copyOf(workTrees);
@@ -401,11 +417,11 @@ record RepoFacts(String path, List<BundleLink> bundles, Map<String, String> refs
     }
 
     boolean empty() {
-        return bundles.isEmpty();
+        return chain.isEmpty();
     }
 
     RepoFacts carriedFrom(String timestamp) {
-        return new RepoFacts(path, bundles, refs, symrefs, promisor, fingerprint, workTrees, timestamp);
+        return new RepoFacts(path, chain, refs, symrefs, promisor, fingerprint, workTrees, timestamp);
     }
 }
 
@@ -413,18 +429,22 @@ record RepoFacts(String path, List<BundleLink> bundles, Map<String, String> refs
 record Problem(String part, String error, String carriedFrom) {}
 
 /**
- * A snapshot's manifest. formatVersion names the layout: 3 is incremental (every file an object under
- * incremental/ shared between snapshots: file packs and their index, a bundle chain per git directory,
- * each database's `dolt backup` files); 2 held the whole town in per-snapshot tars, 1 was the keep-list layout.
+ * A snapshot's manifest. formatVersion names the layout: 4 is incremental (every file an object under
+ * incremental/ shared between snapshots: file packs and their index, a chain of git packs with their indexes
+ * per git directory, each database's `dolt backup` files); 3 is the same with bundles for chain links (read,
+ * and a format 4 chain may still start with them); 2 held the whole town in per-snapshot tars, 1 was the
+ * keep-list layout.
  * history: the policy the sync that wrote it applied (what --list shows each snapshot is kept by).
  */
 record Manifest(int formatVersion, String tool, String townId, String timestamp, String createdAt, String townRoot,
                 Versions versions, HistoryPolicy history, List<FileEntry> files, List<DatabaseFacts> databases,
                 List<RepoFacts> repos, List<Problem> problems) {
-    static final int FORMAT = 3;
+    /** The format this version writes; it reads OLDEST_READ to FORMAT. */
+    static final int FORMAT = 4;
+    static final int OLDEST_READ = 3;
 
     Manifest {
-        if (formatVersion != FORMAT) throw new UnreadableFormat(formatVersion);
+        if (!reads(formatVersion)) throw new UnreadableFormat(formatVersion);
         if (timestamp == null || !Keys.TIMESTAMP_FORM.matcher(timestamp).matches())
             throw new IllegalArgumentException("bad timestamp " + timestamp);
         files = files == null ? List.of() : List.copyOf(files);
@@ -438,8 +458,9 @@ record Manifest(int formatVersion, String tool, String townId, String timestamp,
         for (DatabaseFacts db : databases)
             if (!seen.contains(db.backup() + "/manifest")) throw new IllegalArgumentException("database " + db.name() + " has no backup manifest");
         for (RepoFacts repo : repos)
-            for (BundleLink link : repo.bundles())
-                if (!seen.contains(link.file())) throw new IllegalArgumentException("repo " + repo.path() + " has no file " + link.file());
+            for (ChainLink link : repo.chain())
+                for (String file : link.files())
+                    if (!seen.contains(file)) throw new IllegalArgumentException("repo " + repo.path() + " has no file " + file);
         if (townRoot == null || !townRoot.startsWith("/")) throw new IllegalArgumentException("townRoot must be an absolute path: " + townRoot);
     }
 
@@ -468,6 +489,10 @@ record Manifest(int formatVersion, String tool, String townId, String timestamp,
         return problems.isEmpty();
     }
 
+    static boolean reads(int format) {
+        return format >= OLDEST_READ && format <= FORMAT;
+    }
+
     /** The format version of manifest JSON, read before anything else, or -1 when it has none. */
     static int formatOf(byte[] json) {
         try {
@@ -480,7 +505,7 @@ record Manifest(int formatVersion, String tool, String townId, String timestamp,
     /** A manifest in a format this version cannot read: refused by name, never misread. */
     static final class UnreadableFormat extends IllegalArgumentException {
         UnreadableFormat(int format) {
-            super("manifest format " + format + " is not the format this tool reads (" + FORMAT + ")"
+            super("manifest format " + format + " is not a format this tool reads (" + OLDEST_READ + " to " + FORMAT + ")"
                     + (format == 1 ? "; format 1 snapshots were written by gastown-r2 0.1 and restore with it"
                     : format == 2 ? "; format 2 snapshots were written by gastown-r2 0.2 and restore with it" : ""));
         }

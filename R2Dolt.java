@@ -198,8 +198,10 @@ final class DoltServer {
     }
 
     /**
-     * dolt backup sync-url into the backup directory. Retried: a GC running at the same time can fail it
-     * ("please try again"); a retry starts the directory afresh, in case the failure left it inconsistent.
+     * dolt backup sync-url into the backup directory. Retried after a wait (1 s, then 2 s): a GC running at the
+     * same time can fail it ("please try again"), and another dolt process holding the database (another
+     * machine's sync of the same volume, `bd`) makes dolt open it read-only until that process is done. A
+     * retry starts the directory afresh, in case the failure left it inconsistent.
      */
     private static void syncUrl(Path dbDir, Path backupDir) {
         String url = "file://" + backupDir.toAbsolutePath();
@@ -210,6 +212,14 @@ final class DoltServer {
             last = new R2Exception(R2Common.EXIT_FAILED, "dolt backup sync-url: exit " + r.exitCode() + ": " + r.tail());
             Log.warn("sync: " + dbDir.getFileName() + ": attempt " + attempt + " failed: " + last.getMessage());
             FileTrees.deleteQuietly(backupDir);
+            if (attempt < 3) {
+                try {
+                    Thread.sleep(1000L << (attempt - 1));
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    break;
+                }
+            }
         }
         throw last;
     }

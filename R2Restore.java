@@ -50,8 +50,8 @@ public class R2Restore implements Callable<Integer> {
         boolean list;
 
         @Option(names = "--verify", description = "Download and check a snapshot end to end, with a trial restore "
-                + "of every database and repo in a temporary directory; touches nothing else. Exit 0 only if "
-                + "it would restore.")
+                + "of every database and repo in a temporary directory (each git object hashed again: `git fsck`); "
+                + "touches nothing else. Exit 0 only if it would restore.")
         boolean verify;
     }
 
@@ -131,7 +131,7 @@ public class R2Restore implements Callable<Integer> {
                 Files.createDirectories(staging);
                 try {
                     Prepared prepared = downloadAndVerify(candidate, staging.resolve("download"));
-                    buildTown(prepared, staging.resolve("town"), root);
+                    buildTown(prepared, staging.resolve("town"), root, GitRepo.Check.CONNECTIVITY);
                     chosen = candidate;
                     break;
                 } catch (R2Exception e) {
@@ -229,7 +229,7 @@ public class R2Restore implements Callable<Integer> {
                         + " is missing (the snapshot was deleted or never finished)")).data();
         checkAgainstPointer(timestamp, manifestJson);
         int format = Manifest.formatOf(manifestJson);
-        if (format != Manifest.FORMAT && format != -1)
+        if (!Manifest.reads(format) && format != -1)
             throw new R2Exception(R2Common.EXIT_FAILED, "snapshot " + timestamp + ": " + new Manifest.UnreadableFormat(format).getMessage());
         Manifest manifest = R2Common.fromJson(manifestJson, Manifest.class, "manifest.json of " + timestamp);
         if (!manifest.timestamp().equals(timestamp) || !manifest.townId().equals(config.townId()))
@@ -270,13 +270,13 @@ public class R2Restore implements Callable<Integer> {
     /**
      * Builds the whole town in townDir, in two lanes at once: the databases (each by `dolt backup restore` in
      * a directory of its own: dolt, run in a directory, reads every database it finds there), and the files
-     * from the packs followed by every git directory from its bundle chain (its HEAD, config and index are
+     * from the packs followed by every git directory from its chain of packs (its HEAD, config and index are
      * files from the packs by then; repositories two at a time). Then the databases move into the town, the
      * work trees' state is compared with the manifest, and last the directories get their modes and mtimes.
      * Files hold the town's final paths (a worktree's .git file names the final root), so nothing needs
      * rewriting after the move.
      */
-    private void buildTown(Prepared prepared, Path townDir, Path finalRoot) throws IOException {
+    private void buildTown(Prepared prepared, Path townDir, Path finalRoot, GitRepo.Check gitCheck) throws IOException {
         Instant t = Instant.now();
         Manifest manifest = prepared.manifest();
         Files.createDirectories(townDir);
@@ -292,7 +292,7 @@ public class R2Restore implements Callable<Integer> {
                     if (!finalRoot.toString().equals(manifest.townRoot())) relinkWorktrees(manifest, townDir, finalRoot);
                     Parallel.run(REBUILDS, manifest.repos().stream().<Parallel.Task>map(repo -> () -> {
                         Path gitDir = townDir.resolve(repo.path());
-                        GitRepo.restore(gitDir, repo, repo.bundles().stream().map(l -> prepared.file(l.file())).collect(Collectors.toList()));
+                        GitRepo.restore(gitDir, repo, prepared::file, gitCheck);
                         warnAboutRedactedCredentials(repo, gitDir);
                     }).collect(Collectors.toList()));
                 }));
@@ -439,7 +439,7 @@ public class R2Restore implements Callable<Integer> {
         Path trial = Files.createTempDirectory(workDir, "r2-verify-");
         try {
             Prepared prepared = downloadAndVerify(timestamp, trial.resolve("download"));
-            buildTown(prepared, trial.resolve("town"), config.townRoot());
+            buildTown(prepared, trial.resolve("town"), config.townRoot(), GitRepo.Check.EVERY_OBJECT);
             Log.info("verify: snapshot " + timestamp + " is complete and restores (" + prepared.manifest().files().size()
                     + " files, " + prepared.manifest().databases().size() + " databases, " + prepared.manifest().repos().size() + " repos)"
                     + (prepared.manifest().problems().isEmpty() ? "" : "; it is PARTIAL: " + prepared.manifest().problems().size() + " problem(s) recorded"));
@@ -476,7 +476,7 @@ public class R2Restore implements Callable<Integer> {
                     ? store.get(keys.object(ts, Keys.MANIFEST)) : Optional.empty();
             int format = json.map(v -> Manifest.formatOf(v.data())).orElse(-1);
             if (json.isEmpty()) states.put(ts, "unfinished");
-            else if (format != Manifest.FORMAT) states.put(ts, "format " + format);
+            else if (!Manifest.reads(format)) states.put(ts, "format " + format);
             else {
                 try {
                     manifests.put(ts, R2Common.fromJson(json.get().data(), Manifest.class, "manifest of " + ts));

@@ -32,8 +32,8 @@ import java.util.stream.Stream;
                 "Backs up a Gas Town to R2: the whole town root but a short skip list (README), as one snapshot "
                         + "(gastown/<town_id>/snapshots/<timestamp>/manifest.json) made of immutable objects under "
                         + "gastown/<town_id>/incremental/ that snapshots share: each Dolt database's `dolt backup` files, "
-                        + "each git directory's chain of bundles, and packs of every other path (work trees with their "
-                        + "uncommitted work, git config, hooks, index, reflogs, runtime state, empty dirs, symlinks). "
+                        + "each git directory's chain of git packs, and file packs (tars) of every other path (work trees "
+                        + "with their uncommitted work, git config, hooks, index, reflogs, runtime state, empty dirs, symlinks). "
                         + "A cycle uploads only what changed; then latest.json names the snapshot, and the history policy "
                         + "and garbage collection remove what no kept snapshot needs.",
                 "GT_TOWN_ROOT must be a town (it holds mayor/town.json): any other directory is refused.",
@@ -213,12 +213,12 @@ public class R2Sync implements Callable<Integer> {
             Path work = Files.createDirectories(workDir.resolve("r2-sync-" + timestamp + "-" + ProcessHandle.current().pid()));
             try {
                 Snapshot snapshot = new Snapshot(timestamp, work, config.keys(), storedObjects(), base == null ? null : base.timestamp());
-                // The dolt backups run beside the packing and bundling: on a first backup each takes seconds.
+                // The dolt backups run beside the file and git packing: on a first backup each takes seconds.
                 Map<String, Object> doltBackups = new java.util.concurrent.ConcurrentHashMap<>();
                 Parallel.run(2, List.of(() -> runDoltBackups(town, doltBackups), () -> {
                     Map<Path, List<WorkTreeFacts>> workTrees = inspectWorkTrees(town, snapshot);
                     packFiles(town, snapshot, base);
-                    bundleRepos(town, workTrees, snapshot, base);
+                    packRepos(town, workTrees, snapshot, base);
                 }));
                 addDatabases(town, snapshot, base, doltBackups);
                 snapshot.requireSomethingBackedUp();
@@ -463,15 +463,15 @@ public class R2Sync implements Callable<Integer> {
     }
 
     /**
-     * Every git directory's objects and refs as a chain of bundles: unchanged, the previous snapshot's chain;
-     * changed, that chain plus a bundle of what is new since (BundleChain says when to start over).
+     * Every git directory's objects and refs as a chain of packs: unchanged, the previous snapshot's chain;
+     * changed, that chain plus a pack of what is new since (PackChain says when to start over).
      */
-    private void bundleRepos(Town town, Map<Path, List<WorkTreeFacts>> workTrees, Snapshot snapshot, Manifest base) {
+    private void packRepos(Town town, Map<Path, List<WorkTreeFacts>> workTrees, Snapshot snapshot, Manifest base) {
         for (Town.GitDir gitDir : town.gitDirs()) {
             String repoPath = gitDir.path();
             RepoFacts before = base == null ? null : base.repo(repoPath).orElse(null);
-            List<FileEntry> beforeFiles = before == null ? List.of()
-                    : before.bundles().stream().map(l -> base.file(l.file()).orElseThrow()).collect(Collectors.toList());
+            List<FileEntry> beforeFiles = before == null ? List.of() : before.chain().stream()
+                    .flatMap(l -> l.files().stream()).map(f -> base.file(f).orElseThrow()).collect(Collectors.toList());
             snapshot.attempt("repo " + repoPath, beforeFiles, null, before, () -> {
                 Instant t = Instant.now();
                 Path dir = town.root().resolve(repoPath);
@@ -479,19 +479,18 @@ public class R2Sync implements Callable<Integer> {
                 String fingerprint = GitRepo.fingerprint(dir, refs);
                 List<WorkTreeFacts> trees = workTrees.getOrDefault(dir.toRealPath(), List.of());
                 boolean chainStored = before != null && beforeFiles.stream().allMatch(snapshot::stored);
-                List<BundleLink> links;
+                List<ChainLink> links;
                 if (!hasObjects(dir)) {
                     links = List.of();
                     Log.info("sync " + snapshot.timestamp() + ": git " + repoPath + " has no objects yet; recorded");
                 } else if (chainStored && !before.empty() && fingerprint.equals(before.fingerprint())) {
-                    links = before.bundles();
+                    links = before.chain();
                     beforeFiles.forEach(snapshot::reuse);
                     Log.info("sync " + snapshot.timestamp() + ": git " + repoPath + " unchanged since " + base.timestamp());
                 } else {
-                    links = extendChain(dir, repoPath, refs, chainStored ? before.bundles() : List.of(),
-                            chainStored ? beforeFiles : List.of(), snapshot);
+                    links = extendChain(dir, repoPath, refs, chainStored ? before.chain() : List.of(), base, snapshot);
                     Log.info("sync " + snapshot.timestamp() + ": git " + repoPath + " " + refs.refs().size() + " refs, chain of "
-                            + links.size() + " bundles, in " + Log.seconds(Duration.between(t, Instant.now())));
+                            + links.size() + " packs, in " + Log.seconds(Duration.between(t, Instant.now())));
                 }
                 snapshot.repos().add(new RepoFacts(repoPath, links, refs.refs(), refs.symrefs(), GitRepo.promisor(dir),
                         fingerprint, trees, null));
@@ -499,21 +498,26 @@ public class R2Sync implements Callable<Integer> {
         }
     }
 
-    /** The chain after this cycle: the kept part of the previous one, and a bundle of what it lacks (if anything). */
-    private List<BundleLink> extendChain(Path dir, String repoPath, GitRepo.Refs refs, List<BundleLink> chain,
-                                         List<FileEntry> chainFiles, Snapshot snapshot) throws IOException {
-        BundleChain.Plan plan = BundleChain.plan(dir, chain, chainFiles);
-        List<BundleLink> links = new ArrayList<>(chain.subList(0, plan.keep()));
-        chainFiles.subList(0, plan.keep()).forEach(snapshot::reuse);
-        String name = Keys.bundle(repoPath) + "/" + links.size();
-        Path local = snapshot.dir().resolve(name);
-        GitRepo.Bundle bundle = GitRepo.writeBundle(dir, refs.refs(), plan.prerequisites(), local, name);
-        if (bundle.objects() == 0 && plan.keep() == chain.size() && !chain.isEmpty()) {
-            Files.delete(local);   // only refs moved: the chain holds every object, the manifest the refs
+    /** The chain after this cycle: the kept part of the previous one (base's), and a pack of what it lacks (if anything). */
+    private List<ChainLink> extendChain(Path dir, String repoPath, GitRepo.Refs refs, List<ChainLink> chain, Manifest base,
+                                        Snapshot snapshot) throws IOException {
+        List<Long> sizes = chain.stream().map(l -> l.files().stream().mapToLong(f -> base.file(f).orElseThrow().size()).sum())
+                .collect(Collectors.toList());
+        PackChain.Plan plan = PackChain.plan(dir, chain, sizes);
+        List<ChainLink> links = new ArrayList<>(chain.subList(0, plan.keep()));
+        links.forEach(l -> l.files().forEach(f -> snapshot.reuse(base.file(f).orElseThrow())));
+        String name = Keys.gitPacks(repoPath) + "/" + links.size();
+        GitRepo.Pack pack = GitRepo.writePack(dir, refs.refs().values(), plan.prerequisites(), snapshot.dir().resolve(name), name);
+        if (pack.objects() == 0 && plan.keep() == chain.size() && !chain.isEmpty()) {
+            // only refs moved: the chain holds every object, the manifest the refs
+            Files.delete(pack.packFile());
+            Files.delete(pack.indexFile());
             return links;
         }
-        snapshot.add(bundle.entry(), local);
-        links.add(new BundleLink(name, plan.prerequisites(), GitRepo.commitsPresent(dir, refs.refs().values())));
+        snapshot.add(pack.pack(), pack.packFile());
+        snapshot.add(pack.index(), pack.indexFile());
+        links.add(new ChainLink(pack.pack().path(), pack.index().path(), plan.prerequisites(),
+                GitRepo.commitsPresent(dir, refs.refs().values())));
         return links;
     }
 
@@ -652,8 +656,8 @@ public class R2Sync implements Callable<Integer> {
             boolean complete = e.getValue().stream().anyMatch(o -> o.key().equals(keys.object(ts, Keys.MANIFEST)));
             int format = complete ? formatOf(ts) : -1;
             if (!complete) unfinished.add(ts);
-            else if (format == Manifest.FORMAT) ours.add(ts);
-            else if (format > 0 && format < Manifest.FORMAT) olderFormat.add(ts);
+            else if (Manifest.reads(format)) ours.add(ts);
+            else if (format > 0 && format < Manifest.OLDEST_READ) olderFormat.add(ts);
             // else unreadable now, or a newer version's: never removed by this one
         }
         Map<String, String> kept = history.policy().keep(ours);
@@ -679,8 +683,8 @@ public class R2Sync implements Callable<Integer> {
         Set<String> used = new HashSet<>();
         for (String ts : remaining) {
             int format = formatOf(ts);
-            if (format > 0 && format < Manifest.FORMAT) continue;   // an older format keeps its files under its own prefix
-            Manifest m = format == Manifest.FORMAT ? manifests.get(ts) : null;
+            if (format > 0 && format < Manifest.OLDEST_READ) continue;   // an older format keeps its files under its own prefix
+            Manifest m = Manifest.reads(format) ? manifests.get(ts) : null;
             if (m == null) {
                 // Unreadable, or written by a newer version: what it uses is unknown, so nothing may go.
                 Log.warn("sync " + current + ": garbage collection skipped: the manifest of " + ts + " cannot be read"
@@ -696,14 +700,14 @@ public class R2Sync implements Callable<Integer> {
                     + Log.bytes(c.youngBytes()) + ")");
     }
 
-    /** A complete snapshot's manifest in this format, read once and remembered; null for an older format. */
+    /** A complete snapshot's manifest in a format this tool reads, read once and remembered; null for another format. */
     private Manifest manifest(String timestamp) {
         if (!manifests.containsKey(timestamp) && !formats.containsKey(timestamp)) {
             Optional<Versioned> json = store.get(config.keys().object(timestamp, Keys.MANIFEST));
             if (json.isEmpty()) throw new R2Exception(R2Common.EXIT_FAILED, "manifest of " + timestamp + " is missing");
             int format = Manifest.formatOf(json.get().data());
             formats.put(timestamp, format);
-            if (format == Manifest.FORMAT)
+            if (Manifest.reads(format))
                 manifests.put(timestamp, R2Common.fromJson(json.get().data(), Manifest.class, "manifest of " + timestamp));
         }
         return manifests.get(timestamp);
@@ -715,7 +719,8 @@ public class R2Sync implements Callable<Integer> {
      */
     private int formatOf(String timestamp) {
         try {
-            if (manifest(timestamp) != null) return Manifest.FORMAT;
+            Manifest manifest = manifest(timestamp);
+            if (manifest != null) return manifest.formatVersion();
         } catch (R2Exception e) {
             formats.putIfAbsent(timestamp, -1);
         }

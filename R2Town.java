@@ -4,7 +4,7 @@
 //   SkipList   the one list of what is not backed up, each entry with its reason (README shows it)
 //
 // A snapshot holds the whole town root. Three tools share the work, and each path is captured once:
-// a Dolt database's .dolt by `dolt backup`, a git directory's objects/refs by a bundle, and everything
+// a Dolt database's .dolt by `dolt backup`, a git directory's objects/refs by a chain of packs, and everything
 // else (work trees, git directories' other files, config, runtime state, empty dirs, symlinks) as files.
 
 import java.io.IOException;
@@ -263,7 +263,7 @@ final class SkipList {
                     (rel, name, a, p) -> a.isDirectory() && name.equals(".dolt") && Files.isDirectory(p.resolve("noms"))),
             new Entry(".dolt/ without a database (.dolt-data/.dolt)", "dolt server state: sql-server.info names a live pid and port", true,
                     (rel, name, a, p) -> a.isDirectory() && name.equals(".dolt")),
-            new Entry("objects/, refs/, packed-refs of a git directory", "stored by the repository's bundle (git/<path>.bundle)", true,
+            new Entry("objects/, refs/, packed-refs of a git directory", "stored by the repository's chain of packs (git/<path>.packs)", true,
                     (rel, name, a, p) -> Town.isGitDir(p.getParent()) && Set.of("objects", "refs", "packed-refs").contains(name)),
             new Entry(".beads/backup/", "bd's own dolt backup of a database that `dolt backup` already stores", false,
                     (rel, name, a, p) -> a.isDirectory() && name.equals("backup") && p.getParent().getFileName().toString().equals(".beads")),

@@ -68,6 +68,8 @@ class FaultSuiteTest {
     static final int KEEP = 3;
     /** A pack's key holds the pack's name, files/<timestamp>-<n>.tar. */
     static final String PACK = ".tar/";
+    /** A chain link's pack, not its index: incremental/git/{repo}.packs/{n}.pack/{sha256}. */
+    static final Predicate<FaultProxy.Request> GIT_PACK_FILE = r -> r.key().contains(".pack/");
     /** Above the product's 64 MiB multipart threshold, so its pack goes up in parts. */
     static final int BIG_FILE = 70 * 1000 * 1000;
     /** Enough to fill the small filesystems of the full-disk faults (and cheaper to move than BIG_FILE). */
@@ -262,7 +264,7 @@ class FaultSuiteTest {
         boolean await(FaultKit.Running run);
     }
 
-    /** How the town changes before a crash point: not at all, new git and dolt refs (new bundles and backups), or refs and files (new tars). */
+    /** How the town changes before a crash point: not at all, new git and dolt refs (new git packs and dolt backups), or refs and files (new tars). */
     enum Touch { NONE, REFS, ALL }
 
     /**
@@ -272,16 +274,16 @@ class FaultSuiteTest {
     record CrashPoint(String name, Expect expect, Touch touch, boolean pendingUpload, boolean doltServer,
                       Function<Lane, Trigger> trigger) {}
 
-    /** The local phases: dolt backup, git bundle, tar, version probe, and kills at time offsets. */
+    /** The local phases: dolt backup, git pack-objects, tar, version probe, and kills at time offsets. */
     private static List<CrashPoint> localPhasePoints() {
         return List.of(
                 point("during dolt backup of the first database", Expect.BEFORE, Touch.REFS, child(c -> c.contains("backup sync-url"), 1)),
                 point("during dolt backup of the second database", Expect.BEFORE, Touch.REFS, child(c -> c.contains("backup sync-url"), 2)),
                 new CrashPoint("during dolt backup through the town's running dolt sql-server (which lives on)", Expect.BEFORE,
                         Touch.REFS, false, true, child(c -> c.contains("backup sync-url"), 1)),
-                point("during git bundle of .repo.git", Expect.BEFORE, Touch.REFS,
+                point("during git pack-objects of .repo.git", Expect.BEFORE, Touch.REFS,
                         child(c -> c.contains("pack-objects") && c.contains("/alpha/.repo.git"), 1)),
-                point("during git bundle of the mayor clone", Expect.BEFORE, Touch.REFS,
+                point("during git pack-objects of the mayor clone", Expect.BEFORE, Touch.REFS,
                         child(c -> c.contains("pack-objects") && c.contains("/alpha/mayor/rig/.git"), 1)),
                 point("between packing the files and bundling the repos", Expect.BEFORE, Touch.ALL, logLine(": files: ")),
                 point("while probing tool versions", Expect.BEFORE, Touch.NONE, child(c -> c.contains("dolt version"), 1)),
@@ -293,7 +295,7 @@ class FaultSuiteTest {
     private static List<CrashPoint> uploadAndRetentionPoints() {
         return List.of(
                 point("during the upload of a dolt/alpha.backup file", Expect.BEFORE, Touch.REFS, holdRequest(FaultProxy.put("/dolt/alpha.backup/"))),
-                point("during the upload of a git/alpha.bundle increment", Expect.BEFORE, Touch.REFS, holdRequest(FaultProxy.put("/git/alpha.bundle/"))),
+                point("during the upload of a git/alpha.packs increment", Expect.BEFORE, Touch.REFS, holdRequest(FaultProxy.put("/git/alpha.packs/").and(GIT_PACK_FILE))),
                 point("during the upload of a file pack", Expect.BEFORE, Touch.ALL, holdRequest(FaultProxy.put(PACK))),
                 point("during the upload of the file index", Expect.BEFORE, Touch.ALL, holdRequest(FaultProxy.put("/files/index.json.gz/"))),
                 point("while listing the stored objects", Expect.BEFORE, Touch.NONE, holdRequest(FaultProxy.listObjects())),
@@ -325,7 +327,7 @@ class FaultSuiteTest {
     private void crashChain(FaultKit.Group g, String name, List<CrashPoint> points, boolean bigFile) throws IOException {
         Lane lane = lane(name, TownBuilder.create().rigs("alpha"));
         if (bigFile) lane.bigFile(lane.town.root().resolve("alpha/plugins/big.bin"));
-        // Short-lived children (git bundle, dolt version) start 0.2 s late, so a kill under load lands in them.
+        // Short-lived children (git pack-objects, dolt version) start 0.2 s late, so a kill under load lands in them.
         if (name.equals("crash-local")) lane.slowChildren();
         lane.firstSync(false);
         for (CrashPoint p : points) crash(g, lane, p);
@@ -528,7 +530,7 @@ class FaultSuiteTest {
     private void storageSyncFaults(FaultKit.Group g, Lane lane) throws IOException {
         syncFault(g, lane, "500 once on PUT of a dolt/hq.backup file", Want.COMPLETES, 2, FaultProxy.put("/dolt/hq.backup/"),
                 r -> r.fail(500, "InternalError"), true);
-        syncFault(g, lane, "503 SlowDown on every PUT of a git/alpha.bundle increment", Want.FAILS, 5, FaultProxy.put("/git/alpha.bundle/"),
+        syncFault(g, lane, "503 SlowDown on every PUT of a git/alpha.packs increment", Want.FAILS, 5, FaultProxy.put("/git/alpha.packs/").and(GIT_PACK_FILE),
                 r -> r.fail(503, "SlowDown").always(), true);
         syncFault(g, lane, "403 AccessDenied (not retryable) on PUT of a dolt/alpha.backup file", Want.FAILS, 1, FaultProxy.put("/dolt/alpha.backup/"),
                 r -> r.fail(403, "AccessDenied"), true);
@@ -646,7 +648,7 @@ class FaultSuiteTest {
     private void storageRestoreFaults(FaultKit.Group g, Lane lane) {
         restoreFault(g, lane, "500 once on GET of a dolt/hq.backup file", Want.COMPLETES, false, FaultProxy.get("/dolt/hq.backup/"),
                 r -> r.fail(500, "InternalError"));
-        restoreFault(g, lane, "503 on every GET of a git/alpha.bundle", Want.FAILS, false, FaultProxy.get("/git/alpha.bundle/"),
+        restoreFault(g, lane, "503 on every GET of a git/alpha.packs", Want.FAILS, false, FaultProxy.get("/git/alpha.packs/").and(GIT_PACK_FILE),
                 r -> r.fail(503, "SlowDown").always());
         restoreFault(g, lane, "body of a file pack cut short once", Want.COMPLETES, false, FaultProxy.get(PACK),
                 r -> r.cutResponse(1000));
@@ -958,8 +960,12 @@ class FaultSuiteTest {
                 o -> replaceFile(o, packOf(o), java.util.Arrays.copyOf(o.get(objectOf(o, packOf(o))), 3000)));
         hostile(g, "a pack the file index names that lacks a path", "lacks", true,
                 o -> replaceFile(o, packOf(o), new HostileTar().dir("settings/").bytes()));
-        hostile(g, "a missing link of a bundle chain", ".bundle/0", false, o -> o.remove(objectOf(o, fileEntries(o).stream()
-                .map(f -> f.path("path").asText()).filter(p -> p.endsWith(".bundle/0")).findFirst().orElseThrow())));
+        hostile(g, "a missing link of a chain of packs", ".packs/0.pack", false, o -> o.remove(objectOf(o, fileEntries(o).stream()
+                .map(f -> f.path("path").asText()).filter(p -> p.endsWith(".packs/0.pack")).findFirst().orElseThrow())));
+        hostile(g, "a git pack with another pack's index (hashes fixed up)", "is not the index of its pack", false, o -> {
+            List<String> indexes = fileEntries(o).stream().map(f -> f.path("path").asText()).filter(p -> p.endsWith(".idx")).toList();
+            replaceFile(o, indexes.get(0), o.get(objectOf(o, indexes.get(1))));
+        });
         hostile(g, "a deleted dolt table file", "dolt/hq.backup", true,
                 o -> o.remove(objectOf(o, largestUnder(o, "dolt/hq.backup"))));
     }
@@ -1324,10 +1330,13 @@ class FaultSuiteTest {
         return m;
     }
 
-    /** A loose object file of a repo (a commit made after the clone), to delete for corruption. */
-    /** A loose object the repository needs: a commit its refs reach (so no bundle can be written without it). */
+    /**
+     * A loose object file of a repo (a commit made after the clone), to delete for corruption: one the town's
+     * own refs reach (so no pack can be written without it), not only a branch touch() made.
+     */
     private static Path looseObject(Path gitDir) throws IOException {
-        for (String sha : TestTools.git(gitDir, "--git-dir=" + gitDir, "rev-list", "--all").lines().toList()) {
+        for (String sha : TestTools.git(gitDir, "--git-dir=" + gitDir, "rev-list", "--exclude=refs/heads/fault-*", "--all")
+                .lines().toList()) {
             Path object = gitDir.resolve("objects").resolve(sha.substring(0, 2)).resolve(sha.substring(2));
             if (Files.isRegularFile(object)) return object;
         }
@@ -1589,7 +1598,7 @@ class FaultSuiteTest {
             }
         }
 
-        /** Puts git and dolt wrappers first on the sync's PATH that start bundles (pack-objects) and version probes 0.2 s late. */
+        /** Puts git and dolt wrappers first on the sync's PATH that start git packs (pack-objects) and version probes 0.2 s late. */
         void slowChildren() throws IOException {
             Path shims = Files.createDirectories(local.resolve("shims"));
             String path = System.getenv("PATH");
@@ -1613,8 +1622,9 @@ class FaultSuiteTest {
         }
 
         /**
-         * Changes the town so the next sync has new work: a new branch in every git repository (new bundles) and
-         * every database (new dolt backups), and, with files, a changed config and runtime file (new tars).
+         * Changes the town so the next sync has new work: a new commit on a new branch in every git repository
+         * (new git packs) and every database (new dolt backups), and, with files, a changed config and runtime
+         * file (new tars).
          */
         void touch(boolean files) throws IOException {
             current = null;
@@ -1624,7 +1634,9 @@ class FaultSuiteTest {
                 repos.addAll(List.of(town.rig(rig).resolve(".repo.git"), town.rig(rig).resolve("mayor/rig"),
                         town.rig(rig).resolve("crew/" + TestTown.CREW)));
             for (Path repo : repos) {
-                TestTools.git(repo, "branch", "fault-" + n, "HEAD");
+                // A new commit, so every repo has a new object to pack (a branch alone moves only refs).
+                String commit = TestTools.git(repo, "commit-tree", "HEAD^{tree}", "-p", "HEAD", "-m", "fault " + n).strip();
+                TestTools.git(repo, "branch", "fault-" + n, commit);
                 if (n > 1) TestTools.git(repo, "branch", "-D", "fault-" + (n - 1));
             }
             for (String db : town.databases())

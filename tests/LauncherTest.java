@@ -28,15 +28,15 @@ class LauncherTest {
                 for (Path java : files.filter(p -> p.toString().endsWith(".java")).toList()) Files.copy(java, repo.resolve(java.getFileName()));
             }
             Map<String, String> env = Map.of("JBANG_CACHE_DIR", dir.resolve("jbang-cache").toString());
-            assertEquals("gastown-r2 0.3.0", version(repo, env));
-            assertEquals("gastown-r2 0.3.0", version(repo, env), "the second start, from the recorded command line");
+            assertEquals("gastown-r2 0.4.0", version(repo, env));
+            assertEquals("gastown-r2 0.4.0", version(repo, env), "the second start, from the recorded command line");
 
             Path common = repo.resolve("R2Common.java");
-            Files.writeString(common, Files.readString(common).replace("\"gastown-r2 0.3.0\"", "\"gastown-r2 0.3.0-edited\""));
-            assertEquals("gastown-r2 0.3.0-edited", version(repo, env), "an edit to a //SOURCES file takes effect");
+            Files.writeString(common, Files.readString(common).replace("\"gastown-r2 0.4.0\"", "\"gastown-r2 0.4.0-edited\""));
+            assertEquals("gastown-r2 0.4.0-edited", version(repo, env), "an edit to a //SOURCES file takes effect");
 
             TestTools.deleteRecursively(dir.resolve("jbang-cache"));
-            assertEquals("gastown-r2 0.3.0-edited", version(repo, env), "JBang's emptied cache is built again");
+            assertEquals("gastown-r2 0.4.0-edited", version(repo, env), "JBang's emptied cache is built again");
         } finally {
             TestTools.deleteRecursively(dir);
         }

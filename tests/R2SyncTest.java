@@ -50,14 +50,14 @@ class R2SyncTest {
         Manifest m = R2Common.fromJson(manifestJson, Manifest.class, "manifest");
 
         // Every git directory found by what it is: the town root's, each rig's shared repo, the separate
-        // clones, and one in a place nobody lists. gamma's repo has no objects: recorded, no bundle.
+        // clones, and one in a place nobody lists. gamma's repo has no objects: recorded, no pack.
         assertEquals(Set.of(".git", "alpha/.repo.git", "beta/.repo.git", "gamma/.repo.git", "alpha/mayor/rig/.git",
                 "beta/mayor/rig/.git", "alpha/crew/max/.git", "beta/crew/max/.git", "plugins/p/vendor/lib/.git"),
                 m.repos().stream().map(RepoFacts::path).collect(Collectors.toSet()));
         assertEquals(Set.of("gamma/.repo.git"), m.repos().stream().filter(RepoFacts::empty).map(RepoFacts::path).collect(Collectors.toSet()));
         for (RepoFacts repo : m.repos())
-            if (!repo.empty()) assertEquals(List.of(Keys.bundle(repo.path()) + "/0"), repo.bundles().stream().map(BundleLink::file).toList(),
-                    "a first snapshot holds one full bundle per repo");
+            if (!repo.empty()) assertEquals(List.of(List.of(Keys.gitPacks(repo.path()) + "/0.pack", Keys.gitPacks(repo.path()) + "/0.idx")),
+                    repo.chain().stream().map(ChainLink::files).toList(), "a first snapshot holds one full pack per repo, with its index");
         for (String db : List.of("hq", "alpha", "beta", "gamma"))
             assertTrue(m.file("dolt/" + db + ".backup/manifest").isPresent(), db + " has its dolt backup's manifest");
         assertTrue(m.file(Keys.FILE_INDEX).isPresent());
@@ -82,7 +82,7 @@ class R2SyncTest {
         assertTrue(m.databases().stream().allMatch(DatabaseFacts::serverRunning), "backed up through the running server");
 
         RepoFacts empty = m.repo("gamma/.repo.git").orElseThrow();
-        assertTrue(empty.empty(), "a repo with no commits is recorded without a bundle");
+        assertTrue(empty.empty(), "a repo with no commits is recorded without a pack");
         RepoFacts alpha = m.repo("alpha/.repo.git").orElseThrow();
         assertEquals(town.worktrees().keySet().stream().filter(p -> p.startsWith("alpha/")).collect(Collectors.toSet()),
                 alpha.workTrees().stream().map(WorkTreeFacts::path).collect(Collectors.toSet()), "every worktree path");
@@ -137,25 +137,35 @@ class R2SyncTest {
     }
 
     @Test
-    void eachBundleVerifiesAndHoldsEveryRefPolecatBranchesIncluded() throws Exception {
+    void eachFirstPackVerifiesAndHoldsEveryRefPolecatBranchesIncluded() throws Exception {
         String bucket = s3.newBucket();
         BucketView view = BucketView.of(s3, bucket, "town-1");
         product(bucket).sync("--immediate").assertOk();
         String ts = view.latest().orElseThrow().timestamp();
         Manifest m = view.manifest(ts);
-        Path scratch = TestTools.tempDir("bundles-");
+        Path scratch = TestTools.tempDir("packs-");
         try {
-            Path verifier = scratch.resolve("verifier.git");
-            TestTools.git(scratch, "init", "--quiet", "--bare", verifier.toString());   // verify must run inside a repo
             for (RepoFacts repo : m.repos()) {
                 if (repo.empty()) continue;
-                Path bundle = view.download(ts, repo.bundles().get(0).file(), scratch);
-                TestTools.git(verifier, "bundle", "verify", bundle.toString());
-                Set<String> bundled = TestTools.git(verifier, "bundle", "list-heads", bundle.toString()).lines()
-                        .map(l -> l.split(" ", 2)[1]).filter(r -> r.startsWith("refs/")).collect(Collectors.toSet());
-                Set<String> source = TestTools.git(town.root().resolve(repo.path()), "for-each-ref", "--format=%(refname)")
-                        .lines().collect(Collectors.toSet());
-                assertEquals(source, bundled, "refs of " + repo.path());
+                Path source = town.root().resolve(repo.path());
+                Map<String, String> sourceRefs = new TreeMap<>();
+                TestTools.git(source, "for-each-ref", "--format=%(refname) %(objectname)").lines()
+                        .forEach(l -> sourceRefs.put(l.split(" ")[0], l.split(" ")[1]));
+                assertEquals(sourceRefs, repo.refs(), "refs of " + repo.path());
+                // git checks the pack against its index (every object hashed), then finds everything each ref reaches.
+                ChainLink first = repo.chain().get(0);
+                Path pack = view.download(ts, first.file(), scratch);
+                Path index = view.download(ts, first.index(), scratch);
+                TestTools.git(scratch, "verify-pack", index.toString());
+                Path verifier = scratch.resolve(repo.path().replace('/', '_') + "-verifier.git");
+                TestTools.git(scratch, "init", "--quiet", "--bare", verifier.toString());
+                Files.copy(pack, verifier.resolve("objects/pack/pack-first.pack"));
+                Files.copy(index, verifier.resolve("objects/pack/pack-first.idx"));
+                // A shallow clone's boundary is one of its files (in the file packs), not in its pack.
+                if (Files.exists(source.resolve("shallow"))) Files.copy(source.resolve("shallow"), verifier.resolve("shallow"));
+                // A partial clone's pack lacks the blobs its promisor remote holds, as the clone itself does.
+                String missing = repo.promisor() ? "--missing=allow-any" : "--missing=error";
+                for (String object : sourceRefs.values()) TestTools.git(verifier, "rev-list", "--objects", "--quiet", missing, object);
             }
             for (String rig : town.rigs())
                 for (String polecat : TestTown.POLECATS) {
@@ -183,7 +193,7 @@ class R2SyncTest {
             // What git shows in a work tree wins over the skip list: a tracked lock file, an untracked log.
             assertTrue(inTars.contains("alpha/refinery/rig/Cargo.lock"));
             assertTrue(inTars.contains("alpha/polecats/furiosa/alpha/build.log"));
-            // Git directories' own files are there (objects and refs go in bundles), the users and grants too.
+            // Git directories' own files are there (objects and refs go in git packs), the users and grants too.
             for (String path : List.of(".git/hooks/post-checkout", ".git/config", "alpha/.repo.git/shallow",
                     "alpha/.repo.git/worktrees/alpha/index", "alpha/crew/max/.git/logs/refs/stash", "alpha/crew/max/.git/index",
                     ".dolt-data/.doltcfg/privileges.db"))
@@ -198,7 +208,7 @@ class R2SyncTest {
     @Test
     void whatAnotherToolStoresIsNeverTarredEvenWhereGitShowsItAsUntracked() throws Exception {
         // A town root repo that ignores nothing: git lists the databases' .dolt and the rigs' .repo.git as
-        // untracked, yet they go up only through dolt backup and bundles, never as raw files.
+        // untracked, yet they go up only through dolt backup and git packs, never as raw files.
         Path own = TestTools.tempDir("nothing-ignored-");
         TestTown t = TownBuilder.create().rigs("alpha").partial().build(own);
         Files.writeString(t.root().resolve(".gitignore"), "# nothing ignored\n");
@@ -244,7 +254,7 @@ class R2SyncTest {
         List<String> objectsBefore = view.keys(view.keys().objects());
         TestTools.ProcResult third = p.sync("--immediate").assertOk();
         // Repos are fingerprinted (refs, shallow boundary, HEADs, indexes, stash): unchanged ones are never
-        // bundled again; files whose type, mode, size, mtime and inode are unchanged are not read again.
+        // packed again; files whose type, mode, size, mtime and inode are unchanged are not read again.
         for (String repo : List.of(".git", "alpha/.repo.git", "alpha/mayor/rig/.git", "alpha/crew/max/.git", "beta/.repo.git",
                 "plugins/p/vendor/lib/.git"))
             assertTrue(third.stderr().contains("git " + repo + " unchanged since"), repo + ":\n" + third.stderr());
@@ -258,7 +268,7 @@ class R2SyncTest {
         List<String> snapshots = view.completeSnapshots();
         Manifest first = view.manifest(snapshots.get(snapshots.size() - 2));
         Manifest latest = view.manifest(snapshots.get(snapshots.size() - 1));
-        assertEquals(first.files(), latest.files(), "the same packs, bundles and dolt backup files");
+        assertEquals(first.files(), latest.files(), "the same file packs, git packs and dolt backup files");
     }
 
     @Test
@@ -317,9 +327,9 @@ class R2SyncTest {
         assertTrue(added.stream().anyMatch(f -> f.path().startsWith("dolt/hq.backup/")), "the new dolt table file: " + added);
         assertTrue(added.stream().noneMatch(f -> f.path().startsWith("dolt/alpha.backup/")), "the unchanged database adds nothing: " + added);
         RepoFacts crewRepo = after.repo("alpha/crew/max/.git").orElseThrow();
-        assertEquals(2, crewRepo.bundles().size(), "the first bundle and an increment");
-        assertFalse(crewRepo.bundles().get(1).prerequisites().isEmpty(), "the increment names what it builds on");
-        assertEquals(before.repo("alpha/crew/max/.git").orElseThrow().bundles().get(0), crewRepo.bundles().get(0));
+        assertEquals(2, crewRepo.chain().size(), "the first pack and an increment");
+        assertFalse(crewRepo.chain().get(1).prerequisites().isEmpty(), "the increment names what it builds on");
+        assertEquals(before.repo("alpha/crew/max/.git").orElseThrow().chain().get(0), crewRepo.chain().get(0));
         assertTrue(r.stderr().matches("(?s).*files: [0-9] paths packed.*"), "only the changed paths are packed again:\n" + r.stderr());
         TestTools.deleteRecursively(own);
     }
@@ -364,7 +374,7 @@ class R2SyncTest {
         Path volume = Files.createDirectories(dir.resolve("format-1-volume"));
         TestTools.ProcResult r = Product.of(volume, s3, bucket, "town-1").restore();
         assertEquals(1, r.exitCode(), r.stderr());
-        assertTrue(r.stderr().contains("manifest format 1 is not the format this tool reads (" + Manifest.FORMAT + ")"), r.stderr());
+        assertTrue(r.stderr().contains("manifest format 1 is not a format this tool reads (3 to " + Manifest.FORMAT + ")"), r.stderr());
         try (var left = Files.list(volume)) {
             assertEquals(0, left.count(), "the volume is untouched");
         }
