@@ -1,4 +1,5 @@
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.nio.file.Files;
@@ -11,7 +12,8 @@ import org.junit.jupiter.api.Test;
 /**
  * The repo's launcher (./jbang) runs a script from the java command line JBang printed for it last, while
  * nothing it depends on changed. Operators edit the scripts in place: an edit must take effect at the next
- * start, and a JBang cache emptied under it must not break a start.
+ * start, and a JBang cache emptied under it must not break a start. It also gives each script a class-data
+ * archive, built from the classes an earlier run loaded, which must never change what a run prints.
  */
 class LauncherTest {
 
@@ -19,14 +21,7 @@ class LauncherTest {
     void anEditToASharedSourceTakesEffectAtTheNextStartAndAnEmptiedJbangCacheIsRebuilt() throws Exception {
         Path dir = TestTools.tempDir("launcher-");
         try {
-            // A copy of the repo's launcher and scripts, so the edit never touches the repo under test.
-            Path repo = Files.createDirectories(dir.resolve("repo"));
-            Path source = TestTools.repo();
-            for (String file : List.of("jbang", "jbang-catalog.json", "tools/install-jbang.sh", "tools/versions.sh"))
-                Files.copy(source.resolve(file), Files.createDirectories(repo.resolve(file).getParent()).resolve(Path.of(file).getFileName()));
-            try (var files = Files.list(source)) {
-                for (Path java : files.filter(p -> p.toString().endsWith(".java")).toList()) Files.copy(java, repo.resolve(java.getFileName()));
-            }
+            Path repo = copyOfRepo(dir);
             Map<String, String> env = Map.of("JBANG_CACHE_DIR", dir.resolve("jbang-cache").toString());
             assertEquals("gastown-r2 0.4.0", version(repo, env));
             assertEquals("gastown-r2 0.4.0", version(repo, env), "the second start, from the recorded command line");
@@ -42,10 +37,68 @@ class LauncherTest {
         }
     }
 
+    @Test
+    void aClassDataArchiveIsBuiltFromAnEarlierRunAndNeverChangesWhatARunPrints() throws Exception {
+        Path dir = TestTools.tempDir("launcher-cds-");
+        try {
+            Path repo = copyOfRepo(dir);
+            // The launcher's records (and archives) of this test live in a cache of its own, beside the same JBang.
+            Path lib = Path.of(TestTools.run(List.of("bash", repo.resolve("tools/install-jbang.sh").toString()), repo).assertOk().stdout().strip());
+            Path cache = dir.resolve("cache");
+            Files.createDirectories(cache.resolve(lib.getParent().getFileName()));
+            Files.createSymbolicLink(cache.resolve(lib.getParent().getFileName()).resolve("lib"), lib);
+            Map<String, String> env = Map.of("JBANG_CACHE_DIR", dir.resolve("jbang-cache").toString(), "GASTOWN_R2_CACHE", cache.toString());
+            Path record = cache.resolve(lib.getParent().getFileName()).resolve("launches/R2Status.java");
+            Path classes = Path.of(record + ".classes");
+            Path archive = Path.of(record + ".jsa");
+
+            assertEquals("gastown-r2 0.4.0", version(repo, env), "the first start records the command line");
+            assertFalse(Files.exists(classes), "the recording start lists nothing");
+            assertEquals("gastown-r2 0.4.0\n", quietVersion(repo, env), "the second start lists the classes it loads");
+            assertTrue(Files.size(classes) > 0, "a class list");
+            assertEquals("gastown-r2 0.4.0\n", quietVersion(repo, env), "the third start builds the archive in the background");
+            assertTrue(TestTools.await(() -> Files.exists(archive), Duration.ofMinutes(2), 200), "the archive is built");
+            assertEquals("gastown-r2 0.4.0\n", quietVersion(repo, env), "a start with the archive");
+
+            // The archive fits the recorded JVM and classpath: with -Xshare:on a JVM refuses to start otherwise.
+            String command = Files.readAllLines(record).get(1).replace(" __gastown_r2_arguments__", "");
+            List<String> strict = new java.util.ArrayList<>(List.of(command.split(" ")));
+            strict.addAll(1, List.of("-Xshare:on", "-XX:SharedArchiveFile=" + archive));
+            strict.add("--version");
+            assertEquals("gastown-r2 0.4.0", TestTools.run(strict, repo).assertOk().stdout().strip());
+
+            // A damaged archive is ignored without a word.
+            Files.write(archive, new byte[4096]);
+            assertEquals("gastown-r2 0.4.0\n", quietVersion(repo, env), "a start with a damaged archive");
+        } finally {
+            TestTools.deleteRecursively(dir);
+        }
+    }
+
+    /** A copy of the repo's launcher and scripts, so an edit never touches the repo under test. */
+    private static Path copyOfRepo(Path dir) throws java.io.IOException {
+        Path repo = Files.createDirectories(dir.resolve("repo"));
+        Path source = TestTools.repo();
+        for (String file : List.of("jbang", "jbang-catalog.json", "tools/install-jbang.sh", "tools/versions.sh", "tools/build-class-data.sh"))
+            Files.copy(source.resolve(file), Files.createDirectories(repo.resolve(file).getParent()).resolve(Path.of(file).getFileName()));
+        try (var files = Files.list(source)) {
+            for (Path java : files.filter(p -> p.toString().endsWith(".java")).toList()) Files.copy(java, repo.resolve(java.getFileName()));
+        }
+        return repo;
+    }
+
     private static String version(Path repo, Map<String, String> env) {
         TestTools.ProcResult r = TestTools.run(List.of(repo.resolve("jbang").toString(), repo.resolve("R2Status.java").toString(), "--version"),
                 repo, env, null, Duration.ofMinutes(3)).assertOk();
         assertTrue(r.stdout().lines().count() == 1, r.stdout());
         return r.stdout().trim();
+    }
+
+    /** A start from the recorded command line: the version, and not a word on stderr (no JBang, no JVM warning). */
+    private static String quietVersion(Path repo, Map<String, String> env) {
+        TestTools.ProcResult r = TestTools.run(List.of(repo.resolve("jbang").toString(), repo.resolve("R2Status.java").toString(), "--version"),
+                repo, env, null, Duration.ofMinutes(3)).assertOk();
+        assertEquals("", r.stderr());
+        return r.stdout();
     }
 }
