@@ -3,16 +3,24 @@
 # (-XX:DumpLoadedClassList), dumped for the JVM, JVM options and classpath of its recorded command line.
 # Started by ./jbang in the background, at the lowest priority; see with_class_data there.
 # Usage: tools/build-class-data.sh COMMAND CLASSES ARCHIVE
-# One build at a time (a lock older than 10 minutes is a build that died); the archive appears by rename,
-# whole or not at all. A build that fails leaves ARCHIVE.failed: not tried again until the script is
+# One build at a time (the lock names its builder; a builder that died leaves it to the next); the archive
+# appears by rename, whole or not at all. A build that fails leaves ARCHIVE.failed: not tried again until the script is
 # recorded anew.
 set -euo pipefail
 command="$1" classes="$2" archive="$3"
 
-if ! mkdir "$archive.building" 2> /dev/null; then
-  [[ -n "$(find "$archive.building" -maxdepth 0 -mmin +10 2> /dev/null)" ]] || exit 0
+lock="$archive.building"
+if ! mkdir "$lock" 2> /dev/null; then
+  # Taken by a builder that is alive, or just taken (no pid yet, for up to a minute): theirs.
+  holder="$(cat "$lock/pid" 2> /dev/null || true)"
+  if [[ -n "$holder" ]]; then
+    ! kill -0 "$holder" 2> /dev/null || exit 0
+  elif [[ -z "$(find "$lock" -maxdepth 0 -mmin +1 2> /dev/null)" ]]; then
+    exit 0
+  fi
 fi
-trap 'rm -f "$archive.$$"; rmdir "$archive.building" 2> /dev/null || true' EXIT
+echo "$$" > "$lock/pid"
+trap 'rm -f "$archive.$$"; rm -rf "$lock"' EXIT
 
 java_bin="${command%% *}"
 jvm_options="$(printf '%s' "$command" | sed -n 's/^[^ ]* \(.*\) -classpath .*/\1/p')"
