@@ -468,6 +468,11 @@ record Manifest(int formatVersion, String tool, String townId, String timestamp,
         return files.stream().filter(f -> f.path().equals(path)).findFirst();
     }
 
+    /** A chain link's files, as this snapshot lists them. */
+    List<FileEntry> filesOf(ChainLink link) {
+        return link.files().stream().map(f -> file(f).orElseThrow()).collect(Collectors.toList());
+    }
+
     /** The files under a directory of the snapshot (a database's backup). */
     List<FileEntry> filesUnder(String dir) {
         return files.stream().filter(f -> f.path().startsWith(dir + "/")).collect(Collectors.toList());

@@ -106,16 +106,16 @@ final class GitRepo {
 
     /** A pack starts "PACK", version, object count (big-endian 32-bit). */
     private static long packObjectCount(Path pack) throws IOException {
-        java.nio.ByteBuffer header = read(pack, 0, 12);
-        return header.limit() < 12 ? -1 : Integer.toUnsignedLong(header.getInt(8));
+        byte[] header = read(pack, 0, 12);
+        return header.length < 12 ? -1 : Integer.toUnsignedLong(java.nio.ByteBuffer.wrap(header).getInt(8));
     }
 
     /** Up to length bytes of a file from offset (from the end when offset is negative). */
-    private static java.nio.ByteBuffer read(Path file, long offset, int length) throws IOException {
+    private static byte[] read(Path file, long offset, int length) throws IOException {
         try (var ch = java.nio.channels.FileChannel.open(file, StandardOpenOption.READ)) {
             java.nio.ByteBuffer buf = java.nio.ByteBuffer.allocate(length);
             ch.read(buf, offset >= 0 ? offset : Math.max(0, ch.size() + offset));
-            return buf.flip();
+            return Arrays.copyOf(buf.array(), buf.position());
         }
     }
 
@@ -196,9 +196,12 @@ final class GitRepo {
             throws IOException {
         for (String dir : List.of("objects/pack", "objects/info", "refs/heads", "refs/tags"))
             Files.createDirectories(gitDir.resolve(dir));
+        // A pack and its index end with checksums as long as the repo's object ids (SHA-1 or SHA-256).
+        int hashBytes = repo.chain().stream().allMatch(ChainLink::bundle) ? 0
+                : git(gitDir, "rev-parse", "--show-object-format").strip().equals("sha256") ? 32 : 20;
         for (ChainLink link : repo.chain()) {
             if (link.bundle()) git(gitDir, "bundle", "unbundle", downloaded.apply(link.file()).toString());
-            else placePack(gitDir, downloaded.apply(link.file()), downloaded.apply(link.index()), link.file());
+            else placePack(gitDir, downloaded.apply(link.file()), downloaded.apply(link.index()), link.file(), hashBytes);
         }
         if (repo.promisor() && !repo.chain().isEmpty()) markPromisorPacks(gitDir);
         writeRefs(gitDir, repo);
@@ -229,23 +232,16 @@ final class GitRepo {
      * the index last: git finds a pack by its index. Git refuses a pack whose index was written for another;
      * a mismatch is said here first, naming the link.
      */
-    private static void placePack(Path gitDir, Path pack, Path index, String link) throws IOException {
-        int hashBytes = git(gitDir, "rev-parse", "--show-object-format").strip().equals("sha256") ? 32 : 20;
+    private static void placePack(Path gitDir, Path pack, Path index, String link, int hashBytes) throws IOException {
         // A pack ends with its checksum; an index (v1 and v2) with the pack's checksum, then its own.
-        String checksum = HexFormat.of().formatHex(bytes(read(pack, -hashBytes, hashBytes)));
-        String indexed = HexFormat.of().formatHex(bytes(read(index, -2L * hashBytes, hashBytes)));
+        String checksum = HexFormat.of().formatHex(read(pack, -hashBytes, hashBytes));
+        String indexed = HexFormat.of().formatHex(read(index, -2L * hashBytes, hashBytes));
         if (!checksum.equals(indexed))
             throw new R2Exception(R2Common.EXIT_FAILED, "chain link " + link + ": its index is not the index of its pack");
         Path packs = gitDir.resolve("objects/pack");
         if (Files.exists(packs.resolve("pack-" + checksum + ".idx"))) return;   // an earlier link held this very pack
         Files.move(pack, packs.resolve("pack-" + checksum + ".pack"));
         Files.move(index, packs.resolve("pack-" + checksum + ".idx"));
-    }
-
-    private static byte[] bytes(java.nio.ByteBuffer buf) {
-        byte[] b = new byte[buf.remaining()];
-        buf.get(b);
-        return b;
     }
 
     private static void writeRefs(Path gitDir, RepoFacts repo) throws IOException {

@@ -470,8 +470,8 @@ public class R2Sync implements Callable<Integer> {
         for (Town.GitDir gitDir : town.gitDirs()) {
             String repoPath = gitDir.path();
             RepoFacts before = base == null ? null : base.repo(repoPath).orElse(null);
-            List<FileEntry> beforeFiles = before == null ? List.of() : before.chain().stream()
-                    .flatMap(l -> l.files().stream()).map(f -> base.file(f).orElseThrow()).collect(Collectors.toList());
+            List<FileEntry> beforeFiles = before == null ? List.of()
+                    : before.chain().stream().flatMap(l -> base.filesOf(l).stream()).collect(Collectors.toList());
             snapshot.attempt("repo " + repoPath, beforeFiles, null, before, () -> {
                 Instant t = Instant.now();
                 Path dir = town.root().resolve(repoPath);
@@ -501,11 +501,11 @@ public class R2Sync implements Callable<Integer> {
     /** The chain after this cycle: the kept part of the previous one (base's), and a pack of what it lacks (if anything). */
     private List<ChainLink> extendChain(Path dir, String repoPath, GitRepo.Refs refs, List<ChainLink> chain, Manifest base,
                                         Snapshot snapshot) throws IOException {
-        List<Long> sizes = chain.stream().map(l -> l.files().stream().mapToLong(f -> base.file(f).orElseThrow().size()).sum())
+        List<Long> sizes = chain.stream().map(l -> base.filesOf(l).stream().mapToLong(FileEntry::size).sum())
                 .collect(Collectors.toList());
         PackChain.Plan plan = PackChain.plan(dir, chain, sizes);
         List<ChainLink> links = new ArrayList<>(chain.subList(0, plan.keep()));
-        links.forEach(l -> l.files().forEach(f -> snapshot.reuse(base.file(f).orElseThrow())));
+        links.forEach(l -> base.filesOf(l).forEach(snapshot::reuse));
         String name = Keys.gitPacks(repoPath) + "/" + links.size();
         GitRepo.Pack pack = GitRepo.writePack(dir, refs.refs().values(), plan.prerequisites(), snapshot.dir().resolve(name), name);
         if (pack.objects() == 0 && plan.keep() == chain.size() && !chain.isEmpty()) {

@@ -88,17 +88,20 @@ class LauncherTest {
     }
 
     private static String version(Path repo, Map<String, String> env) {
-        TestTools.ProcResult r = TestTools.run(List.of(repo.resolve("jbang").toString(), repo.resolve("R2Status.java").toString(), "--version"),
-                repo, env, null, Duration.ofMinutes(3)).assertOk();
+        TestTools.ProcResult r = startVersion(repo, env);
         assertTrue(r.stdout().lines().count() == 1, r.stdout());
         return r.stdout().trim();
     }
 
     /** A start from the recorded command line: the version, and not a word on stderr (no JBang, no JVM warning). */
     private static String quietVersion(Path repo, Map<String, String> env) {
-        TestTools.ProcResult r = TestTools.run(List.of(repo.resolve("jbang").toString(), repo.resolve("R2Status.java").toString(), "--version"),
-                repo, env, null, Duration.ofMinutes(3)).assertOk();
+        TestTools.ProcResult r = startVersion(repo, env);
         assertEquals("", r.stderr());
         return r.stdout();
+    }
+
+    private static TestTools.ProcResult startVersion(Path repo, Map<String, String> env) {
+        return TestTools.run(List.of(repo.resolve("jbang").toString(), repo.resolve("R2Status.java").toString(), "--version"),
+                repo, env, null, Duration.ofMinutes(3)).assertOk();
     }
 }

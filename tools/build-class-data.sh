@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Builds a class-data (CDS) archive for one of the repo's scripts: the classes a run of it listed
-# (-XX:DumpLoadedClassList), dumped for the JVM, JVM options and classpath of its recorded command line.
+# (-XX:DumpLoadedClassList), dumped for the java, classpath and JVM options of its recorded command line.
 # Started by ./jbang in the background, at the lowest priority; see with_class_data there.
-# Usage: tools/build-class-data.sh COMMAND CLASSES ARCHIVE
+# Usage: tools/build-class-data.sh CLASSES ARCHIVE JAVA CLASSPATH [JVM OPTION...]
 # One build at a time (the lock names its builder; a builder that died leaves it to the next); the archive
-# appears by rename, whole or not at all. A build that fails leaves ARCHIVE.failed: not tried again until the script is
-# recorded anew.
+# appears by rename, whole or not at all. A build that fails leaves ARCHIVE.failed: not tried again until
+# the script is recorded anew.
 set -euo pipefail
-command="$1" classes="$2" archive="$3"
+classes="$1" archive="$2" java_bin="$3" classpath="$4"
+shift 4
 
 lock="$archive.building"
 if ! mkdir "$lock" 2> /dev/null; then
@@ -22,11 +23,7 @@ fi
 echo "$$" > "$lock/pid"
 trap 'rm -f "$archive.$$"; rm -rf "$lock"' EXIT
 
-java_bin="${command%% *}"
-jvm_options="$(printf '%s' "$command" | sed -n 's/^[^ ]* \(.*\) -classpath .*/\1/p')"
-classpath="$(printf '%s' "$command" | sed -n "s/^[^ ]* .*-classpath \\([^ ']*\\) .*/\\1/p")"
-# shellcheck disable=SC2086 # the recorded JVM options, split as the recorded command line splits them
-if "$java_bin" $jvm_options -Xshare:dump -XX:SharedClassListFile="$classes" -XX:SharedArchiveFile="$archive.$$" \
+if "$java_bin" "$@" -Xshare:dump -XX:SharedClassListFile="$classes" -XX:SharedArchiveFile="$archive.$$" \
     -classpath "$classpath" > /dev/null 2>&1; then
   mv -f "$archive.$$" "$archive"
 else
