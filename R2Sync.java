@@ -498,7 +498,10 @@ public class R2Sync implements Callable<Integer> {
         }
     }
 
-    /** The chain after this cycle: the kept part of the previous one (base's), and a pack of what it lacks (if anything). */
+    /**
+     * The chain after this cycle: the kept part of the previous one (base's), and a pack of what it lacks (if
+     * anything). A chain started afresh from a repo that keeps everything in one pack begins with that pack.
+     */
     private List<ChainLink> extendChain(Path dir, String repoPath, GitRepo.Refs refs, List<ChainLink> chain, Manifest base,
                                         Snapshot snapshot) throws IOException {
         List<Long> sizes = chain.stream().map(l -> base.filesOf(l).stream().mapToLong(FileEntry::size).sum())
@@ -507,7 +510,13 @@ public class R2Sync implements Callable<Integer> {
         List<ChainLink> links = new ArrayList<>(chain.subList(0, plan.keep()));
         links.forEach(l -> base.filesOf(l).forEach(snapshot::reuse));
         String name = Keys.gitPacks(repoPath) + "/" + links.size();
-        GitRepo.Pack pack = GitRepo.writePack(dir, refs.refs().values(), plan.prerequisites(), snapshot.dir().resolve(name), name);
+        Path local = snapshot.dir().resolve(name);
+        Optional<GitRepo.Pack> copied = plan.prerequisites().isEmpty()
+                ? GitRepo.copyOnlyPack(dir, refs.refs().values(), local, name) : Optional.empty();
+        if (copied.isPresent())
+            Log.info("sync " + snapshot.timestamp() + ": git " + repoPath + " keeps every object in one pack: copied as it is");
+        GitRepo.Pack pack = copied.isPresent() ? copied.get()
+                : GitRepo.writePack(dir, refs.refs().values(), plan.prerequisites(), local, name);
         if (pack.objects() == 0 && plan.keep() == chain.size() && !chain.isEmpty()) {
             // only refs moved: the chain holds every object, the manifest the refs
             Files.delete(pack.packFile());

@@ -256,6 +256,43 @@ class R2RestoreTest {
         TestTools.deleteRecursively(own);
     }
 
+    /**
+     * A repo fresh from a gc keeps every object in one pack: its chain starts with that very pack (not one
+     * written again), the repos that keep loose objects get packs of their own, and the town comes back whole
+     * on a new machine.
+     */
+    @Test
+    void aRepoKeptInOnePackGoesUpAsThatPackAndComesBack() throws Exception {
+        Path own = TestTools.tempDir("one-pack-");
+        TestTown t = TownBuilder.create().rigs("alpha").build(own);
+        Path root = t.root();
+        Path repo = root.resolve("alpha/.repo.git");
+        TestTools.git(repo, "gc", "--quiet", "--prune=now");
+        List<Path> packs;
+        try (var s = Files.list(repo.resolve("objects/pack"))) {
+            packs = s.filter(f -> f.toString().endsWith(".pack")).toList();
+        }
+        assertEquals(1, packs.size(), "after gc --prune=now the repo keeps one pack");
+        String bucket = s3.newBucket();
+        Product p = product(bucket, root);
+        String log = p.sync("--immediate").assertOk().stderr();
+        assertTrue(log.contains("git alpha/.repo.git keeps every object in one pack: copied as it is"), log);
+        try (var s = Files.list(root.resolve("alpha/mayor/rig/.git/objects"))) {
+            assertTrue(s.anyMatch(d -> d.getFileName().toString().matches("[0-9a-f]{2}")), "the rig clone keeps loose objects");
+        }
+        assertFalse(log.contains("git alpha/mayor/rig/.git keeps every object"), "a repo with loose objects gets a pack written for it");
+        Manifest m = view(bucket).manifest(view(bucket).latest().orElseThrow().timestamp());
+        FileEntry first = m.file(m.repo("alpha/.repo.git").orElseThrow().chain().get(0).file()).orElseThrow();
+        assertEquals(Sha256.ofFile(packs.get(0), "pack").sha256(), first.sha256(), "the repo's own pack went up");
+        TownState expected = TownState.capture(root);
+        TestTools.deleteRecursively(root);
+        Files.createDirectories(root);
+
+        p.onNewMachine().restore().assertOk();
+        TownState.assertSame(expected, TownState.capture(root));
+        TestTools.deleteRecursively(own);
+    }
+
     @Test
     void aVolumeThatHoldsDataIsNotTouched() {
         String tree = TreeHash.of(town.root());
