@@ -8,7 +8,8 @@
 // up with the index git wrote for it, so a restore places both instead of hashing every object again (`git
 // index-pack`: 2.3 s for 300 MiB here); the manifest's sha256 of both, checked while they download, is what
 // says they are the ones backed up. A repo that keeps every object in one pack (after a clone or a gc) starts
-// its chain with that very pack: pack-objects would write the same bytes, 1.6 s for 300 MiB here.
+// its chain with that very pack, uploaded from where it is: pack-objects would write the same bytes again
+// (1.6 s for 300 MiB here).
 
 import java.io.*;
 import java.nio.charset.StandardCharsets;
@@ -102,43 +103,32 @@ final class GitRepo {
 
     /**
      * The first link of a repository whose objects are all in one pack (fresh from a clone or a gc): that pack
-     * and git's index of it, copied and hashed in one pass, where pack-objects, reusing every object as it is,
-     * would write the same pack at seconds per GiB. Empty when objects are anywhere else too (loose, another
-     * pack, a pack being written, alternates, a promisor remote), when a tip is not in the repo, or when the
-     * pack goes in a repack meanwhile: pack-objects then decides what belongs.
+     * and git's index of it, hashed where they are and uploaded from there, where pack-objects, reusing every
+     * object as it is, would write the same pack again at seconds per GiB. Git never changes a pack once
+     * named; a repack that removes it before its upload ends fails that upload, and the next sync starts
+     * afresh. Empty when objects are anywhere else too (loose, another pack, a pack being written, alternates,
+     * a promisor remote) or a tip is not in the repo: pack-objects then decides what belongs.
      */
-    static Optional<Pack> copyOnlyPack(Path gitDir, Collection<String> tips, Path local, String name) throws IOException {
-        Path objects = gitDir.resolve("objects");
-        Optional<Path> only = onlyPack(objects);
+    static Optional<Pack> onlyPack(Path gitDir, Collection<String> tips, String name) throws IOException {
+        Optional<Path> only = onlyPackFile(gitDir.resolve("objects"));
         if (only.isEmpty() || !allPresent(gitDir, tips)) return Optional.empty();
-        String packName = only.get().getFileName().toString();
+        Path pack = only.get();
+        String packName = pack.getFileName().toString();
+        Path index = pack.resolveSibling(packName.replaceFirst("\\.pack$", ".idx"));
         int hashBytes = (packName.length() - "pack-".length() - ".pack".length()) / 2;
         if (hashBytes != 20 && hashBytes != 32) return Optional.empty();
-        Files.createDirectories(local.getParent());
-        Path pack = Path.of(local + ".pack");
-        Path index = Path.of(local + ".idx");
-        FileEntry packEntry;
-        FileEntry indexEntry;
-        // Both opened before either is read: a repack that removes them after that cannot take them mid-copy.
-        try (InputStream packIn = Files.newInputStream(only.get());
-             InputStream indexIn = Files.newInputStream(only.get().resolveSibling(packName.replaceFirst("\\.pack$", ".idx")))) {
-            packEntry = Sha256.copyToFile(packIn, pack, name + ".pack", null);
-            indexEntry = Sha256.copyToFile(indexIn, index, name + ".idx", null);
+        try {
+            // An index ends with its pack's checksum, then its own.
+            if (!Arrays.equals(read(pack, -hashBytes, hashBytes), read(index, -2L * hashBytes, hashBytes))) return Optional.empty();
+            return Optional.of(new Pack(Sha256.ofFile(pack, name + ".pack"), pack, Sha256.ofFile(index, name + ".idx"), index,
+                    packObjectCount(pack)));
         } catch (NoSuchFileException e) {
-            Files.deleteIfExists(pack);
-            return Optional.empty();
+            return Optional.empty();   // removed by a repack meanwhile
         }
-        // An index ends with its pack's checksum, then its own.
-        if (!Arrays.equals(read(pack, -hashBytes, hashBytes), read(index, -2L * hashBytes, hashBytes))) {
-            Files.delete(pack);
-            Files.delete(index);
-            return Optional.empty();
-        }
-        return Optional.of(new Pack(packEntry, pack, indexEntry, index, packObjectCount(pack)));
     }
 
     /** The one pack of an objects directory that keeps nothing anywhere else; empty otherwise. */
-    private static Optional<Path> onlyPack(Path objects) throws IOException {
+    private static Optional<Path> onlyPackFile(Path objects) throws IOException {
         if (Files.exists(objects.resolve("info/alternates")) || !Files.isDirectory(objects.resolve("pack"))) return Optional.empty();
         try (DirectoryStream<Path> dirs = Files.newDirectoryStream(objects, p -> LOOSE_DIR.matcher(p.getFileName().toString()).matches())) {
             for (Path dir : dirs) {

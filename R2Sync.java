@@ -510,14 +510,12 @@ public class R2Sync implements Callable<Integer> {
         List<ChainLink> links = new ArrayList<>(chain.subList(0, plan.keep()));
         links.forEach(l -> base.filesOf(l).forEach(snapshot::reuse));
         String name = Keys.gitPacks(repoPath) + "/" + links.size();
-        Path local = snapshot.dir().resolve(name);
-        Optional<GitRepo.Pack> copied = plan.prerequisites().isEmpty()
-                ? GitRepo.copyOnlyPack(dir, refs.refs().values(), local, name) : Optional.empty();
-        if (copied.isPresent())
-            Log.info("sync " + snapshot.timestamp() + ": git " + repoPath + " keeps every object in one pack: copied as it is");
-        GitRepo.Pack pack = copied.isPresent() ? copied.get()
-                : GitRepo.writePack(dir, refs.refs().values(), plan.prerequisites(), local, name);
-        if (pack.objects() == 0 && plan.keep() == chain.size() && !chain.isEmpty()) {
+        Optional<GitRepo.Pack> own = plan.prerequisites().isEmpty() ? GitRepo.onlyPack(dir, refs.refs().values(), name) : Optional.empty();
+        if (own.isPresent())
+            Log.info("sync " + snapshot.timestamp() + ": git " + repoPath + " keeps every object in one pack: that pack goes up as it is");
+        GitRepo.Pack pack = own.isPresent() ? own.get()
+                : GitRepo.writePack(dir, refs.refs().values(), plan.prerequisites(), snapshot.dir().resolve(name), name);
+        if (own.isEmpty() && pack.objects() == 0 && plan.keep() == chain.size() && !chain.isEmpty()) {
             // only refs moved: the chain holds every object, the manifest the refs
             Files.delete(pack.packFile());
             Files.delete(pack.indexFile());
@@ -789,7 +787,10 @@ public class R2Sync implements Callable<Integer> {
 
     /** What one sync has built so far: files to upload (or already stored), facts, and problems. */
     static final class Snapshot {
-        /** A file of the snapshot and its local copy (null: the bucket holds it, from an earlier snapshot). */
+        /**
+         * A file of the snapshot and the local file it goes up from: written into the work dir, or used where it
+         * is (a database's backup file, a repo's only pack); null: the bucket holds it, from an earlier snapshot.
+         */
         record Artifact(FileEntry entry, Path local) {}
 
         interface Step {

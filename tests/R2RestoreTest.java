@@ -276,7 +276,7 @@ class R2RestoreTest {
         String bucket = s3.newBucket();
         Product p = product(bucket, root);
         String log = p.sync("--immediate").assertOk().stderr();
-        assertTrue(log.contains("git alpha/.repo.git keeps every object in one pack: copied as it is"), log);
+        assertTrue(log.contains("git alpha/.repo.git keeps every object in one pack: that pack goes up as it is"), log);
         try (var s = Files.list(root.resolve("alpha/mayor/rig/.git/objects"))) {
             assertTrue(s.anyMatch(d -> d.getFileName().toString().matches("[0-9a-f]{2}")), "the rig clone keeps loose objects");
         }
