@@ -848,6 +848,55 @@ final class Parallel {
     }
 }
 
+/**
+ * One task run beside the caller's own work. join() waits for its result (its failure thrown as the caller's);
+ * closing it before that stops it (its processes killed) and waits until it has.
+ */
+final class Background<T> implements AutoCloseable {
+    interface Task<T> {
+        T call() throws IOException;
+    }
+
+    private final ExecutorService pool = Executors.newSingleThreadExecutor();
+    private final Future<T> future;
+
+    private Background(Task<T> task) {
+        future = pool.submit(task::call);
+    }
+
+    static <T> Background<T> start(Task<T> task) {
+        return new Background<>(task);
+    }
+
+    T join() throws IOException {
+        try {
+            return future.get();
+        } catch (ExecutionException e) {
+            if (e.getCause() instanceof IOException io) throw io;
+            if (e.getCause() instanceof RuntimeException re) throw re;
+            throw new R2Exception(R2Common.EXIT_FAILED, String.valueOf(e.getCause()), e.getCause());
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new R2Exception(R2Common.EXIT_FAILED, "interrupted");
+        }
+    }
+
+    @Override
+    public void close() {
+        pool.shutdownNow();
+        // The caller is often here because it was interrupted (a cycle abandoned): it still waits, so what the
+        // task ran (a dolt writing its backup dir) has ended before the next sync starts one again.
+        boolean interrupted = Thread.interrupted();
+        try {
+            if (!pool.awaitTermination(2, TimeUnit.MINUTES)) Log.warn("a background task is still running after its caller ended");
+        } catch (InterruptedException e) {
+            interrupted = true;
+        } finally {
+            if (interrupted) Thread.currentThread().interrupt();
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Local files and state
 // ---------------------------------------------------------------------------------------------

@@ -205,25 +205,24 @@ public class R2Sync implements Callable<Integer> {
             refuseAfterFailedRestore();
             removeLeftoverWorkDirs();
             DoltHome.use(config.stateDir());
-            PointerState previous = readPointer();
-            Manifest base = previousManifest(previous);
             Town town = Town.scan(config.townRoot());
-            refuseEmptyTownOverBackup(town, base);
-            Log.info("sync " + timestamp + ": started for town " + config.townId());
             Path work = Files.createDirectories(workDir.resolve("r2-sync-" + timestamp + "-" + ProcessHandle.current().pid()));
-            try {
+            // The dolt backups and the tools' versions need nothing from the bucket: they run beside all that
+            // follows (on a first backup each backup takes seconds). One not joined is stopped, its processes killed.
+            try (Background<Map<String, Object>> doltBackups = Background.start(() -> runDoltBackups(town));
+                 Background<Versions> versions = Background.start(R2Sync::versions)) {
+                PointerState previous = readPointer();
+                Manifest base = previousManifest(previous);
+                refuseEmptyTownOverBackup(town, base);
+                Log.info("sync " + timestamp + ": started for town " + config.townId());
                 Snapshot snapshot = new Snapshot(timestamp, work, config.keys(), storedObjects(), base == null ? null : base.timestamp());
-                // The dolt backups run beside the file and git packing: on a first backup each takes seconds.
-                Map<String, Object> doltBackups = new java.util.concurrent.ConcurrentHashMap<>();
-                Parallel.run(2, List.of(() -> runDoltBackups(town, doltBackups), () -> {
-                    Map<Path, List<WorkTreeFacts>> workTrees = inspectWorkTrees(town, snapshot);
-                    packFiles(town, snapshot, base);
-                    packRepos(town, workTrees, snapshot, base);
-                }));
-                addDatabases(town, snapshot, base, doltBackups);
+                Map<Path, List<WorkTreeFacts>> workTrees = inspectWorkTrees(town, snapshot);
+                packFiles(town, snapshot, base);
+                packRepos(town, workTrees, snapshot, base);
+                addDatabases(town, snapshot, base, doltBackups.join());
                 snapshot.requireSomethingBackedUp();
                 Transfer transfer = upload(snapshot, base);
-                Manifest manifest = publish(previous, snapshot);
+                Manifest manifest = publish(previous, snapshot, versions.join());
                 lastManifest = manifest;
                 lastIndex = snapshot.index();
                 try {
@@ -330,10 +329,11 @@ public class R2Sync implements Callable<Integer> {
 
     /**
      * Each database through `dolt backup` into a directory that persists between syncs (dolt then writes only
-     * the table files it lacks); done maps each database's path to its DoltBackup or its failure. The dolt
+     * the table files it lacks); maps each database's path to its DoltBackup or its failure. The dolt
      * commands of two databases run at once: each is mostly a process starting.
      */
-    private void runDoltBackups(Town town, Map<String, Object> done) throws IOException {
+    private Map<String, Object> runDoltBackups(Town town) throws IOException {
+        Map<String, Object> done = new java.util.concurrent.ConcurrentHashMap<>();
         Parallel.run(2, town.databases().stream().<Parallel.Task>map(db -> () -> {
             try {
                 done.put(db.path(), doltBackup(town, db));
@@ -341,6 +341,7 @@ public class R2Sync implements Callable<Integer> {
                 done.put(db.path(), e);
             }
         }).collect(Collectors.toList()));
+        return done;
     }
 
     /**
@@ -535,7 +536,8 @@ public class R2Sync implements Callable<Integer> {
         }
     }
 
-    private Versions versions() {
+    /** The versions of gt, dolt and git, for the manifest. */
+    private static Versions versions() {
         String gt = Proc.versionOf("gt", "version");
         String dolt = Proc.versionOf("dolt", "version").replaceFirst("^dolt version ", "");
         String git = Proc.versionOf("git", "--version").replaceFirst("^git version ", "");
@@ -582,13 +584,12 @@ public class R2Sync implements Callable<Integer> {
      * Publishes the snapshot: creates its manifest.json under a timestamp newer than latest.json's (only if no
      * other writer has that timestamp), then moves latest.json to it.
      */
-    private Manifest publish(PointerState previous, Snapshot snapshot) {
+    private Manifest publish(PointerState previous, Snapshot snapshot, Versions versions) {
         Instant candidate = Keys.parse(snapshot.timestamp());
         if (previous.pointer() != null) {
             Instant latest = Keys.parse(previous.pointer().timestamp());
             if (!candidate.isAfter(latest)) candidate = latest.plusSeconds(1);
         }
-        Versions versions = versions();
         for (int attempt = 0; attempt < 30; attempt++, candidate = candidate.plusSeconds(1)) {
             Manifest manifest = snapshot.manifest(Keys.format(candidate), config.townId(), config.townRoot().toString(), versions,
                     history.policy());
