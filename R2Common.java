@@ -21,7 +21,8 @@
 //   3. Keys          the key layout under gastown/{town_id}/
 //   4. Manifest      Pointer (latest.json), Manifest and the facts it records
 //   5. Hashing       sha256 of files and of streams being written
-//   6. Processes     Proc: honest subprocesses; Parallel: independent tasks on a bounded pool
+//   6. Processes     Proc: honest subprocesses; Parallel: independent tasks on a bounded pool; Background:
+//                    one task beside the caller's work
 //   7. Local state   FileTrees, RestoreState (the failed-restore marker, the interrupted-move marker)
 //   8. Reporting     Log (timestamped, secret-free, escaped stderr lines), Progress, Heartbeat
 //   9. CLI wiring    R2Exception, R2Cli.run
