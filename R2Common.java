@@ -824,12 +824,10 @@ final class Parallel {
                     f.get();
                 } catch (ExecutionException e) {
                     futures.forEach(other -> other.cancel(true));
-                    awaitStopped(pool);
-                    if (e.getCause() instanceof IOException io) throw io;
-                    if (e.getCause() instanceof RuntimeException re) throw re;
-                    throw new R2Exception(R2Common.EXIT_FAILED, String.valueOf(e.getCause()), e.getCause());
+                    stop(pool);
+                    throw failureOf(e);
                 } catch (InterruptedException e) {
-                    awaitStopped(pool);
+                    stop(pool);
                     Thread.currentThread().interrupt();
                     throw new R2Exception(R2Common.EXIT_FAILED, "interrupted");
                 }
@@ -839,13 +837,27 @@ final class Parallel {
         }
     }
 
-    private static void awaitStopped(ExecutorService pool) {
+    /**
+     * Interrupts the pool's tasks and waits until they have ended, even when the caller was interrupted (a cycle
+     * abandoned): what they ran (a dolt writing its backup dir) is over before the next sync starts it again.
+     */
+    static void stop(ExecutorService pool) {
         pool.shutdownNow();
+        boolean interrupted = Thread.interrupted();
         try {
-            if (!pool.awaitTermination(2, TimeUnit.MINUTES)) Log.warn("parallel tasks still running after a failure");
+            if (!pool.awaitTermination(2, TimeUnit.MINUTES)) Log.warn("tasks still running 2 minutes after they were stopped");
         } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
+            interrupted = true;
+        } finally {
+            if (interrupted) Thread.currentThread().interrupt();
         }
+    }
+
+    /** A task's failure, to be thrown as the caller's own. */
+    static IOException failureOf(ExecutionException e) {
+        if (e.getCause() instanceof IOException io) return io;
+        if (e.getCause() instanceof RuntimeException re) throw re;
+        throw new R2Exception(R2Common.EXIT_FAILED, String.valueOf(e.getCause()), e.getCause());
     }
 }
 
@@ -873,9 +885,7 @@ final class Background<T> implements AutoCloseable {
         try {
             return future.get();
         } catch (ExecutionException e) {
-            if (e.getCause() instanceof IOException io) throw io;
-            if (e.getCause() instanceof RuntimeException re) throw re;
-            throw new R2Exception(R2Common.EXIT_FAILED, String.valueOf(e.getCause()), e.getCause());
+            throw Parallel.failureOf(e);
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
             throw new R2Exception(R2Common.EXIT_FAILED, "interrupted");
@@ -884,17 +894,7 @@ final class Background<T> implements AutoCloseable {
 
     @Override
     public void close() {
-        pool.shutdownNow();
-        // The caller is often here because it was interrupted (a cycle abandoned): it still waits, so what the
-        // task ran (a dolt writing its backup dir) has ended before the next sync starts one again.
-        boolean interrupted = Thread.interrupted();
-        try {
-            if (!pool.awaitTermination(2, TimeUnit.MINUTES)) Log.warn("a background task is still running after its caller ended");
-        } catch (InterruptedException e) {
-            interrupted = true;
-        } finally {
-            if (interrupted) Thread.currentThread().interrupt();
-        }
+        Parallel.stop(pool);
     }
 }
 
