@@ -41,10 +41,8 @@ import picocli.CommandLine;
 import picocli.CommandLine.Option;
 
 import java.io.*;
+import java.net.HttpURLConnection;
 import java.net.URI;
-import java.net.http.HttpClient;
-import java.net.http.HttpRequest;
-import java.net.http.HttpResponse;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.*;
 import java.nio.file.attribute.BasicFileAttributes;
@@ -1099,12 +1097,15 @@ final class Progress {
     }
 }
 
-/** Status reports to the cloud API: POST {api}/api/gastown/heartbeat. A failure is logged, never fatal. */
+/**
+ * Status reports to the cloud API: POST {api}/api/gastown/heartbeat. A failure is logged, never fatal.
+ * HttpURLConnection, not java.net.http: that client's selector thread waits in native code, and a JVM exiting with
+ * such a thread waits 0.3 s for it, at the end of every flush and restore.
+ */
 final class Heartbeat {
     static final String PATH = "/api/gastown/heartbeat";
     private final URI endpoint;
     private final String token;
-    private final HttpClient http = HttpClient.newBuilder().connectTimeout(Duration.ofSeconds(5)).build();
 
     Heartbeat(Config config) {
         this.endpoint = config.apiUrl() == null ? null
@@ -1118,19 +1119,28 @@ final class Heartbeat {
 
     void send(Map<String, Object> body) {
         if (endpoint == null) return;
+        HttpURLConnection http = null;
         try {
-            HttpRequest.Builder req = HttpRequest.newBuilder(endpoint).timeout(Duration.ofSeconds(10))
-                    .header("Content-Type", "application/json")
-                    .POST(HttpRequest.BodyPublishers.ofByteArray(R2Common.toJson(body)));
-            if (token != null && !token.isBlank()) req.header("Authorization", "Bearer " + token);
-            HttpResponse<Void> resp = http.send(req.build(), HttpResponse.BodyHandlers.discarding());
-            if (resp.statusCode() / 100 != 2)
-                Log.warn("heartbeat: " + Log.redactUrl(endpoint.toString()) + " answered HTTP " + resp.statusCode());
+            byte[] json = R2Common.toJson(body);
+            http = (HttpURLConnection) endpoint.toURL().openConnection();
+            http.setConnectTimeout(5_000);
+            http.setReadTimeout(10_000);
+            http.setInstanceFollowRedirects(false);
+            http.setRequestMethod("POST");
+            http.setRequestProperty("Content-Type", "application/json");
+            if (token != null && !token.isBlank()) http.setRequestProperty("Authorization", "Bearer " + token);
+            http.setDoOutput(true);
+            http.setFixedLengthStreamingMode(json.length);
+            try (OutputStream out = http.getOutputStream()) {
+                out.write(json);
+            }
+            int status = http.getResponseCode();
+            if (status / 100 != 2)
+                Log.warn("heartbeat: " + Log.redactUrl(endpoint.toString()) + " answered HTTP " + status);
         } catch (IOException e) {
             Log.warn("heartbeat: cannot reach " + Log.redactUrl(endpoint.toString()) + ": " + e.getMessage());
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
-            Log.warn("heartbeat: interrupted");
+        } finally {
+            if (http != null) http.disconnect();
         }
     }
 }
