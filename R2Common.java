@@ -43,6 +43,8 @@ import picocli.CommandLine.Option;
 import java.io.*;
 import java.net.HttpURLConnection;
 import java.net.URI;
+import java.nio.channels.Channels;
+import java.nio.channels.FileChannel;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.*;
 import java.nio.file.attribute.BasicFileAttributes;
@@ -327,8 +329,11 @@ record Pointer(String timestamp, String manifestSha256) {
     }
 }
 
-/** One file of a snapshot: path relative to the snapshot prefix, size and sha256. */
-record FileEntry(String path, long size, String sha256) {
+/**
+ * One file of a snapshot: path relative to the snapshot prefix, size and sha256. A file over Pieces.SIZE
+ * bytes is stored as pieces (format 5): then sha256 is that of its pieces' sha256s (Pieces.digest).
+ */
+record FileEntry(String path, long size, String sha256, Pieces pieces) {
     FileEntry {
         if (path == null || path.isEmpty() || path.startsWith("/") || path.contains("\\")
                 || Arrays.asList(path.split("/")).contains("..") || path.contains("//"))
@@ -336,6 +341,50 @@ record FileEntry(String path, long size, String sha256) {
         if (size < 0) throw new IllegalArgumentException("negative size for " + path);
         if (sha256 == null || !Sha256.HEX.matcher(sha256).matches())
             throw new IllegalArgumentException("not a sha256 for " + path + ": " + sha256);
+        if (pieces != null && (pieces.sha256().size() < 2 || pieces.sha256().size() != (size + pieces.size() - 1) / pieces.size()))
+            throw new IllegalArgumentException(path + ": " + pieces.sha256().size() + " pieces of " + pieces.size()
+                    + " bytes cannot hold " + size + " bytes");
+        if (pieces != null && !sha256.equals(pieces.digest()))
+            throw new IllegalArgumentException(path + ": its sha256 is not the digest of its pieces");
+    }
+
+    /** A file stored as one object. */
+    FileEntry(String path, long size, String sha256) {
+        this(path, size, sha256, null);
+    }
+
+    /** The objects it is stored as, each with where it begins in the file: itself, or its pieces in order. */
+    List<Part> parts() {
+        if (pieces == null) return List.of(new Part(this, 0));
+        List<Part> parts = new ArrayList<>();
+        for (int i = 0; i < pieces.sha256().size(); i++) {
+            long offset = i * pieces.size();
+            parts.add(new Part(new FileEntry(path, Math.min(pieces.size(), size - offset), pieces.sha256().get(i)), offset));
+        }
+        return parts;
+    }
+
+    record Part(FileEntry object, long offset) {}
+}
+
+/**
+ * How a file over SIZE bytes is stored: as objects of `size` bytes each (the last one shorter), in order, each
+ * named by its sha256. Small objects go up in one request each, at once and resumably, never as a multipart
+ * upload, and come down in parallel, each verified as it streams.
+ */
+record Pieces(long size, List<String> sha256) {
+    static final long SIZE = 16L << 20;
+
+    Pieces {
+        if (size < (1L << 20)) throw new IllegalArgumentException("pieces of " + size + " bytes (at least 1 MiB)");
+        sha256 = sha256 == null ? List.of() : List.copyOf(sha256);
+        for (String s : sha256)
+            if (!Sha256.HEX.matcher(s).matches()) throw new IllegalArgumentException("not a sha256 for a piece: " + s);
+    }
+
+    /** What names a file stored in pieces: the sha256 of its pieces' sha256s, one per line. */
+    String digest() {
+        return Sha256.of((String.join("\n", sha256) + "\n").getBytes(StandardCharsets.UTF_8));
     }
 }
 
@@ -428,18 +477,19 @@ record RepoFacts(String path, @JsonAlias("bundles") List<ChainLink> chain, Map<S
 record Problem(String part, String error, String carriedFrom) {}
 
 /**
- * A snapshot's manifest. formatVersion names the layout: 4 is incremental (every file an object under
- * incremental/ shared between snapshots: file packs and their index, a chain of git packs with their indexes
- * per git directory, each database's `dolt backup` files); 3 is the same with bundles for chain links (read,
- * and a format 4 chain may still start with them); 2 held the whole town in per-snapshot tars, 1 was the
- * keep-list layout.
+ * A snapshot's manifest. formatVersion names the layout: 5 is incremental (every file an object under
+ * incremental/ shared between snapshots, or for a file over Pieces.SIZE its pieces: file packs and their index,
+ * a chain of git packs with their indexes per git directory, each database's `dolt backup` files); 4 is the
+ * same with every file one object (read, and a format 5 snapshot may still reuse such objects); 3 is 4 with
+ * bundles for chain links (read, and a later chain may still start with them); 2 held the whole town in
+ * per-snapshot tars, 1 was the keep-list layout.
  * history: the policy the sync that wrote it applied (what --list shows each snapshot is kept by).
  */
 record Manifest(int formatVersion, String tool, String townId, String timestamp, String createdAt, String townRoot,
                 Versions versions, HistoryPolicy history, List<FileEntry> files, List<DatabaseFacts> databases,
                 List<RepoFacts> repos, List<Problem> problems) {
     /** The format this version writes; it reads OLDEST_READ to FORMAT. */
-    static final int FORMAT = 4;
+    static final int FORMAT = 5;
     static final int OLDEST_READ = 3;
 
     Manifest {
@@ -487,6 +537,11 @@ record Manifest(int formatVersion, String tool, String townId, String timestamp,
 
     long totalBytes() {
         return files.stream().mapToLong(FileEntry::size).sum();
+    }
+
+    /** Every object under incremental/ the snapshot uses: each file, or each piece of a file stored in pieces. */
+    List<FileEntry> objects() {
+        return files.stream().flatMap(f -> f.parts().stream()).map(FileEntry.Part::object).collect(Collectors.toList());
     }
 
     boolean complete() {
@@ -541,38 +596,70 @@ final class Sha256 {
         return hex(digest().digest(data));
     }
 
-    /** Streams a file once, returning its entry (size and sha256) under the given snapshot path. */
-    static FileEntry ofFile(Path file, String snapshotPath) throws IOException {
+    /**
+     * Streams an object into target at offset (a file stored in pieces is written piece by piece, in parallel),
+     * hashing while writing; returns what arrived: its size and plain sha256.
+     */
+    static FileEntry copyInto(InputStream in, Path target, long offset, String snapshotPath, Progress progress) throws IOException {
         MessageDigest md = digest();
         long size = 0;
-        try (InputStream in = Files.newInputStream(file)) {
+        try (FileChannel channel = FileChannel.open(target, StandardOpenOption.CREATE, StandardOpenOption.WRITE)) {
+            channel.position(offset);
+            OutputStream out = new BufferedOutputStream(Channels.newOutputStream(channel), 1 << 16);
             byte[] buf = new byte[1 << 16];
             for (int n; (n = in.read(buf)) > 0; ) {
+                out.write(buf, 0, n);
                 md.update(buf, 0, n);
                 size += n;
+                if (progress != null) progress.add(n);
             }
+            out.flush();
         }
         return new FileEntry(snapshotPath, size, hex(md.digest()));
     }
 
-    /** Streams into a new file, hashing while writing; returns what arrived. */
-    static FileEntry copyToFile(InputStream in, Path target, String snapshotPath, Progress progress) throws IOException {
-        try (OutputStream file = Files.newOutputStream(target, StandardOpenOption.CREATE_NEW)) {
-            HashingOutputStream out = new HashingOutputStream(new BufferedOutputStream(file, 1 << 16));
+    /** Streams a file once, returning its entry under the given snapshot path. */
+    static FileEntry ofFile(Path file, String snapshotPath) throws IOException {
+        Hasher hasher = new Hasher();
+        try (InputStream in = Files.newInputStream(file)) {
             byte[] buf = new byte[1 << 16];
-            for (int n; (n = in.read(buf)) > 0; ) {
-                out.write(buf, 0, n);
-                if (progress != null) progress.add(n);
+            for (int n; (n = in.read(buf)) > 0; ) hasher.update(buf, 0, n);
+        }
+        return hasher.entry(snapshotPath);
+    }
+
+    /**
+     * Hashes content as it passes, the way a FileEntry names it: up to Pieces.SIZE bytes by its sha256;
+     * more, by pieces of Pieces.SIZE bytes, each hashed once (Pieces.digest names the whole).
+     */
+    static final class Hasher {
+        private final MessageDigest md = digest();
+        private final List<String> pieces = new ArrayList<>();
+        private long count;
+
+        void update(byte[] b, int off, int len) {
+            while (len > 0) {
+                int n = (int) Math.min(len, Pieces.SIZE - count % Pieces.SIZE);
+                md.update(b, off, n);
+                count += n;
+                off += n;
+                len -= n;
+                if (count % Pieces.SIZE == 0) pieces.add(hex(md.digest()));
             }
-            out.flush();
-            return out.entry(snapshotPath);
+        }
+
+        /** The entry of what passed; call once, at the end. */
+        FileEntry entry(String snapshotPath) {
+            if (count == 0 || count % Pieces.SIZE != 0) pieces.add(hex(md.digest()));
+            if (pieces.size() == 1) return new FileEntry(snapshotPath, count, pieces.get(0));
+            Pieces p = new Pieces(Pieces.SIZE, pieces);
+            return new FileEntry(snapshotPath, count, p.digest(), p);
         }
     }
 
-    /** An output stream that hashes and counts what passes through it, so a file is hashed while written. */
+    /** An output stream that hashes what passes through it (as Hasher does), so a file is hashed while written. */
     static final class HashingOutputStream extends FilterOutputStream {
-        private final MessageDigest md = digest();
-        private long count;
+        private final Hasher hasher = new Hasher();
 
         HashingOutputStream(OutputStream out) {
             super(out);
@@ -580,20 +667,17 @@ final class Sha256 {
 
         @Override
         public void write(int b) throws IOException {
-            out.write(b);
-            md.update((byte) b);
-            count++;
+            write(new byte[] {(byte) b}, 0, 1);
         }
 
         @Override
         public void write(byte[] b, int off, int len) throws IOException {
             out.write(b, off, len);
-            md.update(b, off, len);
-            count += len;
+            hasher.update(b, off, len);
         }
 
         FileEntry entry(String snapshotPath) {
-            return new FileEntry(snapshotPath, count, hex(md.digest()));
+            return hasher.entry(snapshotPath);
         }
     }
 }

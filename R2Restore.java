@@ -237,17 +237,11 @@ public class R2Restore implements Callable<Integer> {
                     + manifest.townId() + "/" + manifest.timestamp());
         Progress progress = new Progress("download", manifest.totalBytes());
         List<Parallel.Task> downloads = new ArrayList<>();
-        for (FileEntry expected : manifest.files()) downloads.add(() -> {
+        for (FileEntry expected : manifest.files()) {
             Path target = dir.resolve(expected.path());
             Files.createDirectories(target.getParent());
-            FileEntry got = store.download(keys.object(expected), target, expected.path(), progress);
-            if (got.size() != expected.size())
-                throw new R2Exception(R2Common.EXIT_FAILED, expected.path() + " of " + timestamp + " has " + got.size()
-                        + " bytes, the manifest says " + expected.size() + " (truncated or replaced)");
-            if (!got.sha256().equals(expected.sha256()))
-                throw new R2Exception(R2Common.EXIT_FAILED, expected.path() + " of " + timestamp
-                        + " does not match its sha256 in the manifest (corrupted)");
-        });
+            downloads.addAll(store.downloads(keys, expected, target, timestamp, progress));
+        }
         Parallel.run(DOWNLOADS, downloads);
         progress.finish();
         if (!manifest.problems().isEmpty())
@@ -499,8 +493,8 @@ public class R2Restore implements Callable<Integer> {
             row.put("bytes", m == null ? byTimestamp.get(ts).stream().mapToLong(StoredObject::size).sum() : m.totalBytes());
             if (m != null) {
                 Set<String> previous = olderKeys;
-                row.put("newBytes", m.files().stream().filter(f -> !previous.contains(keys.object(f))).mapToLong(FileEntry::size).sum());
-                olderKeys = m.files().stream().map(keys::object).collect(Collectors.toSet());
+                row.put("newBytes", m.objects().stream().filter(o -> !previous.contains(keys.object(o))).mapToLong(FileEntry::size).sum());
+                olderKeys = m.objects().stream().map(keys::object).collect(Collectors.toSet());
             }
             row.put("state", states.get(ts));
             row.put("keptBy", keptBy.getOrDefault(ts, ""));

@@ -45,8 +45,8 @@ final class PreconditionFailed extends R2Exception {
 }
 
 interface ObjectStore extends AutoCloseable {
-    /** Uploads a file whose size and sha256 are known; large files go up in parts. */
-    void putFile(String key, Path file, FileEntry entry, Progress progress);
+    /** Uploads object.size() bytes of file from offset (a whole file, or one piece of it), whose sha256 is object's. */
+    void putFile(String key, Path file, long offset, FileEntry object, Progress progress);
 
     void putBytes(String key, byte[] data);
 
@@ -55,8 +55,39 @@ interface ObjectStore extends AutoCloseable {
 
     Optional<Versioned> get(String key);
 
-    /** Streams an object into a file, hashing while writing; returns what arrived. Missing objects fail. */
-    FileEntry download(String key, Path target, String snapshotPath, Progress progress);
+    /**
+     * Streams an object into target from offset (created if missing), hashing while writing; returns what
+     * arrived (size, sha256). Missing objects fail.
+     */
+    FileEntry download(String key, Path target, long offset, String snapshotPath, Progress progress);
+
+    /**
+     * The downloads of a snapshot file into target, one per object it is stored as (to run in parallel), each
+     * checked against the manifest as it streams; `of` names the snapshot in errors.
+     */
+    default List<Parallel.Task> downloads(Keys keys, FileEntry file, Path target, String of, Progress progress) {
+        List<FileEntry.Part> parts = file.parts();
+        List<Parallel.Task> tasks = new ArrayList<>();
+        for (int i = 0; i < parts.size(); i++) {
+            FileEntry expected = parts.get(i).object();
+            long offset = parts.get(i).offset();
+            String what = file.path() + (parts.size() > 1 ? " (piece " + (i + 1) + " of " + parts.size() + ")" : "") + " of " + of;
+            tasks.add(() -> {
+                FileEntry got;
+                try {
+                    got = download(keys.object(expected), target, offset, expected.path(), progress);
+                } catch (R2Exception e) {
+                    throw new R2Exception(e.exitCode, what + ": " + e.getMessage(), e);
+                }
+                if (got.size() != expected.size())
+                    throw new R2Exception(R2Common.EXIT_FAILED, what + " has " + got.size() + " bytes, the manifest says "
+                            + expected.size() + " (truncated or replaced)");
+                if (!got.sha256().equals(expected.sha256()))
+                    throw new R2Exception(R2Common.EXIT_FAILED, what + " does not match its sha256 in the manifest (corrupted)");
+            });
+        }
+        return tasks;
+    }
 
     List<StoredObject> list(String prefix);
 
@@ -76,10 +107,6 @@ interface ObjectStore extends AutoCloseable {
 
 /** R2 through the AWS SDK v2 with the settings R2 needs (see shared docs: checksums, path style, region auto). */
 final class S3ObjectStore implements ObjectStore {
-    /** Above this size a file goes up in parts (R2: parts 5 MiB..5 GiB, at most 10,000 of them). */
-    static final long MULTIPART_THRESHOLD = 64L << 20;
-    static final long MIN_PART = 16L << 20;
-    static final int PARTS_IN_FLIGHT = 3;
     private final S3Client s3;
     private final String bucket;
 
@@ -108,59 +135,18 @@ final class S3ObjectStore implements ObjectStore {
     }
 
     @Override
-    public void putFile(String key, Path file, FileEntry entry, Progress progress) {
-        if (entry.size() > MULTIPART_THRESHOLD) {
-            putMultipart(key, file, entry, progress);
-            return;
-        }
-        String checksum = Base64.getEncoder().encodeToString(HexFormat.of().parseHex(entry.sha256()));
-        call("put " + key, () -> s3.putObject(b -> b.bucket(bucket).key(key).checksumSHA256(checksum),
-                RequestBody.fromFile(file)));
-        if (progress != null) progress.add(entry.size());
-    }
-
-    private void putMultipart(String key, Path file, FileEntry entry, Progress progress) {
-        long partSize = Math.max(MIN_PART, (entry.size() + 9_999) / 10_000);
-        int parts = (int) ((entry.size() + partSize - 1) / partSize);
-        String uploadId = call("start upload " + key,
-                () -> s3.createMultipartUpload(b -> b.bucket(bucket).key(key)).uploadId());
-        ExecutorService pool = Executors.newFixedThreadPool(PARTS_IN_FLIGHT);
-        try {
-            List<Future<CompletedPart>> futures = new ArrayList<>();
-            for (int i = 0; i < parts; i++) {
-                int number = i + 1;
-                long offset = i * partSize;
-                long length = Math.min(partSize, entry.size() - offset);
-                futures.add(pool.submit(() -> {
-                    // A content provider reopens the slice, so the SDK can retry a part from its start.
-                    String etag = call("upload part " + number + " of " + key, () -> s3.uploadPart(
-                            b -> b.bucket(bucket).key(key).uploadId(uploadId).partNumber(number).contentLength(length),
-                            RequestBody.fromContentProvider(() -> slice(file, offset, length), length,
-                                    "application/octet-stream")).eTag());
-                    if (progress != null) progress.add(length);
-                    return CompletedPart.builder().partNumber(number).eTag(etag).build();
-                }));
-            }
-            List<CompletedPart> completed = new ArrayList<>();
-            for (Future<CompletedPart> f : futures) completed.add(f.get());
-            call("complete upload " + key, () -> s3.completeMultipartUpload(b -> b.bucket(bucket).key(key)
-                    .uploadId(uploadId).multipartUpload(m -> m.parts(completed))));
-        } catch (Exception e) {
-            abort(new PendingUpload(key, uploadId, java.time.Instant.now()));
-            if (e instanceof ExecutionException && e.getCause() instanceof R2Exception r2) throw r2;
-            if (e instanceof InterruptedException) Thread.currentThread().interrupt();
-            if (e instanceof R2Exception r2) throw r2;
-            throw new R2Exception(R2Common.EXIT_FAILED, "s3: upload " + key + ": " + R2Cli.messageChain(e), e);
-        } finally {
-            pool.shutdownNow();
-        }
+    public void putFile(String key, Path file, long offset, FileEntry object, Progress progress) {
+        // R2 verifies the checksum before it stores the object; a content provider reopens the slice, so the
+        // SDK can retry from its start.
+        String checksum = Base64.getEncoder().encodeToString(HexFormat.of().parseHex(object.sha256()));
+        call("put " + key, () -> s3.putObject(b -> b.bucket(bucket).key(key).checksumSHA256(checksum).contentLength(object.size()),
+                RequestBody.fromContentProvider(() -> slice(file, offset, object.size()), object.size(), "application/octet-stream")));
+        if (progress != null) progress.add(object.size());
     }
 
     private static InputStream slice(Path file, long offset, long length) {
         try {
-            FileChannel ch = FileChannel.open(file, StandardOpenOption.READ);
-            ch.position(offset);
-            return new BoundedInputStream(Channels.newInputStream(ch), length);
+            return BoundedInputStream.slice(file, offset, length);
         } catch (IOException e) {
             throw new UncheckedIOException(e);
         }
@@ -203,17 +189,13 @@ final class S3ObjectStore implements ObjectStore {
     static final int DOWNLOAD_ATTEMPTS = 4;
 
     @Override
-    public FileEntry download(String key, Path target, String snapshotPath, Progress progress) {
+    public FileEntry download(String key, Path target, long offset, String snapshotPath, Progress progress) {
         for (int attempt = 1; ; attempt++) {
             try (InputStream in = s3.getObject(b -> b.bucket(bucket).key(key))) {
-                return Sha256.copyToFile(new BodyStream(in), target, snapshotPath, progress);
+                return Sha256.copyInto(new BodyStream(in), target, offset, snapshotPath, progress);
             } catch (BodyBroken e) {
-                // A transient cut must not make a restore fall back to an older snapshot: start the object over.
-                try {
-                    Files.deleteIfExists(target);
-                } catch (IOException ignored) {
-                    // CREATE_NEW on the next try reports it
-                }
+                // A transient cut must not make a restore fall back to an older snapshot: start the object over
+                // (written again from its offset).
                 String why = e.getCause().getMessage();
                 if (attempt >= DOWNLOAD_ATTEMPTS)
                     throw new R2Exception(R2Common.EXIT_FAILED, "s3: get " + key + ": the download broke off " + attempt
@@ -333,9 +315,16 @@ final class S3ObjectStore implements ObjectStore {
     }
 }
 
-/** An InputStream that ends after a number of bytes (one part of a file). */
+/** An InputStream that ends after a number of bytes (one piece of a file). */
 final class BoundedInputStream extends FilterInputStream {
     private long left;
+
+    /** length bytes of file from offset. */
+    static InputStream slice(Path file, long offset, long length) throws IOException {
+        FileChannel ch = FileChannel.open(file, StandardOpenOption.READ);
+        ch.position(offset);
+        return new BoundedInputStream(Channels.newInputStream(ch), length);
+    }
 
     BoundedInputStream(InputStream in, long length) {
         super(in);
@@ -383,9 +372,13 @@ final class DirObjectStore implements ObjectStore {
     }
 
     @Override
-    public void putFile(String key, Path file, FileEntry entry, Progress progress) {
-        writeAtomically(key, tmp -> Files.copy(file, tmp, StandardCopyOption.REPLACE_EXISTING));
-        if (progress != null) progress.add(entry.size());
+    public void putFile(String key, Path file, long offset, FileEntry object, Progress progress) {
+        writeAtomically(key, tmp -> {
+            try (InputStream in = BoundedInputStream.slice(file, offset, object.size())) {
+                Files.copy(in, tmp, StandardCopyOption.REPLACE_EXISTING);
+            }
+        });
+        if (progress != null) progress.add(object.size());
     }
 
     @Override
@@ -419,11 +412,11 @@ final class DirObjectStore implements ObjectStore {
     }
 
     @Override
-    public FileEntry download(String key, Path target, String snapshotPath, Progress progress) {
+    public FileEntry download(String key, Path target, long offset, String snapshotPath, Progress progress) {
         Path source = path(key);
         if (!Files.isRegularFile(source)) throw new R2Exception(R2Common.EXIT_FAILED, "store: " + key + " is missing");
         try (InputStream in = Files.newInputStream(source)) {
-            return Sha256.copyToFile(in, target, snapshotPath, progress);
+            return Sha256.copyInto(in, target, offset, snapshotPath, progress);
         } catch (IOException e) {
             throw new R2Exception(R2Common.EXIT_FAILED, "store: read " + key + ": " + e.getMessage(), e);
         }

@@ -453,10 +453,9 @@ public class R2Sync implements Callable<Integer> {
             if (lastIndex != null && base == lastManifest) return lastIndex;
             FileEntry entry = base.file(Keys.FILE_INDEX).orElseThrow();
             Path local = snapshot.dir().resolve("previous-index.json.gz");
-            FileEntry got = store.download(config.keys().object(entry), local, entry.path(), new Progress("index", entry.size()));
-            if (!got.equals(entry)) throw new R2Exception(R2Common.EXIT_FAILED, "it does not match its manifest entry");
+            Parallel.run(UPLOADS, store.downloads(config.keys(), entry, local, base.timestamp(), new Progress("index", entry.size())));
             return FileIndex.read(local);
-        } catch (R2Exception | java.util.NoSuchElementException e) {
+        } catch (R2Exception | IOException | java.util.NoSuchElementException e) {
             Log.warn("sync " + snapshot.timestamp() + ": the file index of " + base.timestamp() + " is unusable, packing every "
                     + "file again: " + e.getMessage());
             return null;
@@ -548,37 +547,46 @@ public class R2Sync implements Callable<Integer> {
     static final int UPLOADS = 4;
 
     /**
-     * Uploads every file of the snapshot the bucket does not hold yet, UPLOADS at a time. One it holds is
-     * skipped when the previous snapshot uses it (garbage collection keeps it) or it is young enough that
-     * collection cannot take it before this sync publishes (an upload of an interrupted sync).
+     * Uploads every object of the snapshot (a file, or a piece of one) the bucket does not hold yet, UPLOADS at a
+     * time. One it holds is skipped when the previous snapshot uses it (garbage collection keeps it) or it is
+     * young enough that collection cannot take it before this sync publishes (an upload of an interrupted sync,
+     * which is so resumed piece by piece).
      */
     private Transfer upload(Snapshot snapshot, Manifest base) throws IOException {
         Instant t = Instant.now();
         Keys keys = config.keys();
-        Set<String> baseKeys = base == null ? Set.of() : base.files().stream().map(keys::object).collect(Collectors.toSet());
+        Set<String> baseKeys = base == null ? Set.of() : base.objects().stream().map(keys::object).collect(Collectors.toSet());
         Instant freshAfter = t.minus(history.gcGrace.dividedBy(2));
-        List<Snapshot.Artifact> toUpload = new ArrayList<>();
+        Map<String, ObjectUpload> toUpload = new LinkedHashMap<>();
+        int files = 0;
         int present = 0;
         for (Snapshot.Artifact a : snapshot.files()) {
-            String key = keys.object(a.entry());
-            StoredObject stored = snapshot.stored.get(key);
-            boolean keep = snapshot.stored(a.entry())
-                    && (baseKeys.contains(key) || (stored.modified() != null && stored.modified().isAfter(freshAfter)));
-            if (keep) present++;
-            else if (a.local() == null)
-                throw new R2Exception(R2Common.EXIT_FAILED, "sync " + snapshot.timestamp() + ": " + key + " is gone from the bucket "
-                        + "and has no local copy; the next sync starts that part afresh");
-            else toUpload.add(a);
+            int before = toUpload.size();
+            for (FileEntry.Part part : a.entry().parts()) {
+                String key = keys.object(part.object());
+                StoredObject stored = snapshot.storedAs(part.object());
+                boolean keep = stored != null
+                        && (baseKeys.contains(key) || (stored.modified() != null && stored.modified().isAfter(freshAfter)));
+                if (keep || toUpload.containsKey(key)) continue;
+                if (a.local() == null)
+                    throw new R2Exception(R2Common.EXIT_FAILED, "sync " + snapshot.timestamp() + ": " + key + " is gone from the bucket "
+                            + "and has no local copy; the next sync starts that part afresh");
+                toUpload.put(key, new ObjectUpload(a.local(), part));
+            }
+            if (toUpload.size() > before) files++;
+            else present++;
         }
-        long bytes = toUpload.stream().mapToLong(a -> a.entry().size()).sum();
+        long bytes = toUpload.values().stream().mapToLong(u -> u.part().object().size()).sum();
         Progress progress = new Progress("upload", bytes);
-        Parallel.run(UPLOADS, toUpload.stream().<Parallel.Task>map(a -> () -> store.putFile(keys.object(a.entry()), a.local(), a.entry(), progress))
-                .collect(Collectors.toList()));
+        Parallel.run(UPLOADS, toUpload.entrySet().stream().<Parallel.Task>map(u -> () -> store.putFile(u.getKey(),
+                u.getValue().local(), u.getValue().part().offset(), u.getValue().part().object(), progress)).collect(Collectors.toList()));
         progress.finish();
-        Log.info("sync " + snapshot.timestamp() + ": uploaded " + toUpload.size() + " files (" + Log.bytes(bytes) + "), "
-                + present + " already stored, in " + Log.seconds(Duration.between(t, Instant.now())));
-        return new Transfer(bytes, toUpload.size(), present);
+        Log.info("sync " + snapshot.timestamp() + ": uploaded " + files + " files (" + Log.bytes(bytes) + " in " + toUpload.size()
+                + " objects), " + present + " already stored, in " + Log.seconds(Duration.between(t, Instant.now())));
+        return new Transfer(bytes, files, present);
     }
+
+    record ObjectUpload(Path local, FileEntry.Part part) {}
 
     /**
      * Publishes the snapshot: creates its manifest.json under a timestamp newer than latest.json's (only if no
@@ -699,7 +707,7 @@ public class R2Sync implements Callable<Integer> {
                         + (format > Manifest.FORMAT ? " (format " + format + ", newer than this tool's)" : ""));
                 return;
             }
-            m.files().forEach(f -> used.add(keys.object(f)));
+            m.objects().forEach(o -> used.add(keys.object(o)));
         }
         GarbageCollector.Collected c = GarbageCollector.collect(store, keys, used, history.gcGrace, Instant.now());
         if (c.deleted() > 0 || c.young() > 0)
@@ -836,10 +844,15 @@ public class R2Sync implements Callable<Integer> {
             files.add(new Artifact(entry, null));
         }
 
-        /** True when the bucket held this file when the sync started. */
+        /** True when the bucket held this file (every object it is stored as) when the sync started. */
         boolean stored(FileEntry entry) {
-            StoredObject o = stored.get(keys.object(entry));
-            return o != null && o.size() == entry.size();
+            return entry.parts().stream().allMatch(p -> storedAs(p.object()) != null);
+        }
+
+        /** The object as the bucket listed it when the sync started, or null when it did not hold it. */
+        StoredObject storedAs(FileEntry object) {
+            StoredObject o = stored.get(keys.object(object));
+            return o != null && o.size() == object.size() ? o : null;
         }
 
         /**

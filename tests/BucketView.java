@@ -4,6 +4,7 @@ import software.amazon.awssdk.services.s3.model.NoSuchKeyException;
 import software.amazon.awssdk.services.s3.model.S3Object;
 
 import java.io.IOException;
+import java.io.OutputStream;
 import java.io.UncheckedIOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -47,6 +48,13 @@ record BucketView(S3Client s3, String bucket, String townId) {
         s3.deleteObject(b -> b.bucket(bucket).key(key));
     }
 
+    /** Every object's size under the prefix, by key. */
+    java.util.SortedMap<String, Long> sizes(String prefix) {
+        java.util.SortedMap<String, Long> sizes = new java.util.TreeMap<>();
+        s3.listObjectsV2Paginator(b -> b.bucket(bucket).prefix(prefix)).contents().forEach(o -> sizes.put(o.key(), o.size()));
+        return sizes;
+    }
+
     /** Every key under the town's prefix (or the whole bucket with ""), sorted. */
     List<String> keys(String prefix) {
         return s3.listObjectsV2Paginator(b -> b.bucket(bucket).prefix(prefix)).contents().stream()
@@ -72,10 +80,15 @@ record BucketView(S3Client s3, String bucket, String townId) {
         return prefixes().stream().filter(ts -> find(keys().object(ts, Keys.MANIFEST)).isPresent()).collect(Collectors.toList());
     }
 
-    /** The object a snapshot's file lives in (under incremental/, shared with other snapshots). */
+    /** The object a snapshot's file lives in (under incremental/, shared with other snapshots); its first piece if in pieces. */
     String objectKey(String timestamp, String path) {
+        return objectKeys(timestamp, path).get(0);
+    }
+
+    /** The objects a snapshot's file lives in: itself, or its pieces in order. */
+    List<String> objectKeys(String timestamp, String path) {
         FileEntry f = manifest(timestamp).file(path).orElseThrow(() -> new AssertionError(timestamp + " has no file " + path));
-        return keys().object(f);
+        return f.parts().stream().map(p -> keys().object(p.object())).collect(Collectors.toList());
     }
 
     /** Downloads a snapshot file to dir/<path>. */
@@ -83,7 +96,9 @@ record BucketView(S3Client s3, String bucket, String townId) {
         Path target = dir.resolve(path);
         try {
             Files.createDirectories(target.getParent());
-            Files.write(target, get(objectKey(timestamp, path)));
+            try (OutputStream out = Files.newOutputStream(target)) {
+                for (String key : objectKeys(timestamp, path)) out.write(get(key));
+            }
         } catch (IOException e) {
             throw new UncheckedIOException(e);
         }

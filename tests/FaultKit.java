@@ -19,6 +19,7 @@ import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.HashMap;
+import java.util.HashSet;
 import java.util.HexFormat;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -398,10 +399,16 @@ final class FaultKit {
             return out;
         }
 
-        /** Keys of multipart uploads started and never completed or aborted under the prefix. */
-        List<String> pendingUploads(String bucket, String prefix) {
-            return s3.listMultipartUploadsPaginator(b -> b.bucket(bucket).prefix(prefix)).uploads().stream()
-                    .map(u -> u.key()).collect(Collectors.toList());
+        /** Objects under the town's incremental/ that no snapshot's manifest names (what a killed sync uploaded). */
+        List<String> unnamedObjects(String bucket, String townId) {
+            Keys keys = new Keys(townId);
+            Set<String> named = new HashSet<>();
+            snapshots(bucket, townId).forEach((ts, files) -> {
+                if (files.contains(Keys.MANIFEST))
+                    R2Common.fromJson(get(bucket, keys.object(ts, Keys.MANIFEST)), Manifest.class, "manifest " + ts)
+                            .objects().forEach(o -> named.add(keys.object(o)));
+            });
+            return list(bucket, keys.objects()).keySet().stream().filter(k -> !named.contains(k)).collect(Collectors.toList());
         }
 
         JsonNode manifest(String bucket, String townId, String ts) {

@@ -75,13 +75,6 @@ final class FaultProxy implements AutoCloseable {
             return false;
         }
 
-        String param(String name) {
-            for (String p : query().split("&")) {
-                if (p.startsWith(name + "=")) return URLDecoder.decode(p.substring(name.length() + 1), StandardCharsets.UTF_8);
-            }
-            return null;
-        }
-
         /** The object key (path-style: /bucket/key), "" for bucket-level requests. */
         String key() {
             String p = URLDecoder.decode(path().replace("+", "%2B"), StandardCharsets.UTF_8);
@@ -324,18 +317,6 @@ final class FaultProxy implements AutoCloseable {
     /** ListMultipartUploads (GET /bucket?uploads...). */
     static Predicate<Request> listUploads() {
         return r -> r.method().equals("GET") && r.key().isEmpty() && r.hasParam("uploads");
-    }
-
-    static Predicate<Request> createUpload(String keyPart) {
-        return r -> r.method().equals("POST") && r.hasParam("uploads") && r.key().contains(keyPart);
-    }
-
-    static Predicate<Request> uploadPart(String keyPart, int part) {
-        return r -> r.method().equals("PUT") && String.valueOf(part).equals(r.param("partNumber")) && r.key().contains(keyPart);
-    }
-
-    static Predicate<Request> completeUpload(String keyPart) {
-        return r -> r.method().equals("POST") && r.hasParam("uploadId") && r.key().contains(keyPart);
     }
 
     // ---- the proxy ----

@@ -55,7 +55,7 @@ import software.amazon.awssdk.services.s3.S3Client;
  * {@code fault suite: 110 faults injected, 110 survived, 0 data lost}, also written to /tmp/fault-figures.txt.
  *
  * <p>Groups (one test method each): kill -9 of the sync at every phase (three chains: local phases,
- * uploads and retention, a multipart upload); storage faults (500/503, stalls, resets, cut bodies, lost
+ * uploads and retention, a pack stored in pieces); storage faults (500/503, stalls, resets, cut bodies, lost
  * answers) during sync and restore; a full disk during sync and restore; two writers for one town;
  * hostile and broken backups; bad local state; secrets in every output. A group shares one town and
  * bucket (a "lane"); the lanes run side by side, LANES at a time, started from {@code @BeforeAll}.
@@ -70,7 +70,7 @@ class FaultSuiteTest {
     static final String PACK = ".tar/";
     /** A chain link's pack, not its index: incremental/git/{repo}.packs/{n}.pack/{sha256}. */
     static final Predicate<FaultProxy.Request> GIT_PACK_FILE = r -> r.key().contains(".pack/");
-    /** Above the product's 64 MiB multipart threshold, so its pack goes up in parts. */
+    /** Over four pieces (Pieces.SIZE), so its pack goes up as five objects, four at a time. */
     static final int BIG_FILE = 70 * 1000 * 1000;
     /** Enough to fill the small filesystems of the full-disk faults (and cheaper to move than BIG_FILE). */
     static final int MEDIUM_FILE = 12 * 1000 * 1000;
@@ -114,7 +114,7 @@ class FaultSuiteTest {
         // Longest lanes first.
         submit(() -> crashChain(group("crash-local"), "crash-local", localPhasePoints(), false), "crash-local");
         submit(() -> crashChain(group("crash-upload"), "crash-upload", uploadAndRetentionPoints(), false), "crash-upload");
-        submit(() -> crashChain(group("crash-multipart"), "crash-multipart", multipartPoints(), true), "crash-multipart");
+        submit(() -> crashChain(group("crash-pieces"), "crash-pieces", piecePoints(), true), "crash-pieces");
         submit(() -> storageSyncFaults(group("storage-sync"), syncedLane("storage", false)), "storage-sync");
         submit(() -> {
             Lane lane = syncedLane("restore", true);
@@ -206,8 +206,8 @@ class FaultSuiteTest {
 
     @Test
     @Order(3)
-    void killedMultipartUploadsAreAbortedByTheNextSync() {
-        check("crash-multipart");
+    void killedUploadsOfAPackInPiecesLeaveARestorableLatestAndTheNextSyncCompletes() {
+        check("crash-pieces");
     }
 
     @Test
@@ -268,10 +268,10 @@ class FaultSuiteTest {
     enum Touch { NONE, REFS, ALL }
 
     /**
-     * One kill point. pendingUpload: the kill must leave an unfinished multipart upload behind; doltServer: the
+     * One kill point. leavesPieces: the kill must leave stored pieces behind that no manifest names; doltServer: the
      * town's dolt sql-server runs during the sync (gastown's normal state; dolt backup then goes through it).
      */
-    record CrashPoint(String name, Expect expect, Touch touch, boolean pendingUpload, boolean doltServer,
+    record CrashPoint(String name, Expect expect, Touch touch, boolean leavesPieces, boolean doltServer,
                       Function<Lane, Trigger> trigger) {}
 
     /** The local phases: dolt backup, git pack-objects, tar, version probe, and kills at time offsets. */
@@ -309,18 +309,14 @@ class FaultSuiteTest {
                 point("during garbage collection: listing unfinished uploads", Expect.AFTER, Touch.NONE, holdRequest(FaultProxy.listUploads())));
     }
 
-    /** A 70 MB file in a rig's plugins/: packing it, and the multipart upload of its pack. */
-    private static List<CrashPoint> multipartPoints() {
+    /** A 70 MB file in a rig's plugins/: packing it, and the uploads of its pack's five pieces. */
+    private static List<CrashPoint> piecePoints() {
         return List.of(
                 point("while packing a 70 MB file", Expect.BEFORE, Touch.ALL, workFile("files")),
-                point("while starting the multipart upload of its pack", Expect.BEFORE, Touch.ALL,
-                        holdRequest(FaultProxy.createUpload(PACK))),
-                new CrashPoint("during part 2 of the multipart upload (parts 1 and 3 in flight)", Expect.BEFORE, Touch.ALL, true, false,
-                        holdRequest(FaultProxy.uploadPart(PACK, 2))),
-                new CrashPoint("while completing the multipart upload", Expect.BEFORE, Touch.ALL, true, false,
-                        holdRequest(FaultProxy.completeUpload(PACK))),
-                point("after the multipart upload completed, before its answer", Expect.BEFORE, Touch.ALL,
-                        holdResponse(FaultProxy.completeUpload(PACK))));
+                point("during the upload of a piece of its pack (three more in flight)", Expect.BEFORE, Touch.ALL,
+                        holdRequest(FaultProxy.put(PACK))),
+                new CrashPoint("after a piece of its pack landed, before its answer", Expect.BEFORE, Touch.ALL, true, false,
+                        holdResponse(FaultProxy.put(PACK))));
     }
 
     /** One chain: a lane, its first snapshot, then every crash point in turn, then the last snapshot restored. */
@@ -396,8 +392,8 @@ class FaultSuiteTest {
             throw new AssertionError("latest.json names " + after.timestamp() + ", expected "
                     + expected + " (before: " + before.timestamp() + ", killed sync: " + killedTs + ")\n" + TestTools.tail(killedOutput, 2000));
         if (after.timestamp().equals(killedTs)) lane.states.put(killedTs, state);
-        if (cp.pendingUpload() && store.pendingUploads(lane.bucket, FaultKit.Store.town(lane.townId)).isEmpty())
-            throw new AssertionError("expected the kill to leave an unfinished multipart upload; there is none\n" + lane.proxy.logText());
+        if (cp.leavesPieces() && store.unnamedObjects(lane.bucket, lane.townId).stream().noneMatch(k -> k.contains(PACK)))
+            throw new AssertionError("expected the kill to leave a stored piece no manifest names; there is none\n" + lane.proxy.logText());
 
         // The promise: the snapshot latest.json names verifies and restores to its town.
         assertLatestRestores(lane);
@@ -418,7 +414,7 @@ class FaultSuiteTest {
 
     /**
      * After a successful sync: no work dir, no unfinished prefix, at most KEEP snapshots, lock free. (What a
-     * dead sync uploaded, objects and unfinished multipart uploads, stays until it is older than the garbage
+     * dead sync uploaded stays until it is older than the garbage
      * collector's grace period: it may be another machine's sync in flight. GarbageCollectionTest covers that.)
      */
     private void assertCleanAfterSync(Lane lane, String abandoned, boolean abandonedComplete) {
@@ -561,17 +557,17 @@ class FaultSuiteTest {
                 r -> r.fail(503, "SlowDown").always(), false);
         syncFault(g, lane, "500 on every listing of unfinished uploads", Want.COMPLETES, 5, FaultProxy.listUploads(),
                 r -> r.fail(500, "InternalError").always(), false);
-        // Multipart: a 70 MB file in a rig's plugins/ makes a pack go up in parts.
-        g.step("a 70 MB file makes its pack a multipart upload", () -> {
+        // Pieces: a 70 MB file in a rig's plugins/ makes a pack go up as five objects.
+        g.step("a 70 MB file makes its pack go up in pieces", () -> {
             lane.bigFile(lane.town.root().resolve("alpha/plugins/big.bin"));
             lane.syncAndRecord();
         });
-        syncFault(g, lane, "500 once on part 2 of a multipart upload", Want.COMPLETES, 2, FaultProxy.uploadPart(PACK, 2),
+        syncFault(g, lane, "500 once on a piece of a pack", Want.COMPLETES, 2, FaultProxy.put(PACK),
                 r -> r.fail(500, "InternalError"), true);
-        syncFault(g, lane, "reset on every try of part 3 of a multipart upload", Want.FAILS, 5, FaultProxy.uploadPart(PACK, 3),
+        syncFault(g, lane, "reset on every try of a piece of a pack", Want.FAILS, 5, FaultProxy.put(PACK),
                 r -> r.reset().always(), true);
-        syncFault(g, lane, "500 on every CompleteMultipartUpload", Want.FAILS, 5, FaultProxy.completeUpload(PACK),
-                r -> r.fail(500, "InternalError").always(), true);
+        syncFault(g, lane, "a piece's PUT applied but its answer lost (reset)", Want.COMPLETES, 2, FaultProxy.put(PACK),
+                FaultProxy.Rule::resetAfterForward, true);
         g.step("a clean sync after the faults cleans up and restores", () -> {
             lane.syncAndRecord();
             assertCleanAfterSync(lane, null, false);
@@ -1614,7 +1610,7 @@ class FaultSuiteTest {
 
         /**
          * A 70 MB file in the town that every touch of files changes (one byte appended), so each sync packs it
-         * again: its pack is a multipart upload.
+         * again: its pack goes up in pieces.
          */
         void bigFile(Path file) throws IOException {
             writeBigFile(file, BIG_FILE);

@@ -80,6 +80,6 @@ class GarbageCollectionTest {
     }
 
     private static Set<String> keys(BucketView view, Manifest m) {
-        return m.files().stream().map(f -> view.keys().object(f)).collect(Collectors.toCollection(TreeSet::new));
+        return m.objects().stream().map(o -> view.keys().object(o)).collect(Collectors.toCollection(TreeSet::new));
     }
 }

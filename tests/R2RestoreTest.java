@@ -66,6 +66,18 @@ class R2RestoreTest {
         }
     }
 
+    /** A file of random bytes, written a MiB at a time. */
+    private static void writeRandom(Path file, long size) throws IOException {
+        Random random = new Random(size);
+        byte[] chunk = new byte[1 << 20];
+        try (java.io.OutputStream out = Files.newOutputStream(file)) {
+            for (long left = size; left > 0; left -= chunk.length) {
+                random.nextBytes(chunk);
+                out.write(chunk, 0, (int) Math.min(chunk.length, left));
+            }
+        }
+    }
+
     /** A fresh, empty volume for one restore. */
     private Path emptyVolume() {
         try {
@@ -77,8 +89,12 @@ class R2RestoreTest {
 
     /** A new bucket holding a copy of every object of the pristine one. */
     private String copyOfPristine() {
+        return copyOf(pristine);
+    }
+
+    private String copyOf(String source) {
         String bucket = s3.newBucket();
-        BucketView from = view(pristine);
+        BucketView from = view(source);
         BucketView to = view(bucket);
         for (String key : from.keys("")) to.put(key, from.get(key));
         return bucket;
@@ -308,6 +324,62 @@ class R2RestoreTest {
         assertEquals(0, r.exitCode(), r.stderr());
         assertTrue(r.stderr().contains("no backup"), r.stderr());
         assertEquals(TreeHash.of(emptyVolume()), TreeHash.of(volume), "nothing written");
+    }
+
+    @Test
+    void aFileOverSixteenMiBGoesUpInPiecesAndEachPieceIsVerifiedOnTheWayBack() throws Exception {
+        Path ownDir = TestTools.tempDir("pieces-");
+        TestTown own = TownBuilder.create().rigs("alpha").build(ownDir);
+        // Incompressible: the file pack holding the untracked file, and the git pack holding the commit, are as large.
+        long model = 2 * Pieces.SIZE + (5 << 20);
+        writeRandom(own.root().resolve("alpha/crew/max/model.bin"), model);
+        Path mayor = own.root().resolve("alpha/mayor/rig");
+        writeRandom(mayor.resolve("weights.bin"), Pieces.SIZE + (3 << 20));
+        TestTools.git(mayor, "add", "weights.bin");
+        TestTools.git(mayor, "commit", "--quiet", "-m", "weights");
+        TownState town = TownState.capture(own.root());
+        String bucket = s3.newBucket();
+        product(bucket, own.root()).sync("--immediate").assertOk();
+
+        BucketView v = view(bucket);
+        String ts = v.latest().orElseThrow().timestamp();
+        Manifest m = v.manifest(ts);
+        List<FileEntry> pieced = m.files().stream().filter(f -> f.pieces() != null).collect(Collectors.toList());
+        assertTrue(pieced.stream().anyMatch(f -> f.path().equals("git/alpha/mayor/rig/.git.packs/0.pack")), "the mayor's git pack: " + pieced);
+        FileEntry pack = pieced.stream().filter(f -> f.path().startsWith("files/") && f.size() > model).findFirst()
+                .orElseThrow(() -> new AssertionError("the file pack holding model.bin: " + pieced));
+        assertEquals(3, pack.parts().size());
+        Map<String, Long> stored = v.sizes(v.keys().objects());
+        for (FileEntry f : pieced) {
+            assertEquals((f.size() + Pieces.SIZE - 1) / Pieces.SIZE, f.pieces().sha256().size(), f.path());
+            assertFalse(stored.containsKey(v.keys().object(f)), f.path() + " is not stored whole");
+            for (FileEntry.Part part : f.parts())
+                assertEquals(Sha256.of(v.get(v.keys().object(part.object()))), part.object().sha256(), "each piece holds what its sha256 says");
+        }
+        stored.forEach((key, size) -> assertTrue(size <= Pieces.SIZE, key + ": no object is over a piece"));
+        // Unchanged (a path changed within 2 s of a scan is read again at the next one): no piece goes up again.
+        product(bucket, own.root()).sync("--immediate").assertOk();
+        Map<String, Long> afterTwo = v.sizes(v.keys().objects());
+        product(bucket, own.root()).sync("--immediate").assertOk();
+        List<String> added = v.keys(v.keys().objects()).stream().filter(k -> !afterTwo.containsKey(k)).collect(Collectors.toList());
+        assertEquals(List.of(), added.stream().filter(k -> k.contains(".tar/") || k.contains(".pack/")).collect(Collectors.toList()),
+                "unchanged files and repos upload nothing");
+        assertTrue(v.manifest(v.latest().orElseThrow().timestamp()).files().containsAll(pieced), "its files in pieces are reused");
+
+        Path volume = emptyVolume();
+        product(bucket, volume).onNewMachine().restore().assertOk();
+        TownState.assertSame(town, TownState.capture(volume));
+
+        String missingPiece = copyOf(bucket);
+        view(missingPiece).delete(v.keys().object(pack.parts().get(1).object()));
+        assertRefused(missingPiece, pack.path() + " (piece 2 of 3)", "missing");
+        String corruptPiece = copyOf(bucket);
+        String last = v.keys().object(pack.parts().get(2).object());
+        byte[] data = v.get(last);
+        data[1] ^= 0x5a;
+        view(corruptPiece).put(last, data);
+        assertRefused(corruptPiece, pack.path() + " (piece 3 of 3)", "sha256");
+        TestTools.deleteRecursively(ownDir);
     }
 
     @Test
