@@ -97,6 +97,7 @@ final class GarbageCollector {
             bytes += o.size();
         }
         if (!doomed.isEmpty()) store.delete(doomed);
+        // Multipart uploads are what versions before 0.5 (format 4) left when killed mid-upload; this one makes none.
         for (PendingUpload u : store.pendingUploads(keys.objects()))
             if (u.initiated() == null || u.initiated().isBefore(cutoff)) store.abort(u);
         return new Collected(doomed.size(), bytes, young, youngBytes);

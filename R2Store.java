@@ -34,7 +34,7 @@ record StoredObject(String key, long size, java.time.Instant modified) {}
 /** An object's bytes with the ETag a conditional write must name. */
 record Versioned(byte[] data, String etag) {}
 
-/** An upload that was started and never completed or aborted (a crashed sync leaves these). */
+/** A multipart upload started and never completed or aborted (what a sync of a version before 0.5 killed mid-upload left). */
 record PendingUpload(String key, String uploadId, java.time.Instant initiated) {}
 
 /** A conditional write lost: someone else wrote the object since we read it. */
@@ -62,8 +62,8 @@ interface ObjectStore extends AutoCloseable {
     FileEntry download(String key, Path target, long offset, String snapshotPath, Progress progress);
 
     /**
-     * The downloads of a snapshot file into target, one per object it is stored as (to run in parallel), each
-     * checked against the manifest as it streams; `of` names the snapshot in errors.
+     * The downloads of a snapshot file into target (which must not exist yet), one per object it is stored as (to
+     * run in parallel), each checked against the manifest as it streams; `of` names the snapshot in errors.
      */
     default List<Parallel.Task> downloads(Keys keys, FileEntry file, Path target, String of, Progress progress) {
         List<FileEntry.Part> parts = file.parts();

@@ -453,7 +453,7 @@ public class R2Sync implements Callable<Integer> {
             if (lastIndex != null && base == lastManifest) return lastIndex;
             FileEntry entry = base.file(Keys.FILE_INDEX).orElseThrow();
             Path local = snapshot.dir().resolve("previous-index.json.gz");
-            Parallel.run(UPLOADS, store.downloads(config.keys(), entry, local, base.timestamp(), new Progress("index", entry.size())));
+            Parallel.run(TRANSFERS, store.downloads(config.keys(), entry, local, base.timestamp(), new Progress("index", entry.size())));
             return FileIndex.read(local);
         } catch (R2Exception | IOException | java.util.NoSuchElementException e) {
             Log.warn("sync " + snapshot.timestamp() + ": the file index of " + base.timestamp() + " is unusable, packing every "
@@ -543,14 +543,17 @@ public class R2Sync implements Callable<Integer> {
         return new Versions(gt, dolt, git);
     }
 
-    /** Files uploaded at once: a cycle's few small files wait for R2's round trips, not for the link. */
-    static final int UPLOADS = 4;
+    /**
+     * Objects sent at once (fetched, for the previous file index): a cycle's few small files wait for R2's round
+     * trips, not for the link.
+     */
+    static final int TRANSFERS = 4;
 
     /**
-     * Uploads every object of the snapshot (a file, or a piece of one) the bucket does not hold yet, UPLOADS at a
+     * Uploads every object of the snapshot (a file, or a piece of one) the bucket does not hold yet, TRANSFERS at a
      * time. One it holds is skipped when the previous snapshot uses it (garbage collection keeps it) or it is
-     * young enough that collection cannot take it before this sync publishes (an upload of an interrupted sync,
-     * which is so resumed piece by piece).
+     * young enough that collection cannot take it before this sync publishes (an upload of an interrupted sync:
+     * a large git pack or dolt table file goes on from the pieces that sync stored).
      */
     private Transfer upload(Snapshot snapshot, Manifest base) throws IOException {
         Instant t = Instant.now();
@@ -578,7 +581,7 @@ public class R2Sync implements Callable<Integer> {
         }
         long bytes = toUpload.values().stream().mapToLong(u -> u.part().object().size()).sum();
         Progress progress = new Progress("upload", bytes);
-        Parallel.run(UPLOADS, toUpload.entrySet().stream().<Parallel.Task>map(u -> () -> store.putFile(u.getKey(),
+        Parallel.run(TRANSFERS, toUpload.entrySet().stream().<Parallel.Task>map(u -> () -> store.putFile(u.getKey(),
                 u.getValue().local(), u.getValue().part().offset(), u.getValue().part().object(), progress)).collect(Collectors.toList()));
         progress.finish();
         Log.info("sync " + snapshot.timestamp() + ": uploaded " + files + " files (" + Log.bytes(bytes) + " in " + toUpload.size()

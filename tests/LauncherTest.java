@@ -23,15 +23,15 @@ class LauncherTest {
         try {
             Path repo = copyOfRepo(dir);
             Map<String, String> env = Map.of("JBANG_CACHE_DIR", dir.resolve("jbang-cache").toString());
-            assertEquals("gastown-r2 0.4.0", version(repo, env));
-            assertEquals("gastown-r2 0.4.0", version(repo, env), "the second start, from the recorded command line");
+            assertEquals(R2Common.VERSION, version(repo, env));
+            assertEquals(R2Common.VERSION, version(repo, env), "the second start, from the recorded command line");
 
             Path common = repo.resolve("R2Common.java");
-            Files.writeString(common, Files.readString(common).replace("\"gastown-r2 0.4.0\"", "\"gastown-r2 0.4.0-edited\""));
-            assertEquals("gastown-r2 0.4.0-edited", version(repo, env), "an edit to a //SOURCES file takes effect");
+            Files.writeString(common, Files.readString(common).replace("\"" + R2Common.VERSION + "\"", "\"" + R2Common.VERSION + "-edited\""));
+            assertEquals(R2Common.VERSION + "-edited", version(repo, env), "an edit to a //SOURCES file takes effect");
 
             TestTools.deleteRecursively(dir.resolve("jbang-cache"));
-            assertEquals("gastown-r2 0.4.0-edited", version(repo, env), "JBang's emptied cache is built again");
+            assertEquals(R2Common.VERSION + "-edited", version(repo, env), "JBang's emptied cache is built again");
         } finally {
             TestTools.deleteRecursively(dir);
         }
@@ -52,24 +52,24 @@ class LauncherTest {
             Path classes = Path.of(record + ".classes");
             Path archive = Path.of(record + ".jsa");
 
-            assertEquals("gastown-r2 0.4.0", version(repo, env), "the first start records the command line");
+            assertEquals(R2Common.VERSION, version(repo, env), "the first start records the command line");
             assertFalse(Files.exists(classes), "the recording start lists nothing");
-            assertEquals("gastown-r2 0.4.0\n", quietVersion(repo, env), "the second start lists the classes it loads");
+            assertEquals(R2Common.VERSION + "\n", quietVersion(repo, env), "the second start lists the classes it loads");
             assertTrue(Files.size(classes) > 0, "a class list");
-            assertEquals("gastown-r2 0.4.0\n", quietVersion(repo, env), "the third start builds the archive in the background");
+            assertEquals(R2Common.VERSION + "\n", quietVersion(repo, env), "the third start builds the archive in the background");
             assertTrue(TestTools.await(() -> Files.exists(archive), Duration.ofMinutes(2), 200), "the archive is built");
-            assertEquals("gastown-r2 0.4.0\n", quietVersion(repo, env), "a start with the archive");
+            assertEquals(R2Common.VERSION + "\n", quietVersion(repo, env), "a start with the archive");
 
             // The archive fits the recorded JVM and classpath: with -Xshare:on a JVM refuses to start otherwise.
             String command = Files.readAllLines(record).get(1).replace(" __gastown_r2_arguments__", "");
             List<String> strict = new java.util.ArrayList<>(List.of(command.split(" ")));
             strict.addAll(1, List.of("-Xshare:on", "-XX:SharedArchiveFile=" + archive));
             strict.add("--version");
-            assertEquals("gastown-r2 0.4.0", TestTools.run(strict, repo).assertOk().stdout().strip());
+            assertEquals(R2Common.VERSION, TestTools.run(strict, repo).assertOk().stdout().strip());
 
             // A damaged archive is ignored without a word.
             Files.write(archive, new byte[4096]);
-            assertEquals("gastown-r2 0.4.0\n", quietVersion(repo, env), "a start with a damaged archive");
+            assertEquals(R2Common.VERSION + "\n", quietVersion(repo, env), "a start with a damaged archive");
         } finally {
             TestTools.deleteRecursively(dir);
         }
