@@ -440,11 +440,31 @@ final class FaultKit {
             if (!files.isArray() || files.size() == 0) throw new DataLoss("manifest.json of " + ts + " lists no files");
             for (JsonNode f : files) {
                 String path = f.path("path").asText();
-                String[] got = hash(bucket, town(townId) + "incremental/" + path + "/" + f.path("sha256").asText());
-                if (got == null) throw new DataLoss(ts + "/" + path + " is missing");
-                if (!got[0].equals(f.path("sha256").asText()) || Long.parseLong(got[1]) != f.path("size").asLong())
-                    throw new DataLoss(ts + "/" + path + " does not match its manifest entry");
+                JsonNode pieces = f.path("pieces");
+                if (pieces.isMissingNode()) {
+                    assertObject(bucket, townId, ts, path, f.path("sha256").asText(), f.path("size").asLong());
+                    continue;
+                }
+                // Stored in pieces: each piece an object of pieces.size bytes (the last one shorter), and the file's
+                // sha256 that of the pieces' sha256s, one per line.
+                long pieceSize = pieces.path("size").asLong();
+                long left = f.path("size").asLong();
+                StringBuilder list = new StringBuilder();
+                for (JsonNode piece : pieces.path("sha256")) {
+                    assertObject(bucket, townId, ts, path, piece.asText(), Math.min(pieceSize, left));
+                    left -= Math.min(pieceSize, left);
+                    list.append(piece.asText()).append('\n');
+                }
+                if (left != 0 || !sha256(list.toString().getBytes(StandardCharsets.UTF_8)).equals(f.path("sha256").asText()))
+                    throw new DataLoss(ts + "/" + path + ": its pieces do not make up its manifest entry");
             }
+        }
+
+        private void assertObject(String bucket, String townId, String ts, String path, String sha256, long size) {
+            String[] got = hash(bucket, town(townId) + "incremental/" + path + "/" + sha256);
+            if (got == null) throw new DataLoss(ts + "/" + path + " is missing (object " + sha256 + ")");
+            if (!got[0].equals(sha256) || Long.parseLong(got[1]) != size)
+                throw new DataLoss(ts + "/" + path + " does not match its manifest entry (object " + sha256 + ")");
         }
     }
 
