@@ -2,7 +2,7 @@
 //JAVA 17+
 //DEPS software.amazon.awssdk:bom:2.57.8@pom
 //DEPS software.amazon.awssdk:s3
-//DEPS software.amazon.awssdk:apache5-client
+//DEPS software.amazon.awssdk:url-connection-client
 //DEPS info.picocli:picocli:4.7.7
 //DEPS com.fasterxml.jackson.core:jackson-databind:2.18.2
 //DEPS org.apache.commons:commons-compress:1.28.0
