@@ -10,6 +10,7 @@ import software.amazon.awssdk.core.checksums.RequestChecksumCalculation;
 import software.amazon.awssdk.core.checksums.ResponseChecksumValidation;
 import software.amazon.awssdk.core.exception.SdkClientException;
 import software.amazon.awssdk.core.exception.SdkException;
+import software.amazon.awssdk.core.ResponseInputStream;
 import software.amazon.awssdk.core.sync.RequestBody;
 import software.amazon.awssdk.http.urlconnection.UrlConnectionHttpClient;
 import software.amazon.awssdk.regions.Region;
@@ -178,26 +179,44 @@ final class S3ObjectStore implements ObjectStore {
     @Override
     public Optional<Versioned> get(String key) {
         try {
-            var bytes = s3.getObjectAsBytes(b -> b.bucket(bucket).key(key));
-            return Optional.of(new Versioned(bytes.asByteArray(), bytes.response().eTag()));
+            return Optional.of(readBody(key, (body, response) -> new Versioned(body.readAllBytes(), response.eTag())));
         } catch (NoSuchKeyException e) {
             return Optional.empty();
-        } catch (SdkException e) {
-            throw wrap("get " + key, e);
         }
     }
 
-    /** Tries of one download whose body breaks off mid-stream (the SDK retries only the request itself). */
-    static final int DOWNLOAD_ATTEMPTS = 4;
-
     @Override
     public FileEntry download(String key, Path target, long offset, String snapshotPath, Progress progress) {
+        try {
+            return readBody(key, (body, response) -> {
+                try {
+                    return Sha256.copyInto(body, target, offset, snapshotPath, progress);
+                } catch (IOException e) {
+                    throw new R2Exception(R2Common.EXIT_FAILED, "download " + key + " to " + target + ": " + e.getMessage(), e);
+                }
+            });
+        } catch (NoSuchKeyException e) {
+            throw new R2Exception(R2Common.EXIT_FAILED, "s3: " + key + " is missing");
+        }
+    }
+
+    /** Tries of one read whose body breaks off mid-stream (the SDK retries only the request itself). */
+    static final int DOWNLOAD_ATTEMPTS = 4;
+
+    interface BodyReader<T> {
+        T read(InputStream body, GetObjectResponse response) throws IOException;
+    }
+
+    /**
+     * Reads an object's body; one that breaks off or ends short of its Content-Length (HttpURLConnection just
+     * ends the stream when the connection closes early) is read again from the start: a transient cut must not
+     * make a restore fall back to an older snapshot. A missing object throws NoSuchKeyException.
+     */
+    private <T> T readBody(String key, BodyReader<T> reader) {
         for (int attempt = 1; ; attempt++) {
-            try (InputStream in = s3.getObject(b -> b.bucket(bucket).key(key))) {
-                return Sha256.copyInto(new BodyStream(in), target, offset, snapshotPath, progress);
+            try (ResponseInputStream<GetObjectResponse> in = s3.getObject(b -> b.bucket(bucket).key(key))) {
+                return reader.read(new BodyStream(in, in.response().contentLength()), in.response());
             } catch (BodyBroken e) {
-                // A transient cut must not make a restore fall back to an older snapshot: start the object over
-                // (written again from its offset).
                 String why = e.getCause().getMessage();
                 if (attempt >= DOWNLOAD_ATTEMPTS)
                     throw new R2Exception(R2Common.EXIT_FAILED, "s3: get " + key + ": the download broke off " + attempt
@@ -210,11 +229,11 @@ final class S3ObjectStore implements ObjectStore {
                     throw new R2Exception(R2Common.EXIT_FAILED, "s3: get " + key + ": interrupted");
                 }
             } catch (NoSuchKeyException e) {
-                throw new R2Exception(R2Common.EXIT_FAILED, "s3: " + key + " is missing");
+                throw e;
             } catch (SdkException e) {
                 throw wrap("get " + key, e);
             } catch (IOException e) {
-                throw new R2Exception(R2Common.EXIT_FAILED, "download " + key + " to " + target + ": " + e.getMessage(), e);
+                throw new R2Exception(R2Common.EXIT_FAILED, "s3: get " + key + ": " + e.getMessage(), e);
             }
         }
     }
@@ -226,28 +245,37 @@ final class S3ObjectStore implements ObjectStore {
         }
     }
 
-    /** A response body whose read failures are BodyBroken, so download can tell them from write failures. */
+    /**
+     * A response body whose read failures are BodyBroken, so a read can tell them from write failures; one that
+     * ends before its Content-Length is broken too.
+     */
     private static final class BodyStream extends FilterInputStream {
-        BodyStream(InputStream in) {
+        private final Long expected;
+        private long received;
+
+        BodyStream(InputStream in, Long expected) {
             super(in);
+            this.expected = expected;
         }
 
         @Override
         public int read() {
-            try {
-                return in.read();
-            } catch (IOException e) {
-                throw new BodyBroken(e);
-            }
+            byte[] one = new byte[1];
+            return read(one, 0, 1) < 0 ? -1 : one[0] & 0xff;
         }
 
         @Override
         public int read(byte[] b, int off, int len) {
+            int n;
             try {
-                return in.read(b, off, len);
+                n = in.read(b, off, len);
             } catch (IOException e) {
                 throw new BodyBroken(e);
             }
+            if (n > 0) received += n;
+            if (n < 0 && expected != null && received < expected)
+                throw new BodyBroken(new EOFException("the body ended after " + received + " of " + expected + " bytes"));
+            return n;
         }
     }
 
