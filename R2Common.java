@@ -660,6 +660,7 @@ final class Sha256 {
     /** An output stream that hashes what passes through it (as Hasher does), so a file is hashed while written. */
     static final class HashingOutputStream extends FilterOutputStream {
         private final Hasher hasher = new Hasher();
+        private final byte[] one = new byte[1];
 
         HashingOutputStream(OutputStream out) {
             super(out);
@@ -667,7 +668,8 @@ final class Sha256 {
 
         @Override
         public void write(int b) throws IOException {
-            write(new byte[] {(byte) b}, 0, 1);
+            one[0] = (byte) b;
+            write(one, 0, 1);
         }
 
         @Override

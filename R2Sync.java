@@ -574,22 +574,22 @@ public class R2Sync implements Callable<Integer> {
                 if (a.local() == null)
                     throw new R2Exception(R2Common.EXIT_FAILED, "sync " + snapshot.timestamp() + ": " + key + " is gone from the bucket "
                             + "and has no local copy; the next sync starts that part afresh");
-                toUpload.put(key, new ObjectUpload(a.local(), part));
+                toUpload.put(key, new ObjectUpload(key, a.local(), part));
             }
             if (toUpload.size() > before) files++;
             else present++;
         }
         long bytes = toUpload.values().stream().mapToLong(u -> u.part().object().size()).sum();
         Progress progress = new Progress("upload", bytes);
-        Parallel.run(TRANSFERS, toUpload.entrySet().stream().<Parallel.Task>map(u -> () -> store.putFile(u.getKey(),
-                u.getValue().local(), u.getValue().part().offset(), u.getValue().part().object(), progress)).collect(Collectors.toList()));
+        Parallel.run(TRANSFERS, toUpload.values().stream().<Parallel.Task>map(u -> () -> store.putFile(u.key(), u.local(),
+                u.part().offset(), u.part().object(), progress)).collect(Collectors.toList()));
         progress.finish();
         Log.info("sync " + snapshot.timestamp() + ": uploaded " + files + " files (" + Log.bytes(bytes) + " in " + toUpload.size()
                 + " objects), " + present + " already stored, in " + Log.seconds(Duration.between(t, Instant.now())));
         return new Transfer(bytes, files, present);
     }
 
-    record ObjectUpload(Path local, FileEntry.Part part) {}
+    record ObjectUpload(String key, Path local, FileEntry.Part part) {}
 
     /**
      * Publishes the snapshot: creates its manifest.json under a timestamp newer than latest.json's (only if no
