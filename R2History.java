@@ -78,15 +78,17 @@ final class GarbageCollector {
     record Collected(int deleted, long bytes, int young, long youngBytes) {}
 
     /**
-     * Deletes every object under keys.objects() that no key in used names and that was last written before
-     * now - grace. Objects younger than that may belong to a sync still uploading: they stay until a later run.
+     * Deletes every listed object (those under keys.objects()) that no key in used names and that was last written
+     * before now - grace. Objects younger than that may belong to a sync still uploading: they stay until a later
+     * run, as do those written since the listing. Pending multipart uploads older than that are aborted.
      */
-    static Collected collect(ObjectStore store, Keys keys, Set<String> used, Duration grace, Instant now) {
+    static Collected collect(ObjectStore store, Collection<StoredObject> objects, List<PendingUpload> pending, Set<String> used,
+                             Duration grace, Instant now) {
         Instant cutoff = now.minus(grace);
         List<String> doomed = new ArrayList<>();
         long bytes = 0, youngBytes = 0;
         int young = 0;
-        for (StoredObject o : store.list(keys.objects())) {
+        for (StoredObject o : objects) {
             if (used.contains(o.key())) continue;
             if (o.modified() != null && o.modified().isAfter(cutoff)) {
                 young++;
@@ -98,7 +100,7 @@ final class GarbageCollector {
         }
         if (!doomed.isEmpty()) store.delete(doomed);
         // Multipart uploads are what versions before 0.5 (format 4) left when killed mid-upload; this one makes none.
-        for (PendingUpload u : store.pendingUploads(keys.objects()))
+        for (PendingUpload u : pending)
             if (u.initiated() == null || u.initiated().isBefore(cutoff)) store.abort(u);
         return new Collected(doomed.size(), bytes, young, youngBytes);
     }

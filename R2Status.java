@@ -1,7 +1,8 @@
 ///usr/bin/env jbang "$0" "$@" ; exit $?
 //JAVA 17+
 // A heap sized for a sandbox whose agents need the memory: everything large is streamed (tools/soak.sh).
-//JAVA_OPTIONS -Xmx128m
+// Compile thresholds 4x the JVM's: see R2Sync.java.
+//JAVA_OPTIONS -Xmx128m -XX:CompileThresholdScaling=4
 // No //CDS: see R2Sync.java.
 //SOURCES R2Common.java
 

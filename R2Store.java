@@ -108,12 +108,26 @@ interface ObjectStore extends AutoCloseable {
 
 /** R2 through the AWS SDK v2 with the settings R2 needs (see shared docs: checksums, path style, region auto). */
 final class S3ObjectStore implements ObjectStore {
-    private final S3Client s3;
+    private final Config config;
     private final String bucket;
+    /**
+     * Built on first use, not when the store is opened: in a new JVM the build takes 0.25 s, which a sync spends
+     * beside its scan of the town (it reads the bucket in the background).
+     */
+    private S3Client client;
 
     S3ObjectStore(Config config) {
+        this.config = config;
         this.bucket = config.bucket();
-        this.s3 = S3Client.builder()
+    }
+
+    private synchronized S3Client s3() {
+        if (client == null) client = build(config);
+        return client;
+    }
+
+    private static S3Client build(Config config) {
+        return S3Client.builder()
                 .endpointOverride(config.endpoint())
                 .region(Region.of("auto"))
                 .credentialsProvider(StaticCredentialsProvider.create(
@@ -142,7 +156,7 @@ final class S3ObjectStore implements ObjectStore {
         // R2 verifies the checksum before it stores the object; a content provider reopens the slice, so the
         // SDK can retry from its start.
         String checksum = Base64.getEncoder().encodeToString(HexFormat.of().parseHex(object.sha256()));
-        call("put " + key, () -> s3.putObject(b -> b.bucket(bucket).key(key).checksumSHA256(checksum).contentLength(object.size()),
+        call("put " + key, () -> s3().putObject(b -> b.bucket(bucket).key(key).checksumSHA256(checksum).contentLength(object.size()),
                 RequestBody.fromContentProvider(() -> slice(file, offset, object.size()), object.size(), "application/octet-stream")));
         if (progress != null) progress.add(object.size());
     }
@@ -157,13 +171,13 @@ final class S3ObjectStore implements ObjectStore {
 
     @Override
     public void putBytes(String key, byte[] data) {
-        call("put " + key, () -> s3.putObject(b -> b.bucket(bucket).key(key), RequestBody.fromBytes(data)));
+        call("put " + key, () -> s3().putObject(b -> b.bucket(bucket).key(key), RequestBody.fromBytes(data)));
     }
 
     @Override
     public String putIfMatch(String key, byte[] data, String expectedEtag) {
         try {
-            return s3.putObject(b -> {
+            return s3().putObject(b -> {
                 b.bucket(bucket).key(key);
                 if (expectedEtag == null) b.ifNoneMatch("*");
                 else b.ifMatch(expectedEtag);
@@ -214,7 +228,7 @@ final class S3ObjectStore implements ObjectStore {
      */
     private <T> T readBody(String key, BodyReader<T> reader) {
         for (int attempt = 1; ; attempt++) {
-            try (ResponseInputStream<GetObjectResponse> in = s3.getObject(b -> b.bucket(bucket).key(key))) {
+            try (ResponseInputStream<GetObjectResponse> in = s3().getObject(b -> b.bucket(bucket).key(key))) {
                 return reader.read(new BodyStream(in, in.response().contentLength()), in.response());
             } catch (BodyBroken e) {
                 String why = e.getCause().getMessage();
@@ -281,7 +295,7 @@ final class S3ObjectStore implements ObjectStore {
 
     @Override
     public List<StoredObject> list(String prefix) {
-        return call("list " + prefix, () -> s3.listObjectsV2Paginator(b -> b.bucket(bucket).prefix(prefix)).contents()
+        return call("list " + prefix, () -> s3().listObjectsV2Paginator(b -> b.bucket(bucket).prefix(prefix)).contents()
                 .stream().map(o -> new StoredObject(o.key(), o.size(), o.lastModified())).collect(Collectors.toList()));
     }
 
@@ -291,7 +305,7 @@ final class S3ObjectStore implements ObjectStore {
         for (int i = 0; i < all.size(); i += 1000) {
             List<ObjectIdentifier> batch = all.subList(i, Math.min(all.size(), i + 1000)).stream()
                     .map(k -> ObjectIdentifier.builder().key(k).build()).collect(Collectors.toList());
-            DeleteObjectsResponse r = call("delete objects", () -> s3.deleteObjects(b -> b.bucket(bucket)
+            DeleteObjectsResponse r = call("delete objects", () -> s3().deleteObjects(b -> b.bucket(bucket)
                     .delete(d -> d.objects(batch).quiet(true))));
             if (r.hasErrors() && !r.errors().isEmpty())
                 throw new R2Exception(R2Common.EXIT_FAILED, "s3: delete " + r.errors().get(0).key() + ": " + r.errors().get(0).message());
@@ -300,14 +314,14 @@ final class S3ObjectStore implements ObjectStore {
 
     @Override
     public List<PendingUpload> pendingUploads(String prefix) {
-        return call("list uploads " + prefix, () -> s3.listMultipartUploadsPaginator(b -> b.bucket(bucket).prefix(prefix))
+        return call("list uploads " + prefix, () -> s3().listMultipartUploadsPaginator(b -> b.bucket(bucket).prefix(prefix))
                 .uploads().stream().map(u -> new PendingUpload(u.key(), u.uploadId(), u.initiated())).collect(Collectors.toList()));
     }
 
     @Override
     public void abort(PendingUpload upload) {
         try {
-            s3.abortMultipartUpload(b -> b.bucket(bucket).key(upload.key()).uploadId(upload.uploadId()));
+            s3().abortMultipartUpload(b -> b.bucket(bucket).key(upload.key()).uploadId(upload.uploadId()));
         } catch (NoSuchUploadException e) {
             // already gone
         } catch (SdkException e) {
@@ -316,8 +330,8 @@ final class S3ObjectStore implements ObjectStore {
     }
 
     @Override
-    public void close() {
-        s3.close();
+    public synchronized void close() {
+        if (client != null) client.close();
     }
 
     private static <T> T call(String what, java.util.function.Supplier<T> action) {

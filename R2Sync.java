@@ -1,7 +1,9 @@
 ///usr/bin/env jbang "$0" "$@" ; exit $?
 //JAVA 17+
 // A heap sized for a sandbox whose agents need the memory: everything large is streamed (tools/soak.sh).
-//JAVA_OPTIONS -Xmx128m
+// Compile thresholds 4x the JVM's: most of a run is code that runs a few times, which the JIT compiled for
+// nothing (a 31 MiB first backup: 0.7 s less CPU, 0.2 s sooner); loops that run long are compiled all the same.
+//JAVA_OPTIONS -Xmx128m -XX:CompileThresholdScaling=4
 // No //CDS: its archive is written as the first JVM exits (~1.4 s), beside the jar in JBang's cache, which in the
 // sandbox is new on every machine or baked read-only into the image: each restore and each final sync would
 // pay for it, and no JVM would start from it.
@@ -83,8 +85,8 @@ public class R2Sync implements Callable<Integer> {
     private Manifest lastManifest;
     private FileIndex lastIndex;
     /** Manifests of the snapshots the history policy keeps, and the format of each snapshot looked at (both never change). */
-    private final Map<String, Manifest> manifests = new HashMap<>();
-    private final Map<String, Integer> formats = new HashMap<>();
+    private final Map<String, Manifest> manifests = new java.util.concurrent.ConcurrentHashMap<>();
+    private final Map<String, Integer> formats = new java.util.concurrent.ConcurrentHashMap<>();
     /** Set when the daemon is told to stop or to make its final sync: the cycle in flight then ends as abandoned, not failed. */
     private volatile boolean abandoning;
 
@@ -205,29 +207,52 @@ public class R2Sync implements Callable<Integer> {
             refuseAfterFailedRestore();
             removeLeftoverWorkDirs();
             DoltHome.use(config.stateDir());
-            Town town = Town.scan(config.townRoot());
             Path work = Files.createDirectories(workDir.resolve("r2-sync-" + timestamp + "-" + ProcessHandle.current().pid()));
-            // The dolt backups and the tools' versions need nothing from the bucket: they run beside all that
-            // follows (on a first backup each backup takes seconds). One not joined is stopped, its processes killed.
+            try {
+                return sync(timestamp, start, work);
+            } finally {
+                FileTrees.delete(work);
+            }
+        } catch (IOException e) {
+            throw fail(timestamp, start, new R2Exception(R2Common.EXIT_FAILED, "sync: " + e, e));
+        } catch (R2Exception e) {
+            throw fail(timestamp, start, e);
+        }
+    }
+
+    /**
+     * One snapshot, built in work. What the bucket holds is read while the town is scanned (in a new JVM the S3
+     * client's build and first requests take longer than the scan of a small town), and what the history policy
+     * looks at while the snapshot is built and uploaded. The dolt backups and the tools' versions need nothing
+     * from the bucket: they run beside all that follows (on a first backup each backup takes seconds). A
+     * background task not joined is stopped, its processes killed.
+     */
+    private SyncResult sync(String timestamp, Instant start, Path work) throws IOException {
+        try (Background<BucketState> bucketRead = Background.start(this::readBucket);
+             Background<HistoryState> historyRead = Background.start(() -> {
+                 bucketRead.join();   // not to slow down the reads the packing waits for
+                 return readHistory();
+             })) {
+            Town town = Town.scan(config.townRoot());
             try (Background<Map<String, Object>> doltBackups = Background.start(() -> runDoltBackups(town));
                  Background<Versions> versions = Background.start(R2Sync::versions)) {
-                PointerState previous = readPointer();
-                Manifest base = previousManifest(previous);
+                BucketState bucket = bucketRead.join();
+                Manifest base = bucket.base();
                 refuseEmptyTownOverBackup(town, base);
                 Log.info("sync " + timestamp + ": started for town " + config.townId());
-                Snapshot snapshot = new Snapshot(timestamp, work, config.keys(), storedObjects(), base == null ? null : base.timestamp());
+                Snapshot snapshot = new Snapshot(timestamp, work, config.keys(), bucket.stored(), base == null ? null : base.timestamp());
                 Map<Path, List<WorkTreeFacts>> workTrees = inspectWorkTrees(town, snapshot);
                 packFiles(town, snapshot, base);
                 packRepos(town, workTrees, snapshot, base);
                 addDatabases(town, snapshot, base, doltBackups.join());
                 snapshot.requireSomethingBackedUp();
                 Transfer transfer = upload(snapshot, base);
-                Manifest manifest = publish(previous, snapshot, versions.join());
+                Manifest manifest = publish(bucket.pointer(), snapshot, versions.join());
                 lastManifest = manifest;
                 lastIndex = snapshot.index();
                 try {
-                    applyHistory(manifest.timestamp());
-                } catch (R2Exception e) {
+                    applyHistory(manifest.timestamp(), historyRead.join(), bucket.stored().values());
+                } catch (R2Exception | IOException e) {
                     // The snapshot is published; what is left behind is the next sync's to remove.
                     Log.warn("sync " + manifest.timestamp() + ": history policy or garbage collection failed, the next sync "
                             + "retries it: " + R2Cli.messageChain(e));
@@ -236,13 +261,7 @@ public class R2Sync implements Callable<Integer> {
                 report(result, null);
                 recordLastSync(result, null);
                 return result;
-            } finally {
-                FileTrees.delete(work);
             }
-        } catch (IOException e) {
-            throw fail(timestamp, start, new R2Exception(R2Common.EXIT_FAILED, "sync: " + e, e));
-        } catch (R2Exception e) {
-            throw fail(timestamp, start, e);
         }
     }
 
@@ -287,6 +306,45 @@ public class R2Sync implements Callable<Integer> {
                 FileTrees.delete(p);
             }
         }
+    }
+
+    /** What a sync needs from the bucket before it packs: the pointer, the snapshot it names, and every stored object. */
+    record BucketState(PointerState pointer, Manifest base, Map<String, StoredObject> stored) {}
+
+    /** The listing runs beside the two reads that depend on each other: a round trip or more less on R2. */
+    private BucketState readBucket() throws IOException {
+        try (Background<Map<String, StoredObject>> listing = Background.start(this::storedObjects)) {
+            PointerState pointer = readPointer();
+            Manifest base = previousManifest(pointer);
+            return new BucketState(pointer, base, listing.join());
+        }
+    }
+
+    /**
+     * What the history policy and garbage collection look at: every snapshot (by timestamp), each complete one's
+     * manifest (read four at a time into the cache, so that the policy, once the snapshot is published, waits for
+     * no request), and what multipart uploads older versions left. Read at the start, it misses only snapshots
+     * published meanwhile, by another writer: those are left to the next sync.
+     */
+    record HistoryState(Map<String, List<StoredObject>> snapshots, List<PendingUpload> pendingUploads) {}
+
+    private HistoryState readHistory() throws IOException {
+        Keys keys = config.keys();
+        Map<String, List<StoredObject>> byTimestamp = new TreeMap<>(Comparator.reverseOrder());
+        for (StoredObject o : store.list(keys.snapshots())) {
+            String ts = keys.timestampOf(o.key());
+            if (ts != null) byTimestamp.computeIfAbsent(ts, k -> new ArrayList<>()).add(o);
+        }
+        Parallel.run(TRANSFERS, byTimestamp.entrySet().stream()
+                .filter(e -> hasManifest(e.getKey(), e.getValue()))
+                .<Parallel.Task>map(e -> () -> formatOf(e.getKey())).collect(Collectors.toList()));
+        return new HistoryState(byTimestamp, store.pendingUploads(keys.objects()));
+    }
+
+    /** A snapshot is complete once its manifest exists; a prefix without one is an older version's leftover. */
+    private boolean hasManifest(String timestamp, List<StoredObject> listed) {
+        String manifest = config.keys().object(timestamp, Keys.MANIFEST);
+        return listed.stream().anyMatch(o -> o.key().equals(manifest));
     }
 
     private PointerState readPointer() {
@@ -659,20 +717,17 @@ public class R2Sync implements Callable<Integer> {
      * previous version of this tool can restore. A prefix without a manifest is the leftover of an older
      * version's interrupted sync.
      */
-    private void applyHistory(String current) {
-        Keys keys = config.keys();
+    private void applyHistory(String current, HistoryState listed, Collection<StoredObject> objects) {
         Map<String, List<StoredObject>> byTimestamp = new TreeMap<>(Comparator.reverseOrder());
-        for (StoredObject o : store.list(keys.snapshots())) {
-            String ts = keys.timestampOf(o.key());
-            if (ts != null) byTimestamp.computeIfAbsent(ts, k -> new ArrayList<>()).add(o);
-        }
+        byTimestamp.putAll(listed.snapshots());
+        byTimestamp.putIfAbsent(current, List.of());   // published after the listing
         List<String> ours = new ArrayList<>();
         List<String> olderFormat = new ArrayList<>();
         List<String> unfinished = new ArrayList<>();
         for (Map.Entry<String, List<StoredObject>> e : byTimestamp.entrySet()) {
             String ts = e.getKey();
             if (ts.compareTo(current) > 0) continue;
-            boolean complete = e.getValue().stream().anyMatch(o -> o.key().equals(keys.object(ts, Keys.MANIFEST)));
+            boolean complete = ts.equals(current) || hasManifest(ts, e.getValue());
             int format = complete ? formatOf(ts) : -1;
             if (!complete) unfinished.add(ts);
             else if (Manifest.reads(format)) ours.add(ts);
@@ -693,11 +748,12 @@ public class R2Sync implements Callable<Integer> {
         });
         if (!removed.isEmpty()) Log.info("sync " + current + ": history policy (" + history.policy().describe() + ") removed "
                 + removed.size() + " snapshot(s) " + removed + "; " + keptCount + " kept");
-        collectGarbage(current, byTimestamp.keySet().stream().filter(ts -> !removed.contains(ts)).collect(Collectors.toList()));
+        collectGarbage(current, byTimestamp.keySet().stream().filter(ts -> !removed.contains(ts)).collect(Collectors.toList()),
+                objects, listed.pendingUploads());
     }
 
     /** Deletes the objects none of the remaining snapshots uses, once they are older than the grace period. */
-    private void collectGarbage(String current, List<String> remaining) {
+    private void collectGarbage(String current, List<String> remaining, Collection<StoredObject> objects, List<PendingUpload> pending) {
         Keys keys = config.keys();
         Set<String> used = new HashSet<>();
         for (String ts : remaining) {
@@ -712,7 +768,7 @@ public class R2Sync implements Callable<Integer> {
             }
             m.objects().forEach(o -> used.add(keys.object(o)));
         }
-        GarbageCollector.Collected c = GarbageCollector.collect(store, keys, used, history.gcGrace, Instant.now());
+        GarbageCollector.Collected c = GarbageCollector.collect(store, objects, pending, used, history.gcGrace, Instant.now());
         if (c.deleted() > 0 || c.young() > 0)
             Log.info("sync " + current + ": garbage collection removed " + c.deleted() + " unused object(s) (" + Log.bytes(c.bytes())
                     + "); " + c.young() + " unused but younger than " + DurationConverter.format(history.gcGrace) + " kept ("

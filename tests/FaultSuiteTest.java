@@ -306,7 +306,8 @@ class FaultSuiteTest {
                 point("during the history policy or garbage collection: a batch delete", Expect.AFTER, Touch.NONE, holdRequest(FaultProxy.deleteObjects())),
                 point("during garbage collection: after a delete, before its answer", Expect.AFTER, Touch.NONE,
                         holdResponse(FaultProxy.deleteObjects())),
-                point("during garbage collection: listing unfinished uploads", Expect.AFTER, Touch.NONE, holdRequest(FaultProxy.listUploads())));
+                // What the history policy and garbage collection look at is read beside the sync, before it publishes.
+                point("while listing unfinished uploads for garbage collection", Expect.BEFORE, Touch.NONE, holdRequest(FaultProxy.listUploads())));
     }
 
     /** A 70 MB file in a rig's plugins/: packing it, and the uploads of its pack's five pieces. */

@@ -11,7 +11,9 @@ import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.attribute.FileTime;
 import java.time.Duration;
+import java.time.Instant;
 import java.util.*;
 import java.util.stream.Collectors;
 
@@ -337,6 +339,11 @@ class R2RestoreTest {
         writeRandom(mayor.resolve("weights.bin"), Pieces.SIZE + (3 << 20));
         TestTools.git(mayor, "add", "weights.bin");
         TestTools.git(mayor, "commit", "--quiet", "-m", "weights");
+        // Written well before the first scan: a path changed within 2 s of a scan is packed again by the next sync,
+        // and every snapshot below is to share these two files' pieces.
+        FileTime before = FileTime.from(Instant.now().minus(Duration.ofMinutes(1)));
+        Files.setLastModifiedTime(own.root().resolve("alpha/crew/max/model.bin"), before);
+        Files.setLastModifiedTime(mayor.resolve("weights.bin"), before);
         TownState town = TownState.capture(own.root());
         String bucket = s3.newBucket();
         product(bucket, own.root()).sync("--immediate").assertOk();
