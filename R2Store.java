@@ -111,7 +111,7 @@ final class S3ObjectStore implements ObjectStore {
     private final Config config;
     private final String bucket;
     /**
-     * Built on first use, not when the store is opened: in a new JVM the build takes 0.25 s, which a sync spends
+     * Built on first use, not when the store is opened: in a new JVM the build takes 0.2-0.4 s, which a sync spends
      * beside its scan of the town (it reads the bucket in the background).
      */
     private S3Client client;

@@ -334,16 +334,18 @@ class R2RestoreTest {
         TestTown own = TownBuilder.create().rigs("alpha").build(ownDir);
         // Incompressible: the file pack holding the untracked file, and the git pack holding the commit, are as large.
         long model = 2 * Pieces.SIZE + (5 << 20);
-        writeRandom(own.root().resolve("alpha/crew/max/model.bin"), model);
+        Path modelFile = own.root().resolve("alpha/crew/max/model.bin");
+        writeRandom(modelFile, model);
         Path mayor = own.root().resolve("alpha/mayor/rig");
-        writeRandom(mayor.resolve("weights.bin"), Pieces.SIZE + (3 << 20));
+        Path weightsFile = mayor.resolve("weights.bin");
+        writeRandom(weightsFile, Pieces.SIZE + (3 << 20));
         TestTools.git(mayor, "add", "weights.bin");
         TestTools.git(mayor, "commit", "--quiet", "-m", "weights");
         // Written well before the first scan: a path changed within 2 s of a scan is packed again by the next sync,
         // and every snapshot below is to share these two files' pieces.
         FileTime before = FileTime.from(Instant.now().minus(Duration.ofMinutes(1)));
-        Files.setLastModifiedTime(own.root().resolve("alpha/crew/max/model.bin"), before);
-        Files.setLastModifiedTime(mayor.resolve("weights.bin"), before);
+        Files.setLastModifiedTime(modelFile, before);
+        Files.setLastModifiedTime(weightsFile, before);
         TownState town = TownState.capture(own.root());
         String bucket = s3.newBucket();
         product(bucket, own.root()).sync("--immediate").assertOk();
