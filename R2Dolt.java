@@ -30,6 +30,9 @@ final class DoltHome {
             throw new R2Exception(R2Common.EXIT_FAILED, "cannot write dolt's config into " + home + ": " + e.getMessage(), e);
         }
         Proc.setEnv("DOLT_ROOT_PATH", home.toString());
+        // With metrics disabled dolt still starts a `dolt send-metrics` process after every command, which finds
+        // nothing to send: a second dolt start each time, for nothing.
+        Proc.setEnv("DOLT_DISABLE_EVENT_FLUSH", "1");
     }
 }
 
@@ -78,7 +81,11 @@ final class DoltServer {
 
     /** The refs and every branch's working set: a second dolt run when there are branches besides the checked-out one. */
     static State state(Path dbDir) throws IOException {
-        List<String[]> refs = sql(dbDir, REFS);
+        return stateFrom(dbDir, sql(dbDir, REFS));
+    }
+
+    /** The state of which refs (rows of REFS) are a part, the working sets of other branches read in another dolt run. */
+    private static State stateFrom(Path dbDir, List<String[]> refs) throws IOException {
         Set<String> checkedOut = names(refs, "working");
         StringBuilder otherBranches = new StringBuilder();
         for (String database : names(refs, "database"))
@@ -107,9 +114,14 @@ final class DoltServer {
 
     /** (kind, name, hash) rows of one or more statements (`dolt sql -r json` prints one document per result). */
     private static List<String[]> sql(Path dbDir, String query) throws IOException {
-        ProcResult r = Proc.check(dbDir, "dolt", "sql", "-r", "json", "-q", query);
+        return rows(dbDir, Proc.check(dbDir, "dolt", "sql", "-r", "json", "-q", query), 0);
+    }
+
+    /** The (kind, name, hash) rows dolt sql printed, less its first `skip` documents (a procedure's status). */
+    private static List<String[]> rows(Path dbDir, ProcResult r, int skip) throws IOException {
         List<String[]> rows = new ArrayList<>();
         try (var documents = R2Common.JSON.readerFor(com.fasterxml.jackson.databind.JsonNode.class).readValues(r.stdout())) {
+            for (int i = 0; i < skip && documents.hasNext(); i++) documents.next();
             while (documents.hasNext())
                 for (var row : ((com.fasterxml.jackson.databind.JsonNode) documents.next()).path("rows"))
                     rows.add(new String[] {row.path("kind").asText(), row.path("name").asText(), row.path("hash").asText()});
@@ -167,8 +179,7 @@ final class DoltServer {
         if (held.isPresent()) return new Backup(state, held.get(), false);
         Files.deleteIfExists(syncedAt);
         for (int run = 1; run <= 3; run++) {
-            syncUrl(dbDir, backupDir);
-            State after = state(dbDir);
+            State after = syncUrl(dbDir, backupDir);
             if (after.equals(state)) {
                 FileTrees.writeAtomically(syncedAt, state.text().getBytes(java.nio.charset.StandardCharsets.UTF_8));
                 return new Backup(state, liveFiles(backupDir), true);
@@ -198,17 +209,19 @@ final class DoltServer {
     }
 
     /**
-     * dolt backup sync-url into the backup directory. Retried after a wait (1 s, then 2 s): a GC running at the
-     * same time can fail it ("please try again"), and another dolt process holding the database (another
-     * machine's sync of the same volume, `bd`) makes dolt open it read-only until that process is done. A
-     * retry starts the directory afresh, in case the failure left it inconsistent.
+     * dolt backup sync-url into the backup directory, and the state after it: the procedure `dolt backup` calls,
+     * followed by the query of the refs in the same dolt run (one dolt start less). Retried after a wait (1 s,
+     * then 2 s): a GC running at the same time can fail it ("please try again"), and another dolt process holding
+     * the database (another machine's sync of the same volume, `bd`) makes dolt open it read-only until that
+     * process is done. A retry starts the directory afresh, in case the failure left it inconsistent.
      */
-    private static void syncUrl(Path dbDir, Path backupDir) {
+    private static State syncUrl(Path dbDir, Path backupDir) throws IOException {
         String url = "file://" + backupDir.toAbsolutePath();
+        String query = "call dolt_backup('sync-url', '" + url.replace("\\", "\\\\").replace("'", "''") + "'); " + REFS;
         R2Exception last = null;
         for (int attempt = 1; attempt <= 3; attempt++) {
-            ProcResult r = Proc.run(dbDir, Proc.DEFAULT_TIMEOUT, List.of("dolt", "backup", "sync-url", url));
-            if (r.ok() && Files.isRegularFile(backupDir.resolve("manifest"))) return;
+            ProcResult r = Proc.run(dbDir, Proc.DEFAULT_TIMEOUT, List.of("dolt", "sql", "-r", "json", "-q", query));
+            if (r.ok() && Files.isRegularFile(backupDir.resolve("manifest"))) return stateFrom(dbDir, rows(dbDir, r, 1));
             last = new R2Exception(R2Common.EXIT_FAILED, "dolt backup sync-url: exit " + r.exitCode() + ": " + r.tail());
             Log.warn("sync: " + dbDir.getFileName() + ": attempt " + attempt + " failed: " + last.getMessage());
             FileTrees.deleteQuietly(backupDir);

@@ -274,13 +274,16 @@ class FaultSuiteTest {
     record CrashPoint(String name, Expect expect, Touch touch, boolean leavesPieces, boolean doltServer,
                       Function<Lane, Trigger> trigger) {}
 
+    /** The dolt run that backs a database up (`dolt backup sync-url` is this procedure call). */
+    private static final Predicate<String> DOLT_BACKUP = c -> c.contains("dolt_backup('sync-url'");
+
     /** The local phases: dolt backup, git pack-objects, tar, version probe, and kills at time offsets. */
     private static List<CrashPoint> localPhasePoints() {
         return List.of(
-                point("during dolt backup of the first database", Expect.BEFORE, Touch.REFS, child(c -> c.contains("backup sync-url"), 1)),
-                point("during dolt backup of the second database", Expect.BEFORE, Touch.REFS, child(c -> c.contains("backup sync-url"), 2)),
+                point("during dolt backup of the first database", Expect.BEFORE, Touch.REFS, child(DOLT_BACKUP, 1)),
+                point("during dolt backup of the second database", Expect.BEFORE, Touch.REFS, child(DOLT_BACKUP, 2)),
                 new CrashPoint("during dolt backup through the town's running dolt sql-server (which lives on)", Expect.BEFORE,
-                        Touch.REFS, false, true, child(c -> c.contains("backup sync-url"), 1)),
+                        Touch.REFS, false, true, child(DOLT_BACKUP, 1)),
                 point("during git pack-objects of .repo.git", Expect.BEFORE, Touch.REFS,
                         child(c -> c.contains("pack-objects") && c.contains("/alpha/.repo.git"), 1)),
                 point("during git pack-objects of the mayor clone", Expect.BEFORE, Touch.REFS,

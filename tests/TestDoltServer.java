@@ -12,10 +12,11 @@ import java.util.concurrent.TimeUnit;
  * A running `dolt sql-server --config config.yaml` with cwd .dolt-data, as gt starts it. Started by
  * {@link TestTown#startDoltServer()}; {@link #close()} stops it (SIGTERM, wait, then SIGKILL).
  *
- * <p>Fact checked with dolt 1.86.4: while this server runs, {@code cd .dolt-data/<db> && dolt backup
- * sync-url file:///abs} WORKS. The server writes .dolt-data/.dolt/sql-server.info and the CLI routes
- * the backup through it (CALL DOLT_BACKUP); the backup restores with all branches and the staged and
- * unstaged working set. TownBuilderTest#doltBackupSyncWorksWhileServerRuns keeps that checked.
+ * <p>Fact checked with dolt 1.86.4: while this server runs, {@code cd .dolt-data/<db> && dolt sql -q
+ * "call dolt_backup('sync-url', 'file:///abs')"} (what {@code dolt backup sync-url} runs) WORKS. The server
+ * writes .dolt-data/.dolt/sql-server.info and the CLI routes the call through it; the backup restores with
+ * all branches and the staged and unstaged working set. TownBuilderTest#doltBackupSyncWorksWhileServerRuns
+ * keeps that checked.
  */
 final class TestDoltServer implements AutoCloseable {
     private static final Duration STARTUP_TIMEOUT = Duration.ofSeconds(30);

@@ -208,8 +208,9 @@ class TownBuilderTest {
     }
 
     /**
-     * The fact the product relies on (dolt 1.86.4): `dolt backup sync-url` inside .dolt-data/<db>
-     * works while the town's sql-server runs, and the backup holds every branch and the working set.
+     * The fact the product relies on (dolt 1.86.4): `dolt sql -q "call dolt_backup('sync-url', ...)"` (what
+     * `dolt backup sync-url` runs) inside .dolt-data/<db> works while the town's sql-server runs, and the
+     * backup holds every branch and the working set.
      */
     @Test
     void doltBackupSyncWorksWhileServerRuns() {
@@ -218,7 +219,7 @@ class TownBuilderTest {
         DoltFacts.capture(own.doltDb("alpha"), before);
         Path backup = dir.resolve("backup/alpha-backup");
         try (TestDoltServer server = own.startDoltServer()) {
-            TestTools.dolt(own.doltDb("alpha"), "backup", "sync-url", "file://" + backup);
+            TestTools.dolt(own.doltDb("alpha"), "sql", "-q", "call dolt_backup('sync-url', 'file://" + backup + "')");
             assertTrue(server.isAlive());
         }
         assertTrue(Files.isRegularFile(backup.resolve("manifest")));
