@@ -108,7 +108,6 @@ interface ObjectStore extends AutoCloseable {
 
 /** R2 through the AWS SDK v2 with the settings R2 needs (see shared docs: checksums, path style, region auto). */
 final class S3ObjectStore implements ObjectStore {
-    private final Config config;
     private final String bucket;
     /**
      * Built in the background from the moment the store is opened: in a new JVM the build takes 0.2-0.4 s (half
@@ -118,7 +117,6 @@ final class S3ObjectStore implements ObjectStore {
     private final CompletableFuture<S3Client> client;
 
     S3ObjectStore(Config config) {
-        this.config = config;
         this.bucket = config.bucket();
         this.client = CompletableFuture.supplyAsync(() -> build(config));
     }
