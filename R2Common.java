@@ -6,6 +6,7 @@
 //DEPS info.picocli:picocli:4.7.7
 //DEPS com.fasterxml.jackson.core:jackson-databind:2.18.2
 //DEPS org.apache.commons:commons-compress:1.28.0
+//DEPS com.github.luben:zstd-jni:1.5.7-6
 //DEPS org.slf4j:slf4j-nop:1.7.36
 //SOURCES R2Store.java
 //SOURCES R2Tar.java
@@ -251,7 +252,7 @@ record Keys(String townId) {
     static final DateTimeFormatter TIMESTAMP = DateTimeFormatter.ofPattern("yyyyMMdd'T'HHmmss'Z'").withZone(ZoneOffset.UTC);
     static final Pattern TIMESTAMP_FORM = Pattern.compile("\\d{8}T\\d{6}Z");
     static final String MANIFEST = "manifest.json";
-    /** Which pack holds each path of the town, with what the path was like when it was packed. */
+    /** Which tar pack held each path of the town, in formats 3 to 5 (format 6: Manifest.fileIndex, R2Packs.java). */
     static final String FILE_INDEX = "files/index.json.gz";
 
     String town() {
@@ -477,33 +478,43 @@ record RepoFacts(String path, @JsonAlias("bundles") List<ChainLink> chain, Map<S
 record Problem(String part, String error, String carriedFrom) {}
 
 /**
- * A snapshot's manifest. formatVersion names the layout: 5 is incremental (every file an object under
- * incremental/ shared between snapshots, or for a file over Pieces.SIZE its pieces: file packs and their index,
- * a chain of git packs with their indexes per git directory, each database's `dolt backup` files); 4 is the
- * same with every file one object (read, and a format 5 snapshot may still reuse such objects); 3 is 4 with
- * bundles for chain links (read, and a later chain may still start with them); 2 held the whole town in
- * per-snapshot tars, 1 was the keep-list layout.
+ * A snapshot's manifest. formatVersion names the layout: 6 is incremental (every file an object under
+ * incremental/ shared between snapshots, or for a file over Pieces.SIZE its pieces: packs of the town's file
+ * contents, each content stored once, and the file index in pieces that fileIndex lists in order (R2Packs.java);
+ * a chain of git packs with their indexes per git directory; each database's `dolt backup` files); 5 is the same
+ * with the town's files in tar packs and one file index (files/index.json.gz; read); 4 is 5 with every file one
+ * object (read, and a later snapshot may still reuse such objects); 3 is 4 with bundles for chain links (read, and
+ * a later chain may still start with them); 2 held the whole town in per-snapshot tars, 1 was the keep-list layout.
  * history: the policy the sync that wrote it applied (what --list shows each snapshot is kept by).
  */
 record Manifest(int formatVersion, String tool, String townId, String timestamp, String createdAt, String townRoot,
-                Versions versions, HistoryPolicy history, List<FileEntry> files, List<DatabaseFacts> databases,
+                Versions versions, HistoryPolicy history, List<FileEntry> files, List<String> fileIndex, List<DatabaseFacts> databases,
                 List<RepoFacts> repos, List<Problem> problems) {
     /** The format this version writes; it reads OLDEST_READ to FORMAT. */
-    static final int FORMAT = 5;
+    static final int FORMAT = 6;
     static final int OLDEST_READ = 3;
+    /** The first format whose town files are content packs with a file index in pieces (fileIndex). */
+    static final int CONTENT_PACKS = 6;
 
     Manifest {
         if (!reads(formatVersion)) throw new UnreadableFormat(formatVersion);
         if (timestamp == null || !Keys.TIMESTAMP_FORM.matcher(timestamp).matches())
             throw new IllegalArgumentException("bad timestamp " + timestamp);
         files = files == null ? List.of() : List.copyOf(files);
+        fileIndex = fileIndex == null ? List.of() : List.copyOf(fileIndex);
         databases = databases == null ? List.of() : List.copyOf(databases);
         repos = repos == null ? List.of() : List.copyOf(repos);
         problems = problems == null ? List.of() : List.copyOf(problems);
         Set<String> seen = new HashSet<>();
         for (FileEntry f : files)
             if (!seen.add(f.path())) throw new IllegalArgumentException("file listed twice: " + f.path());
-        if (!seen.contains(Keys.FILE_INDEX)) throw new IllegalArgumentException("no file index (" + Keys.FILE_INDEX + ")");
+        if (formatVersion >= CONTENT_PACKS) {
+            if (fileIndex.isEmpty()) throw new IllegalArgumentException("no file index (fileIndex is empty)");
+            for (String piece : fileIndex)
+                if (!seen.contains(piece)) throw new IllegalArgumentException("file index piece " + piece + " is not among the files");
+        } else if (!seen.contains(Keys.FILE_INDEX)) {
+            throw new IllegalArgumentException("no file index (" + Keys.FILE_INDEX + ")");
+        }
         for (DatabaseFacts db : databases)
             if (!seen.contains(db.backup() + "/manifest")) throw new IllegalArgumentException("database " + db.name() + " has no backup manifest");
         for (RepoFacts repo : repos)
@@ -511,6 +522,10 @@ record Manifest(int formatVersion, String tool, String townId, String timestamp,
                 for (String file : link.files())
                     if (!seen.contains(file)) throw new IllegalArgumentException("repo " + repo.path() + " has no file " + file);
         if (townRoot == null || !townRoot.startsWith("/")) throw new IllegalArgumentException("townRoot must be an absolute path: " + townRoot);
+    }
+
+    boolean contentPacks() {
+        return formatVersion >= CONTENT_PACKS;
     }
 
     Optional<FileEntry> file(String path) {

@@ -1,187 +1,960 @@
-// File packs: every path of the town outside the skip list, stored incrementally (part of R2Common,
-// included with //SOURCES). A cycle packs only the paths that changed since the previous snapshot into
-// new tars ("packs"); the file index says which pack holds each path. A path whose type, mode, size, mtime
-// and inode are as they were is not read again: the index entry of the previous snapshot is kept.
-//   PathStat    what the scan saw of a path, enough to tell it did not change
-//   FileIndex   path -> pack, the object files/index.json.gz of every snapshot
-//   FilePacks   which paths go into new packs this cycle, and restoring the town from packs
+// File packs (manifest format 6): every path of the town outside the skip list, stored by content (part of
+// R2Common, included with //SOURCES). Nothing here holds the town in memory, whatever its number of paths: the
+// scan is a file of sorted entries, the file index a stream of pieces, the catalog of stored contents a sorted
+// file on disk, and a restore is driven by the index as it streams.
+//   PathOrder    the one order of town paths: a directory, then everything under it
+//   TownEntry    one path: as the scan saw it, and as the file index records it (with where its content is)
+//   EntryFiles   entries written and read as a stream (the scan's file, the index's pieces)
+//   IndexWriter  the file index cut into pieces at boundaries its paths choose, so an edit changes one piece
+//   IndexReader  the pieces read back in order, every entry checked
+//   PackWriter   packs of zstd-compressed contents: a content is stored once, however many paths hold it
+//   BlobCatalog  which pack holds each content (sha256 -> place): a sorted file in the state dir, for dedup
+//   FilePacks    one cycle (the scan merged with the previous index), and restoring a town from packs
+
+import com.github.luben.zstd.Zstd;
+import com.github.luben.zstd.ZstdInputStream;
+import com.github.luben.zstd.ZstdOutputStream;
 
 import java.io.*;
+import java.nio.ByteBuffer;
+import java.nio.channels.Channels;
+import java.nio.channels.FileChannel;
+import java.nio.charset.StandardCharsets;
 import java.nio.file.*;
-import java.time.Instant;
+import java.nio.file.attribute.BasicFileAttributeView;
+import java.nio.file.attribute.FileTime;
+import java.nio.file.attribute.PosixFilePermission;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.security.MessageDigest;
 import java.util.*;
-import java.util.stream.Collectors;
-import java.util.zip.GZIPInputStream;
-import java.util.zip.GZIPOutputStream;
-
-/** A path as the scan saw it: its size, and a signature (type, mode, size, mtime, inode) that changes with it. */
-record PathStat(long size, String signature, Instant modified) {}
+import java.util.concurrent.*;
+import java.util.concurrent.atomic.AtomicReference;
+import java.util.function.Function;
+import java.util.function.Predicate;
+import java.util.regex.Pattern;
 
 /**
- * Which pack holds each path. An entry's signature is the path's PathStat when it was packed; it is only
- * compared with the next scan's, never trusted for restore (the pack's tar entry is what is restored).
+ * The order of town paths: as a walk that lists a directory's sorted children right after it gives them. It
+ * is string order with '/' before every other character, so "a", "a/b", "a.txt".
  */
-record FileIndex(List<FileIndex.Entry> entries) {
-    record Entry(String path, String pack, long size, String signature) {
-        Entry {
-            Town.requireSafeRelative(path, "path in the file index");
-            Town.requireSafeRelative(pack, "pack in the file index");
-        }
-    }
+final class PathOrder {
+    private PathOrder() {}
 
-    FileIndex {
-        entries = entries == null ? List.of() : List.copyOf(entries);
-    }
-
-    Map<String, Entry> byPath() {
-        Map<String, Entry> map = new HashMap<>();
-        for (Entry e : entries)
-            if (map.put(e.path(), e) != null) throw new IllegalArgumentException("path listed twice in the file index: " + e.path());
-        return map;
-    }
-
-    FileEntry write(Path file) throws IOException {
-        Sha256.HashingOutputStream hashing;
-        try (OutputStream out = Files.newOutputStream(file, StandardOpenOption.CREATE_NEW)) {
-            hashing = new Sha256.HashingOutputStream(new BufferedOutputStream(out, 1 << 16));
-            try (GZIPOutputStream gz = new GZIPOutputStream(hashing)) {
-                R2Common.JSON.writeValue(gz, this);
+    static int compare(String a, String b) {
+        int n = Math.min(a.length(), b.length());
+        for (int i = 0; i < n; i++) {
+            char x = a.charAt(i);
+            char y = b.charAt(i);
+            if (x != y) {
+                if (x == '/') return -1;
+                if (y == '/') return 1;
+                return x - y;
             }
         }
-        return hashing.entry(Keys.FILE_INDEX);
+        return a.length() - b.length();
     }
 
-    static FileIndex read(Path file) {
-        try (InputStream in = new GZIPInputStream(new BufferedInputStream(Files.newInputStream(file)))) {
-            FileIndex index = R2Common.JSON.readValue(in, FileIndex.class);
-            index.byPath();
-            return index;
+    static String parent(String path) {
+        int slash = path.lastIndexOf('/');
+        return slash < 0 ? "" : path.substring(0, slash);
+    }
+}
+
+/**
+ * One path of the town. type: FILE, DIR, SYMLINK, or HARDLINK (a second name of a file listed earlier: target).
+ * mode: the permission bits; mtime in nanoseconds; size of a file's content. racy: changed so close to its scan
+ * that it may change again within the same mtime, so the next cycle reads it again. gitConfig (scan only): a git
+ * directory's config, stored with URL credentials removed. blob: where a file's content is stored.
+ */
+record TownEntry(String path, char type, int mode, long mtime, long size, boolean racy, boolean gitConfig, String target,
+                 Blob blob) {
+    static final char FILE = 'f';
+    static final char DIR = 'd';
+    static final char SYMLINK = 'l';
+    static final char HARDLINK = 'h';
+    private static final Pattern PACK_ID = Pattern.compile("[0-9A-Za-z][0-9A-Za-z-]{0,63}");
+
+    /** A file's content: its sha256, and the pack, offset and compressed length it is stored at. */
+    record Blob(String sha256, String pack, long offset, long length) {
+        Blob {
+            if (sha256 == null || !Sha256.HEX.matcher(sha256).matches()) throw new IllegalArgumentException("not a sha256: " + sha256);
+            if (pack == null || !PACK_ID.matcher(pack).matches()) throw new IllegalArgumentException("not a pack id: " + pack);
+            if (offset < 0 || length < 0) throw new IllegalArgumentException("negative offset or length in pack " + pack);
+        }
+    }
+
+    TownEntry {
+        Town.requireSafeRelative(path, "path in the file index");
+        if (type != FILE && type != DIR && type != SYMLINK && type != HARDLINK)
+            throw new IllegalArgumentException("unknown entry type '" + type + "' for " + path);
+        if (mode < 0 || mode > 0777) throw new IllegalArgumentException("mode " + Integer.toOctalString(mode) + " for " + path);
+        if (size < 0) throw new IllegalArgumentException("negative size for " + path);
+        if (type == HARDLINK) Town.requireSafeRelative(target, "hard link target of " + path);
+        if (type == SYMLINK && target != null && (target.isEmpty() || target.indexOf('\0') >= 0))
+            throw new IllegalArgumentException("empty symlink target for " + path);
+    }
+
+    /** True when the scan saw the path as it was when this entry was made: its content need not be read again. */
+    boolean unchangedFrom(TownEntry scanned) {
+        return !racy && !scanned.gitConfig && type == scanned.type && mode == scanned.mode && mtime == scanned.mtime
+                && size == scanned.size && (type != HARDLINK || target.equals(scanned.target));
+    }
+
+    TownEntry withContent(long contentSize, Blob stored, boolean racyNow) {
+        return new TownEntry(path, type, mode, mtime, contentSize, racyNow, false, null, stored);
+    }
+
+    TownEntry withTarget(String linkTarget, boolean racyNow) {
+        return new TownEntry(path, type, mode, mtime, size, racyNow, false, linkTarget, null);
+    }
+
+    TownEntry racy(boolean racyNow) {
+        return new TownEntry(path, type, mode, mtime, size, racyNow, false, target, blob);
+    }
+
+    /** Checks what only a complete index entry must hold (a scan's entries have no content yet). */
+    TownEntry requireComplete() {
+        if (type == FILE && blob == null) throw new IllegalArgumentException("file " + path + " has no content");
+        if (type == SYMLINK && target == null) throw new IllegalArgumentException("symlink " + path + " has no target");
+        return this;
+    }
+
+    void write(DataOutputStream out) throws IOException {
+        out.writeUTF(path);
+        out.writeByte(type);
+        out.writeShort(mode);
+        out.writeLong(mtime);
+        out.writeLong(size);
+        out.writeByte((racy ? 1 : 0) | (gitConfig ? 2 : 0));
+        if (type == FILE && blob != null) {
+            out.writeBoolean(true);
+            out.write(HexFormat.of().parseHex(blob.sha256()));
+            out.writeUTF(blob.pack());
+            out.writeLong(blob.offset());
+            out.writeLong(blob.length());
+        } else if (type == FILE) {
+            out.writeBoolean(false);
+        } else if (type == SYMLINK || type == HARDLINK) {
+            out.writeBoolean(target != null);
+            if (target != null) out.writeUTF(target);
+        }
+    }
+
+    /** The next entry, or null at the end marker. */
+    static TownEntry read(DataInputStream in) throws IOException {
+        String path = in.readUTF();
+        if (path.isEmpty()) return null;
+        char type = (char) in.readUnsignedByte();
+        int mode = in.readUnsignedShort();
+        long mtime = in.readLong();
+        long size = in.readLong();
+        int flags = in.readUnsignedByte();
+        String target = null;
+        Blob blob = null;
+        if (type == FILE) {
+            if (in.readBoolean()) {
+                byte[] sha = new byte[32];
+                in.readFully(sha);
+                blob = new Blob(HexFormat.of().formatHex(sha), in.readUTF(), in.readLong(), in.readLong());
+            }
+        } else if (type == SYMLINK || type == HARDLINK) {
+            if (in.readBoolean()) target = in.readUTF();
+        }
+        return new TownEntry(path, type, mode, mtime, size, (flags & 1) != 0, (flags & 2) != 0, target, blob);
+    }
+}
+
+/** Entries as a stream in a file: a header, the entries, an end marker (so a cut file is told from a whole one). */
+final class EntryFiles {
+    private static final int MAGIC = 0x47545232;   // "GTR2"
+    static final int VERSION = 1;
+
+    private EntryFiles() {}
+
+    static DataOutputStream write(OutputStream out) throws IOException {
+        DataOutputStream data = new DataOutputStream(new BufferedOutputStream(out, 1 << 16));
+        data.writeInt(MAGIC);
+        data.writeByte(VERSION);
+        return data;
+    }
+
+    static void end(DataOutputStream out) throws IOException {
+        out.writeUTF("");
+        out.flush();
+    }
+
+    static DataInputStream read(InputStream in, String source) throws IOException {
+        DataInputStream data = new DataInputStream(new BufferedInputStream(in, 1 << 16));
+        if (data.readInt() != MAGIC) throw new IOException(source + " is not a gastown-r2 entry file");
+        int version = data.readUnsignedByte();
+        if (version != VERSION) throw new IOException(source + " is in entry format " + version + ", not " + VERSION);
+        return data;
+    }
+}
+
+/**
+ * Writes the file index as pieces of zstd-compressed entries. A piece ends after a path whose hash picks it (about
+ * every PIECE_ENTRIES paths) or at MAX_ENTRIES: an edit, an added or a removed path changes the piece it falls in,
+ * and every other piece is the same object as the last snapshot's. Each piece is named by its sha256.
+ */
+final class IndexWriter implements Closeable {
+    static final int MIN_ENTRIES = 256;
+    static final int PIECE_ENTRIES = 4096;
+    static final int MAX_ENTRIES = 32768;
+    static final String DIR = "files/index/";
+    private final Path dir;
+    private final List<FileEntry> pieces = new ArrayList<>();
+    private final Map<FileEntry, Path> locals = new LinkedHashMap<>();
+    private Sha256.HashingOutputStream hashing;
+    private DataOutputStream out;
+    private Path current;
+    private int count;
+    private String last;
+    private long entries;
+
+    IndexWriter(Path workDir) throws IOException {
+        this.dir = Files.createDirectories(workDir.resolve(DIR));
+    }
+
+    void add(TownEntry entry) throws IOException {
+        if (last != null && PathOrder.compare(last, entry.path()) >= 0)
+            throw new IllegalStateException("file index out of order: " + entry.path() + " after " + last);
+        if (out == null) open();
+        entry.write(out);
+        last = entry.path();
+        count++;
+        entries++;
+        int mixed = entry.path().hashCode() * 0x9E3779B1;
+        if (count >= MAX_ENTRIES || (count >= MIN_ENTRIES && (mixed >>> 20) % PIECE_ENTRIES == 0)) closePiece();
+    }
+
+    long entries() {
+        return entries;
+    }
+
+    /** The pieces in order, each with the local file it goes up from. An empty town still has one (empty) piece. */
+    Map<FileEntry, Path> finish() throws IOException {
+        if (out == null && pieces.isEmpty()) open();
+        if (out != null) closePiece();
+        return locals;
+    }
+
+    private void open() throws IOException {
+        current = dir.resolve("piece-" + pieces.size());
+        hashing = new Sha256.HashingOutputStream(Files.newOutputStream(current, StandardOpenOption.CREATE_NEW));
+        out = EntryFiles.write(new ZstdOutputStream(hashing, 3));
+        count = 0;
+    }
+
+    private void closePiece() throws IOException {
+        EntryFiles.end(out);
+        out.close();
+        FileEntry hashed = hashing.entry("piece");
+        FileEntry piece = new FileEntry(DIR + hashed.sha256(), hashed.size(), hashed.sha256(), hashed.pieces());
+        Path named = dir.resolve(hashed.sha256());
+        Files.move(current, named, StandardCopyOption.REPLACE_EXISTING);
+        pieces.add(piece);
+        locals.put(piece, named);
+        out = null;
+    }
+
+    @Override
+    public void close() throws IOException {
+        if (out != null) out.close();
+    }
+}
+
+/**
+ * Reads the entries of index pieces (or of a scan file) in order. Every entry is checked as it is read: a safe
+ * path, strictly after the one before (so no path twice), complete when it is an index entry. A piece that is
+ * cut, damaged or out of order fails the read, naming the piece.
+ */
+final class IndexReader implements Closeable {
+    private final Iterator<Path> files;
+    private final boolean compressed;
+    private final boolean index;
+    private DataInputStream in;
+    private Path current;
+    private String last;
+
+    private IndexReader(List<Path> files, boolean compressed, boolean index) {
+        this.files = files.iterator();
+        this.compressed = compressed;
+        this.index = index;
+    }
+
+    /** The file index of a snapshot, from its pieces in order. */
+    static IndexReader index(List<Path> pieces) {
+        return new IndexReader(pieces, true, true);
+    }
+
+    /** What a scan wrote (uncompressed, entries without content). */
+    static IndexReader scan(Path file) {
+        return new IndexReader(List.of(file), false, false);
+    }
+
+    /** The next entry, or null after the last one. */
+    TownEntry next() {
+        try {
+            while (true) {
+                if (in == null) {
+                    if (!files.hasNext()) return null;
+                    current = files.next();
+                    InputStream raw = Files.newInputStream(current);
+                    in = EntryFiles.read(compressed ? new ZstdInputStream(raw) : raw, current.getFileName().toString());
+                }
+                TownEntry e = TownEntry.read(in);
+                if (e == null) {
+                    in.close();
+                    in = null;
+                    continue;
+                }
+                if (index) e.requireComplete();
+                if (last != null && PathOrder.compare(last, e.path()) >= 0)
+                    throw new IllegalArgumentException("path " + Log.escape(e.path()) + " after " + Log.escape(last) + " (out of order or twice)");
+                last = e.path();
+                return e;
+            }
         } catch (IOException | RuntimeException e) {
-            throw new R2Exception(R2Common.EXIT_FAILED, Keys.FILE_INDEX + " is unreadable: " + R2Cli.messageChain(e), e);
+            String what = index ? "file index piece " + (current == null ? "" : current.getFileName()) : "scan file";
+            throw new R2Exception(R2Common.EXIT_FAILED, what + " is unreadable: " + R2Cli.messageChain(e), e);
+        }
+    }
+
+    @Override
+    public void close() throws IOException {
+        if (in != null) in.close();
+    }
+}
+
+/**
+ * Writes contents into packs: each content one zstd frame, appended; a pack is closed at PACK_BYTES, and a content
+ * that large goes into a pack of its own. A pack is named by this sync (a timestamp and a random part, so two
+ * syncs never name one alike) and stored under files/packs/{id}.
+ */
+final class PackWriter implements Closeable {
+    static final long PACK_BYTES = 32L << 20;
+    static final String DIR = "files/packs/";
+    static final int LEVEL = 3;
+    private final Path dir;
+    private final String prefix;
+    private final Map<FileEntry, Path> written = new LinkedHashMap<>();
+    private final Set<String> ids = new HashSet<>();
+    private Sha256.HashingOutputStream out;
+    private String id;
+    private long offset;
+
+    PackWriter(Path workDir, String prefix) throws IOException {
+        this.dir = Files.createDirectories(workDir.resolve(DIR));
+        this.prefix = prefix;
+    }
+
+    /** Stores content held in memory; returns where. */
+    TownEntry.Blob add(byte[] data, String sha256) throws IOException {
+        byte[] frame = Zstd.compress(data, LEVEL);
+        if (out != null && offset + frame.length > PACK_BYTES) closePack();
+        if (out == null) open();
+        TownEntry.Blob blob = new TownEntry.Blob(sha256, id, offset, frame.length);
+        out.write(frame);
+        offset += frame.length;
+        return blob;
+    }
+
+    /**
+     * Stores a large file's content as it is read now, in a pack of its own; returns where, with the sha256 of what
+     * was read (the file may have changed since it was hashed) and the size read.
+     */
+    Stored addFile(Path file, long maxSize) throws IOException {
+        closePack();
+        open();
+        MessageDigest md = Sha256.digest();
+        long size = 0;
+        long start = offset;
+        CountingOutputStream counting = new CountingOutputStream(out);
+        try (InputStream in = Files.newInputStream(file, LinkOption.NOFOLLOW_LINKS);
+             ZstdOutputStream z = new ZstdOutputStream(new NonClosing(counting), LEVEL)) {
+            byte[] buf = new byte[1 << 16];
+            for (int n; (n = in.read(buf)) > 0; ) {
+                md.update(buf, 0, n);
+                z.write(buf, 0, n);
+                size += n;
+                if (size > maxSize) throw new IOException(file + " grew past " + maxSize + " bytes while being read");
+            }
+        }
+        offset += counting.count;
+        TownEntry.Blob blob = new TownEntry.Blob(Sha256.hex(md.digest()), id, start, counting.count);
+        closePack();
+        return new Stored(blob, size);
+    }
+
+    record Stored(TownEntry.Blob blob, long size) {}
+
+    boolean wrote(String pack) {
+        return ids.contains(pack);
+    }
+
+    /** The packs written, with their local files (each closed). */
+    Map<FileEntry, Path> finish() throws IOException {
+        closePack();
+        return written;
+    }
+
+    private void open() throws IOException {
+        id = prefix + "-" + ids.size();
+        ids.add(id);
+        out = new Sha256.HashingOutputStream(new BufferedOutputStream(Files.newOutputStream(dir.resolve(id), StandardOpenOption.CREATE_NEW), 1 << 16));
+        offset = 0;
+    }
+
+    private void closePack() throws IOException {
+        if (out == null) return;
+        out.close();
+        written.put(out.entry(DIR + id), dir.resolve(id));
+        out = null;
+    }
+
+    @Override
+    public void close() throws IOException {
+        if (out != null) out.close();
+    }
+
+    private static final class CountingOutputStream extends FilterOutputStream {
+        long count;
+
+        CountingOutputStream(OutputStream out) {
+            super(out);
+        }
+
+        @Override
+        public void write(int b) throws IOException {
+            out.write(b);
+            count++;
+        }
+
+        @Override
+        public void write(byte[] b, int off, int len) throws IOException {
+            out.write(b, off, len);
+            count += len;
+        }
+    }
+
+    private static final class NonClosing extends FilterOutputStream {
+        NonClosing(OutputStream out) {
+            super(out);
+        }
+
+        @Override
+        public void write(byte[] b, int off, int len) throws IOException {
+            out.write(b, off, len);
+        }
+
+        @Override
+        public void close() throws IOException {
+            out.flush();
         }
     }
 }
 
+/**
+ * Which pack holds each content this town stored: fixed-size records sorted by sha256 in a file, with every
+ * SPARSE-th key in memory to find a block, and the contents added since in a bounded map that is merged into a new
+ * file when it fills. Memory stays flat however many contents the town holds. Local state only: it is derived from
+ * the file index (and made again from it when missing), and a place it gives is used only for a pack that the
+ * snapshot being built may name.
+ */
+final class BlobCatalog implements Closeable {
+    private static final int SHA = 32;
+    private static final int PACK = 48;
+    static final int RECORD = SHA + PACK + 8 + 8;
+    private static final int SPARSE = 64;
+    private static final int PENDING = 50_000;
+    private final Path work;
+    private Path file;
+    private FileChannel channel;
+    private long count;
+    private byte[][] keys = new byte[0][];
+    private final Map<String, TownEntry.Blob> pending = new HashMap<>();
+    private int generation;
+
+    private BlobCatalog(Path file, Path work) throws IOException {
+        this.work = Files.createDirectories(work);
+        open(file);
+    }
+
+    /** The catalog in file (none: empty); merges write their files into work. */
+    static BlobCatalog open(Path file, Path work) throws IOException {
+        return new BlobCatalog(file != null && Files.isRegularFile(file) ? file : null, work);
+    }
+
+    /** A catalog made from a file index: every content its entries name. */
+    static BlobCatalog of(IndexReader index, Path work) throws IOException {
+        BlobCatalog catalog = new BlobCatalog(null, work);
+        for (TownEntry e; (e = index.next()) != null; )
+            if (e.type() == TownEntry.FILE) catalog.add(e.blob());
+        return catalog;
+    }
+
+    TownEntry.Blob find(String sha256) throws IOException {
+        TownEntry.Blob b = pending.get(sha256);
+        if (b != null || count == 0) return b;
+        byte[] key = HexFormat.of().parseHex(sha256);
+        int lo = 0;
+        int hi = keys.length - 1;
+        while (lo < hi) {   // the last block whose first key is <= key
+            int mid = (lo + hi + 1) >>> 1;
+            if (Arrays.compareUnsigned(keys[mid], key) <= 0) lo = mid;
+            else hi = mid - 1;
+        }
+        long first = (long) lo * SPARSE;
+        int n = (int) Math.min(SPARSE, count - first);
+        ByteBuffer block = ByteBuffer.allocate(n * RECORD);
+        channel.read(block, first * RECORD);
+        byte[] records = block.array();
+        for (int i = 0; i < n; i++) {
+            int cmp = Arrays.compareUnsigned(records, i * RECORD, i * RECORD + SHA, key, 0, SHA);
+            if (cmp == 0) return decode(records, i * RECORD);
+            if (cmp > 0) break;
+        }
+        return null;
+    }
+
+    void add(TownEntry.Blob blob) throws IOException {
+        pending.putIfAbsent(blob.sha256(), blob);
+        if (pending.size() >= PENDING) merge(work.resolve("catalog-" + (++generation)), p -> true);
+    }
+
+    /** Writes everything into out, keeping only contents in packs that keep accepts. */
+    void finishInto(Path out, Predicate<String> keep) throws IOException {
+        Files.createDirectories(out.getParent());
+        Path tmp = out.resolveSibling(out.getFileName() + ".tmp");
+        merge(tmp, keep);
+        channel.close();
+        Files.move(tmp, out, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+        open(out);
+    }
+
+    private void merge(Path out, Predicate<String> keep) throws IOException {
+        List<Map.Entry<String, TownEntry.Blob>> added = new ArrayList<>(pending.entrySet());
+        added.sort(Map.Entry.comparingByKey());
+        try (DataOutputStream w = new DataOutputStream(new BufferedOutputStream(Files.newOutputStream(out), 1 << 16))) {
+            InputStream oldIn = count == 0 ? InputStream.nullInputStream()
+                    : new BufferedInputStream(Channels.newInputStream(channel.position(0)), 1 << 16);
+            byte[] record = new byte[RECORD];
+            long left = count;
+            boolean haveOld = left > 0 && readRecord(oldIn, record);
+            int i = 0;
+            byte[] lastWritten = null;
+            while (haveOld || i < added.size()) {
+                byte[] next;
+                byte[] newKey = i < added.size() ? HexFormat.of().parseHex(added.get(i).getKey()) : null;
+                int cmp = !haveOld ? 1 : newKey == null ? -1 : Arrays.compareUnsigned(record, 0, SHA, newKey, 0, SHA);
+                if (cmp <= 0) {
+                    next = record.clone();
+                    left--;
+                    haveOld = left > 0 && readRecord(oldIn, record);
+                    if (cmp == 0) i++;
+                } else {
+                    next = encode(added.get(i++).getValue());
+                }
+                if (lastWritten != null && Arrays.compareUnsigned(lastWritten, 0, SHA, next, 0, SHA) == 0) continue;
+                if (!keep.test(decode(next, 0).pack())) continue;
+                w.write(next);
+                lastWritten = next;
+            }
+        }
+        pending.clear();
+        if (channel != null) channel.close();
+        Path before = file;
+        open(out);
+        if (before != null && before.startsWith(work)) Files.deleteIfExists(before);
+    }
+
+    private static boolean readRecord(InputStream in, byte[] record) throws IOException {
+        return in.readNBytes(record, 0, RECORD) == RECORD;
+    }
+
+    private void open(Path f) throws IOException {
+        file = f;
+        if (f == null) {
+            channel = null;
+            count = 0;
+            keys = new byte[0][];
+            return;
+        }
+        channel = FileChannel.open(f, StandardOpenOption.READ);
+        if (channel.size() % RECORD != 0) {
+            channel.close();
+            throw new IOException(f + " is not a catalog (size " + channel.size() + ")");
+        }
+        count = channel.size() / RECORD;
+        keys = new byte[(int) ((count + SPARSE - 1) / SPARSE)][];
+        for (int b = 0; b < keys.length; b++) {
+            ByteBuffer key = ByteBuffer.allocate(SHA);
+            channel.read(key, (long) b * SPARSE * RECORD);
+            keys[b] = key.array();
+        }
+    }
+
+    private static byte[] encode(TownEntry.Blob blob) {
+        ByteBuffer b = ByteBuffer.allocate(RECORD);
+        b.put(HexFormat.of().parseHex(blob.sha256()));
+        byte[] pack = blob.pack().getBytes(StandardCharsets.US_ASCII);
+        b.put(pack).put(new byte[PACK - pack.length]);
+        b.putLong(blob.offset()).putLong(blob.length());
+        return b.array();
+    }
+
+    private static TownEntry.Blob decode(byte[] records, int at) {
+        ByteBuffer b = ByteBuffer.wrap(records, at, RECORD);
+        byte[] sha = new byte[SHA];
+        b.get(sha);
+        byte[] pack = new byte[PACK];
+        b.get(pack);
+        int len = 0;
+        while (len < PACK && pack[len] != 0) len++;
+        return new TownEntry.Blob(HexFormat.of().formatHex(sha), new String(pack, 0, len, StandardCharsets.US_ASCII), b.getLong(), b.getLong());
+    }
+
+    @Override
+    public void close() throws IOException {
+        if (channel != null) channel.close();
+    }
+}
+
 final class FilePacks {
-    /** A pack is closed at this size: packs download in parallel, and a partly dead one is repacked cheaply. */
-    static final long PACK_BYTES = 32L << 20;
-    /** A pack more than half dead (and by at least SMALL_PACK) has its live paths packed again: its space comes back. */
-    static final double MAX_DEAD = 0.5;
+    /** A file up to this size is read once into memory (hashed, then compressed); a larger one is streamed twice. */
+    static final int SMALL_FILE = 1 << 20;
+    /** A path changed this close to the scan may change again within the same mtime: it is read again next cycle. */
+    static final long RACY_NANOS = 2_000_000_000L;
     /** Packs smaller than this are merged once there are more than MAX_SMALL_PACKS of them. */
     static final long SMALL_PACK = 1L << 20;
     static final int MAX_SMALL_PACKS = 16;
-    /** A path changed this close to the scan may change again within the same mtime: it is read again next cycle. */
-    static final long RACY_MILLIS = 2000;
+    /** Files written at once by a restore. */
+    static final int WRITERS = 4;
 
     private FilePacks() {}
 
-    /**
-     * The result of one cycle: the new index (with its local file), the packs written this cycle (with local
-     * files, to upload), the packs of earlier snapshots still in use, and how many paths were packed again.
-     */
-    record Packed(FileIndex indexObject, FileEntry index, Path indexFile, Map<FileEntry, Path> written, List<FileEntry> kept,
-                  int packedPaths, int unchangedPaths) {}
+    /** The outcome of one cycle: the index pieces and new packs (with local files), packs used, and counts. */
+    record Packed(Map<FileEntry, Path> index, Map<FileEntry, Path> written, Set<String> packsUsed, long paths, long changed,
+                  long deduplicated, long newBytes) {}
 
     /**
-     * Packs what changed. previous: the last snapshot's index and pack entries (null: pack everything);
-     * stored: whether a pack is still in the bucket (a pack that is gone has its paths packed again).
+     * Packs what changed since the previous index, walking the scan and that index side by side (both in path
+     * order). A path the scan sees as the index recorded it keeps its entry; any other has its content hashed, and
+     * stored only when no pack the snapshot may use holds it already. usable: the previous snapshot's packs still
+     * in the bucket (minus those to be merged); catalog: where each stored content is.
      */
-    static Packed pack(Town town, FileIndex previous, Map<String, FileEntry> previousPacks, java.util.function.Predicate<FileEntry> stored,
-                       Path workDir, String packPrefix) throws IOException {
-        Map<String, FileIndex.Entry> before = previous == null ? Map.of() : previous.byPath();
-        long racyBefore = town.scannedAt().toEpochMilli() - RACY_MILLIS;
-        Map<String, FileIndex.Entry> kept = new TreeMap<>();
-        List<String> changed = new ArrayList<>();
-        for (String path : town.files()) {
-            PathStat stat = town.stats().get(path);
-            FileIndex.Entry old = before.get(path);
-            FileEntry pack = old == null ? null : previousPacks.get(old.pack());
-            if (old != null && stat != null && old.signature().equals(stat.signature()) && pack != null && stored.test(pack))
-                kept.put(path, old);
-            else
-                changed.add(path);
-        }
-        // Packs mostly dead, or too many small ones: their live paths go into this cycle's packs.
-        Map<String, Long> live = new HashMap<>();
-        kept.values().forEach(e -> live.merge(e.pack(), tarBytes(e.size()), Long::sum));
-        List<String> small = live.keySet().stream().filter(p -> previousPacks.get(p).size() < SMALL_PACK).collect(Collectors.toList());
-        Set<String> repack = new HashSet<>(small.size() > MAX_SMALL_PACKS ? small : List.of());
-        live.forEach((pack, bytes) -> {
-            long dead = previousPacks.get(pack).size() - bytes;
-            if (dead > MAX_DEAD * previousPacks.get(pack).size() && dead >= SMALL_PACK) repack.add(pack);
-        });
-        kept.values().removeIf(e -> {
-            if (!repack.contains(e.pack())) return false;
-            changed.add(e.path());
-            return true;
-        });
-        int unchanged = kept.size();
-        List<FileIndex.Entry> entries = new ArrayList<>(kept.values());
-        Map<FileEntry, Path> written = new LinkedHashMap<>();
-        for (List<String> group : groups(changed, town)) {
-            String name = packPrefix + "-" + written.size() + ".tar";
-            Path local = workDir.resolve(name);
-            Files.createDirectories(local.getParent());
-            Tars.Written w = Tars.write(town.root(), group, town.redacted(), local, name);
-            written.put(w.entry(), local);
-            for (String path : group) {
-                if (w.missing().contains(path)) continue;   // gone since the scan: the town no longer holds it
-                PathStat stat = town.stats().get(path);
-                boolean racy = stat.modified().toEpochMilli() >= racyBefore;
-                entries.add(new FileIndex.Entry(path, name, stat.size(), racy ? "racy" : stat.signature()));
-            }
-        }
-        Set<String> keptPacks = entries.stream().map(FileIndex.Entry::pack).collect(Collectors.toSet());
-        List<FileEntry> keptEntries = previousPacks.values().stream().filter(p -> keptPacks.contains(p.path()))
-                .sorted(Comparator.comparing(FileEntry::path)).collect(Collectors.toList());
-        entries.sort(Comparator.comparing(FileIndex.Entry::path));
-        Path indexFile = workDir.resolve(Keys.FILE_INDEX);
-        Files.createDirectories(indexFile.getParent());
-        FileIndex index = new FileIndex(entries);
-        return new Packed(index, index.write(indexFile), indexFile, written, keptEntries, changed.size(), unchanged);
-    }
-
-    /** What an entry takes in a tar: a header block and its content padded to whole blocks. */
-    private static long tarBytes(long size) {
-        return 512 + (size + 511) / 512 * 512;
-    }
-
-    /** Changed paths in tar order, cut into packs of about PACK_BYTES. */
-    private static List<List<String>> groups(List<String> changed, Town town) {
-        List<List<String>> groups = new ArrayList<>();
-        List<String> current = new ArrayList<>();
-        long bytes = 0;
-        for (String path : new TreeSet<>(changed)) {
-            long size = town.stats().get(path).size();
-            if (!current.isEmpty() && bytes + size > PACK_BYTES) {
-                groups.add(current);
-                current = new ArrayList<>();
-                bytes = 0;
-            }
-            current.add(path);
-            bytes += size;
-        }
-        if (!current.isEmpty()) groups.add(current);
-        return groups;
-    }
-
-    /**
-     * Rebuilds every path of the index in townDir from the downloaded packs: from each pack, exactly the
-     * paths the index says it holds (a pack also holds paths that later snapshots packed again). Directory
-     * modes and mtimes go into dirs, for the caller to apply last. A path the index names and its pack lacks
-     * fails the restore.
-     */
-    static void restore(FileIndex index, java.util.function.Function<String, Path> downloaded, Path townDir, Tars.DirMetadata dirs)
+    static Packed pack(Town town, IndexReader previous, Set<String> usable, BlobCatalog catalog, Path workDir, String packPrefix)
             throws IOException {
-        Map<String, Set<String>> byPack = new TreeMap<>();
-        for (FileIndex.Entry e : index.entries()) byPack.computeIfAbsent(e.pack(), k -> new HashSet<>()).add(e.path());
-        for (Map.Entry<String, Set<String>> pack : byPack.entrySet()) {
-            Set<String> found = Tars.extract(downloaded.apply(pack.getKey()), pack.getKey(), townDir, dirs, pack.getValue());
-            Set<String> lacking = new TreeSet<>(pack.getValue());
-            lacking.removeAll(found);
-            if (!lacking.isEmpty())
-                throw new R2Exception(R2Common.EXIT_FAILED, pack.getKey() + " lacks " + lacking.size() + " path(s) the file index puts in it, e.g. "
-                        + Log.escape(lacking.iterator().next()));
+        long racyAfter = town.scannedAt().getEpochSecond() * 1_000_000_000L + town.scannedAt().getNano() - RACY_NANOS;
+        Set<String> used = new HashSet<>();
+        Set<String> vanished = new HashSet<>();
+        long changed = 0;
+        long deduplicated = 0;
+        long newBytes = 0;
+        try (IndexReader scan = IndexReader.scan(town.scanFile());
+             IndexWriter index = new IndexWriter(workDir);
+             PackWriter packs = new PackWriter(workDir, packPrefix)) {
+            TownEntry before = previous == null ? null : previous.next();
+            for (TownEntry now; (now = scan.next()) != null; ) {
+                while (before != null && PathOrder.compare(before.path(), now.path()) < 0) before = previous.next();
+                boolean racy = now.mtime() >= racyAfter;
+                if (before != null && before.path().equals(now.path()) && before.unchangedFrom(now)
+                        && (before.type() != TownEntry.FILE || usable.contains(before.blob().pack()))) {
+                    index.add(before);
+                    if (before.blob() != null) used.add(before.blob().pack());
+                    continue;
+                }
+                changed++;
+                Path source = town.root().resolve(now.path());
+                TownEntry entry;
+                try {
+                    entry = switch (now.type()) {
+                        case TownEntry.SYMLINK -> now.withTarget(Files.readSymbolicLink(source).toString(), racy);
+                        case TownEntry.HARDLINK -> vanished.contains(now.target()) ? null : now.racy(racy);
+                        case TownEntry.FILE -> null;
+                        default -> now.racy(racy);
+                    };
+                    if (now.type() == TownEntry.FILE) {
+                        Content c = store(now, source, racy, usable, catalog, packs);
+                        entry = c.entry();
+                        if (c.isNew()) newBytes += entry.size();
+                        else deduplicated++;
+                    }
+                } catch (NoSuchFileException | NotLinkException e) {
+                    vanished.add(now.path());   // removed or replaced since the scan: the town no longer holds it
+                    continue;
+                }
+                index.add(entry);
+                if (entry.blob() != null) used.add(entry.blob().pack());
+            }
+            Map<FileEntry, Path> written = packs.finish();
+            return new Packed(index.finish(), written, used, index.entries(), changed, deduplicated, newBytes);
         }
+    }
+
+    private record Content(TownEntry entry, boolean isNew) {}
+
+    /** A file's content: found where a usable pack holds it already, or stored now. */
+    private static Content store(TownEntry now, Path source, boolean racy, Set<String> usable, BlobCatalog catalog,
+                                 PackWriter packs) throws IOException {
+        if (now.size() <= SMALL_FILE || now.gitConfig()) {
+            byte[] data = read(source, now);
+            String sha = Sha256.of(data);
+            TownEntry.Blob found = usableBlob(catalog.find(sha), usable, packs);
+            if (found != null) return new Content(now.withContent(data.length, found, racy), false);
+            TownEntry.Blob stored = packs.add(data, sha);
+            catalog.add(stored);
+            return new Content(now.withContent(data.length, stored, racy || data.length != now.size()), true);
+        }
+        Hashed hashed = hash(source);
+        TownEntry.Blob found = usableBlob(catalog.find(hashed.sha256()), usable, packs);
+        if (found != null) return new Content(now.withContent(hashed.size(), found, racy || hashed.size() != now.size()), false);
+        PackWriter.Stored stored = packs.addFile(source, Long.MAX_VALUE);
+        catalog.add(stored.blob());
+        boolean moved = !stored.blob().sha256().equals(hashed.sha256()) || stored.size() != now.size();
+        return new Content(now.withContent(stored.size(), stored.blob(), racy || moved), true);
+    }
+
+    private record Hashed(String sha256, long size) {}
+
+    /** A large file's sha256 and size, streamed. */
+    private static Hashed hash(Path file) throws IOException {
+        MessageDigest md = Sha256.digest();
+        long size = 0;
+        try (InputStream in = Files.newInputStream(file, LinkOption.NOFOLLOW_LINKS)) {
+            byte[] buf = new byte[1 << 16];
+            for (int n; (n = in.read(buf)) > 0; size += n) md.update(buf, 0, n);
+        }
+        return new Hashed(Sha256.hex(md.digest()), size);
+    }
+
+    private static TownEntry.Blob usableBlob(TownEntry.Blob found, Set<String> usable, PackWriter packs) {
+        return found != null && (usable.contains(found.pack()) || packs.wrote(found.pack())) ? found : null;
+    }
+
+    /** A small file's bytes; a git config with URL credentials removed (it may hold a token in a remote URL). */
+    private static byte[] read(Path source, TownEntry now) throws IOException {
+        if (now.gitConfig()) {
+            if (Files.size(source) > SMALL_FILE) throw new IOException(now.path() + " is larger than 1 MiB, too large for a git config");
+            return Log.redactUrl(Files.readString(source, StandardCharsets.UTF_8)).getBytes(StandardCharsets.UTF_8);
+        }
+        try (InputStream in = Files.newInputStream(source, LinkOption.NOFOLLOW_LINKS)) {
+            return in.readNBytes(SMALL_FILE + 1);
+        }
+    }
+
+    /** The previous snapshot's packs to merge this cycle: all small ones, once there are too many of them. */
+    static Set<String> packsToMerge(Collection<FileEntry> packs) {
+        List<String> small = packs.stream().filter(p -> p.size() < SMALL_PACK).map(p -> packId(p.path())).toList();
+        return small.size() > MAX_SMALL_PACKS ? Set.copyOf(small) : Set.of();
+    }
+
+    static String packId(String snapshotPath) {
+        return snapshotPath.substring(PackWriter.DIR.length());
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Restore
+    // ---------------------------------------------------------------------------------------------
+
+    /**
+     * Rebuilds every path of the index in townDir, streaming the index: directories and symlinks as they come,
+     * files WRITERS at a time, hard links last. Nothing is written outside townDir: an entry's directory must be a
+     * directory this restore made (so never a symlink or a file), a file is created new and never through a link,
+     * and the snapshot's files must fit the volume before anything is written. Each content is checked against its
+     * size and sha256 as it is written. Directory modes and mtimes are the caller's to apply last (applyDirectories).
+     */
+    static void restore(List<Path> pieces, Function<String, Path> packFile, Path townDir) throws IOException {
+        requireRoom(pieces, townDir);
+        Path root = townDir.toRealPath();
+        ExecutorService pool = new ThreadPoolExecutor(WRITERS, WRITERS, 0, TimeUnit.SECONDS, new ArrayBlockingQueue<>(1024),
+                new ThreadPoolExecutor.CallerRunsPolicy());
+        AtomicReference<Throwable> failure = new AtomicReference<>();
+        Deque<String> dirs = new ArrayDeque<>();
+        try (IndexReader index = IndexReader.index(pieces)) {
+            for (TownEntry e; (e = index.next()) != null && failure.get() == null; ) {
+                if (Thread.currentThread().isInterrupted()) throw new R2Exception(R2Common.EXIT_FAILED, "restore: stopped");
+                requireDirectoryOf(e, dirs);
+                Path target = root.resolve(e.path());
+                switch (e.type()) {
+                    case TownEntry.DIR -> {
+                        Files.createDirectory(target);
+                        dirs.push(e.path());
+                    }
+                    case TownEntry.SYMLINK -> {
+                        Files.createSymbolicLink(target, Path.of(e.target()));
+                        setMtime(target, e.mtime(), true);
+                    }
+                    case TownEntry.FILE -> {
+                        TownEntry file = e;
+                        Path pack = packFile.apply(e.blob().pack());
+                        pool.execute(() -> {
+                            try {
+                                if (failure.get() == null) writeFile(file, pack, target);
+                            } catch (Throwable t) {
+                                failure.compareAndSet(null, t);
+                            }
+                        });
+                    }
+                    default -> { }   // hard links once every file is there
+                }
+            }
+        } finally {
+            pool.shutdown();
+            awaitQuietly(pool);
+        }
+        if (failure.get() != null) throw asFailure(failure.get());
+        linkHardLinks(pieces, root);
+    }
+
+    /** An entry's directory must be one this restore made: the town root, or a directory entry above it in the walk. */
+    private static void requireDirectoryOf(TownEntry e, Deque<String> dirs) {
+        String parent = PathOrder.parent(e.path());
+        while (!dirs.isEmpty() && !dirs.peek().equals(parent)) dirs.pop();
+        if (!parent.isEmpty() && dirs.isEmpty())
+            throw refuse(e.path(), "its directory " + Log.escape(parent) + " is not a directory of the snapshot (a symlink, a file, or missing)");
+    }
+
+    /** Refuses a snapshot whose files would not fit the volume, before anything is written. */
+    private static void requireRoom(List<Path> pieces, Path townDir) throws IOException {
+        long bytes = 0;
+        try (IndexReader index = IndexReader.index(pieces)) {
+            for (TownEntry e; (e = index.next()) != null; ) if (e.type() == TownEntry.FILE) bytes += e.size();
+        }
+        long free = Files.getFileStore(townDir).getUsableSpace();
+        if (bytes > free)
+            throw new R2Exception(R2Common.EXIT_FAILED, "restore: the snapshot's files need " + Log.bytes(bytes) + " but "
+                    + townDir + " has " + Log.bytes(free) + " free; make room or restore onto a larger volume");
+    }
+
+    private static void writeFile(TownEntry e, Path pack, Path target) throws IOException {
+        TownEntry.Blob blob = e.blob();
+        MessageDigest md = Sha256.digest();
+        try (FileChannel in = FileChannel.open(pack, StandardOpenOption.READ);
+             OutputStream out = Files.newOutputStream(target, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE, LinkOption.NOFOLLOW_LINKS)) {
+            if (blob.offset() + blob.length() > in.size())
+                throw refuse(e.path(), "its content lies past the end of pack " + blob.pack());
+            if (blob.length() <= SMALL_FILE && e.size() <= SMALL_FILE) {
+                ByteBuffer frame = ByteBuffer.allocate((int) blob.length());
+                while (frame.hasRemaining() && in.read(frame, blob.offset() + frame.position()) > 0) { }
+                byte[] data = decompress(e, frame.array());
+                md.update(data);
+                out.write(data);
+            } else {
+                copyStreamed(e, new ZstdInputStream(new BufferedInputStream(Channels.newInputStream(in.position(blob.offset())), 1 << 16)),
+                        blob.length(), md, out);
+            }
+        }
+        if (!Sha256.hex(md.digest()).equals(blob.sha256())) throw refuse(e.path(), "its content does not match its sha256");
+        Files.setPosixFilePermissions(target, permissions(e.mode()));
+        setMtime(target, e.mtime(), false);
+    }
+
+    private static byte[] decompress(TownEntry e, byte[] frame) {
+        try {
+            byte[] data = Zstd.decompress(frame, (int) e.size());
+            if (data.length != e.size()) throw refuse(e.path(), "its content is " + data.length + " bytes, not " + e.size());
+            return data;
+        } catch (RuntimeException ex) {
+            if (ex instanceof R2Exception r) throw r;
+            throw refuse(e.path(), "its content cannot be decompressed (" + ex.getMessage() + ")");
+        }
+    }
+
+    /** Copies exactly e.size() bytes; a content longer or shorter than its entry says is refused. */
+    private static void copyStreamed(TownEntry e, InputStream z, long compressed, MessageDigest md, OutputStream out) throws IOException {
+        byte[] buf = new byte[1 << 16];
+        long left = e.size();
+        try (InputStream in = z) {
+            while (left > 0) {
+                int n = in.read(buf, 0, (int) Math.min(buf.length, left));
+                if (n < 0) break;
+                md.update(buf, 0, n);
+                out.write(buf, 0, n);
+                left -= n;
+            }
+            if (left == 0 && in.read() >= 0) throw refuse(e.path(), "its content is longer than " + e.size() + " bytes");
+        } catch (IOException ex) {
+            throw refuse(e.path(), "its content cannot be decompressed (" + ex.getMessage() + ")");
+        }
+        if (left > 0) throw refuse(e.path(), "its content ends " + left + " bytes short");
+    }
+
+    /** Each hard link, to a file of the snapshot listed before it; never to a symlink or a directory. */
+    private static void linkHardLinks(List<Path> pieces, Path root) throws IOException {
+        try (IndexReader index = IndexReader.index(pieces)) {
+            for (TownEntry e; (e = index.next()) != null; ) {
+                if (e.type() != TownEntry.HARDLINK) continue;
+                if (PathOrder.compare(e.target(), e.path()) >= 0) throw refuse(e.path(), "hard link to a path after it");
+                Path target = root.resolve(e.target());
+                Path link = root.resolve(e.path());
+                if (!Files.isRegularFile(target, LinkOption.NOFOLLOW_LINKS) || !insideWithoutLinks(root, target.getParent())
+                        || !insideWithoutLinks(root, link.getParent()))
+                    throw refuse(e.path(), "hard link to " + Log.escape(e.target()) + ", which is not a file of the snapshot");
+                Files.createLink(link, target);
+            }
+        }
+    }
+
+    /** True when dir is root or a directory under it reached without passing a symlink. */
+    private static boolean insideWithoutLinks(Path root, Path dir) {
+        Path current = root;
+        for (Path part : root.relativize(dir)) {
+            current = current.resolve(part);
+            if (!Files.isDirectory(current, LinkOption.NOFOLLOW_LINKS)) return false;
+        }
+        return true;
+    }
+
+    /** Directory modes and mtimes, once nothing more is written into them. */
+    static void applyDirectories(List<Path> pieces, Path townDir) throws IOException {
+        Path root = townDir.toRealPath();
+        try (IndexReader index = IndexReader.index(pieces)) {
+            for (TownEntry e; (e = index.next()) != null; ) {
+                if (e.type() != TownEntry.DIR) continue;
+                Path dir = root.resolve(e.path());
+                if (!Files.isDirectory(dir, LinkOption.NOFOLLOW_LINKS)) continue;
+                Files.setPosixFilePermissions(dir, permissions(e.mode()));
+                setMtime(dir, e.mtime(), false);
+            }
+        }
+    }
+
+    private static void setMtime(Path p, long nanos, boolean link) throws IOException {
+        FileTime t = FileTime.from(nanos, TimeUnit.NANOSECONDS);
+        if (link) Files.getFileAttributeView(p, BasicFileAttributeView.class, LinkOption.NOFOLLOW_LINKS).setTimes(t, null, null);
+        else Files.setLastModifiedTime(p, t);
+    }
+
+    static Set<PosixFilePermission> permissions(int mode) {
+        StringBuilder sb = new StringBuilder();
+        String rwx = "rwxrwxrwx";
+        for (int i = 0; i < 9; i++) sb.append((mode & (1 << (8 - i))) != 0 ? rwx.charAt(i) : '-');
+        return PosixFilePermissions.fromString(sb.toString());
+    }
+
+    private static void awaitQuietly(ExecutorService pool) {
+        boolean interrupted = false;
+        while (true) {
+            try {
+                if (pool.awaitTermination(1, TimeUnit.MINUTES)) break;
+            } catch (InterruptedException e) {
+                interrupted = true;
+                pool.shutdownNow();
+            }
+        }
+        if (interrupted) Thread.currentThread().interrupt();
+    }
+
+    private static RuntimeException asFailure(Throwable t) throws IOException {
+        if (t instanceof IOException io) throw io;
+        if (t instanceof RuntimeException re) return re;
+        if (t instanceof Error err) throw err;
+        return new R2Exception(R2Common.EXIT_FAILED, String.valueOf(t), t);
+    }
+
+    private static R2Exception refuse(String path, String why) {
+        return new R2Exception(R2Common.EXIT_FAILED, "file index: refusing " + Log.escape(path) + ": " + why);
     }
 }

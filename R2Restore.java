@@ -275,7 +275,7 @@ public class R2Restore implements Callable<Integer> {
         Instant t = Instant.now();
         Manifest manifest = prepared.manifest();
         Files.createDirectories(townDir);
-        Tars.DirMetadata dirs = new Tars.DirMetadata();
+        Tars.DirMetadata dirs = new Tars.DirMetadata();   // formats 3 to 5 only
         Path databases = prepared.dir().resolve("dolt-restore");
         Parallel.run(2, List.of(
                 () -> {
@@ -283,7 +283,7 @@ public class R2Restore implements Callable<Integer> {
                         DoltServer.restore(prepared.file(db.backup()), databases.resolve(db.path()), db);
                 },
                 () -> {
-                    FilePacks.restore(FileIndex.read(prepared.file(Keys.FILE_INDEX)), prepared::file, townDir, dirs);
+                    restoreFiles(prepared, townDir, dirs);
                     if (!finalRoot.toString().equals(manifest.townRoot())) relinkWorktrees(manifest, townDir, finalRoot);
                     Parallel.run(REBUILDS, manifest.repos().stream().<Parallel.Task>map(repo -> () -> {
                         Path gitDir = townDir.resolve(repo.path());
@@ -293,10 +293,30 @@ public class R2Restore implements Callable<Integer> {
                 }));
         for (DatabaseFacts db : manifest.databases()) moveInto(databases.resolve(db.path()).resolve(db.name()), townDir.resolve(db.path()));
         compareWorkTrees(manifest, townDir);
-        dirs.apply();
+        if (manifest.contentPacks()) FilePacks.applyDirectories(indexPieces(prepared), townDir);
+        else dirs.apply();
         Log.info("restore: snapshot " + prepared.timestamp() + ": " + manifest.databases().size() + " databases and "
                 + manifest.repos().size() + " git repositories rebuilt and verified in staging in "
                 + Log.seconds(Duration.between(t, Instant.now())));
+    }
+
+    /** The town's files from their packs, as the snapshot's format stores them. */
+    private static void restoreFiles(Prepared prepared, Path townDir, Tars.DirMetadata dirs) throws IOException {
+        Manifest manifest = prepared.manifest();
+        if (!manifest.contentPacks()) {
+            TarPacks.restore(TarIndex.read(prepared.file(Keys.FILE_INDEX)), prepared::file, townDir, dirs);
+            return;
+        }
+        Set<String> packs = manifest.filesUnder("files/packs").stream().map(f -> FilePacks.packId(f.path())).collect(Collectors.toSet());
+        FilePacks.restore(indexPieces(prepared), id -> {
+            if (!packs.contains(id))
+                throw new R2Exception(R2Common.EXIT_FAILED, "file index: names pack " + Log.escape(id) + ", which the manifest does not list");
+            return prepared.file(PackWriter.DIR + id);
+        }, townDir);
+    }
+
+    private static List<Path> indexPieces(Prepared prepared) {
+        return prepared.manifest().fileIndex().stream().map(prepared::file).collect(Collectors.toList());
     }
 
     /** Moves a restored database into the town; the packs may have made its directory already (its other files). */

@@ -81,9 +81,8 @@ public class R2Sync implements Callable<Integer> {
     private Config config;
     private ObjectStore store;
     private Heartbeat heartbeat;
-    /** The last published manifest and its file index, kept at hand so the next cycle can skip what did not change. */
+    /** The last published manifest, kept at hand so the next cycle can skip what did not change. */
     private Manifest lastManifest;
-    private FileIndex lastIndex;
     /** Manifests of the snapshots the history policy keeps, and the format of each snapshot looked at (both never change). */
     private final Map<String, Manifest> manifests = new java.util.concurrent.ConcurrentHashMap<>();
     private final Map<String, Integer> formats = new java.util.concurrent.ConcurrentHashMap<>();
@@ -233,7 +232,7 @@ public class R2Sync implements Callable<Integer> {
                  bucketRead.join();   // not to slow down the reads the packing waits for
                  return readHistory();
              })) {
-            Town town = Town.scan(config.townRoot());
+            Town town = Town.scan(config.townRoot(), work.resolve("scan"));
             try (Background<Map<String, Object>> doltBackups = Background.start(() -> runDoltBackups(town));
                  Background<Versions> versions = Background.start(R2Sync::versions)) {
                 BucketState bucket = bucketRead.join();
@@ -249,7 +248,7 @@ public class R2Sync implements Callable<Integer> {
                 Transfer transfer = upload(snapshot, base);
                 Manifest manifest = publish(bucket.pointer(), snapshot, versions.join());
                 lastManifest = manifest;
-                lastIndex = snapshot.index();
+                keepFileState(snapshot);
                 try {
                     applyHistory(manifest.timestamp(), historyRead.join(), bucket.stored().values());
                 } catch (R2Exception | IOException e) {
@@ -364,7 +363,6 @@ public class R2Sync implements Callable<Integer> {
         if (previous.pointer() == null) return null;
         String ts = previous.pointer().timestamp();
         if (lastManifest != null && lastManifest.timestamp().equals(ts)) return lastManifest;
-        lastIndex = null;
         try {
             Manifest manifest = manifest(ts);
             if (manifest == null)
@@ -483,40 +481,120 @@ public class R2Sync implements Callable<Integer> {
         return gitDir.resolve(Files.readString(commondir).strip()).normalize().toRealPath();
     }
 
-    /** Every path of the town outside the skip list: what changed into new packs, the rest as the last snapshot had it. */
+    /**
+     * Every path of the town outside the skip list: what changed since the previous snapshot's file index into new
+     * packs (a content some pack holds already is not stored again), the rest as that index had it.
+     */
     private void packFiles(Town town, Snapshot snapshot, Manifest base) throws IOException {
         Instant t = Instant.now();
-        FileIndex previous = previousIndex(base, snapshot);
-        Map<String, FileEntry> previousPacks = new HashMap<>();
-        if (previous != null) base.filesUnder("files").forEach(f -> previousPacks.put(f.path(), f));
-        FilePacks.Packed packed = FilePacks.pack(town, previous, previousPacks, snapshot::stored, snapshot.dir(),
-                "files/" + snapshot.timestamp());
+        List<Path> previous = previousIndex(base, snapshot);
+        Map<String, FileEntry> basePacks = new HashMap<>();
+        if (previous != null) base.filesUnder("files/packs").forEach(f -> basePacks.put(FilePacks.packId(f.path()), f));
+        Set<String> merging = FilePacks.packsToMerge(basePacks.values());
+        Set<String> usable = basePacks.entrySet().stream().filter(e -> !merging.contains(e.getKey()) && snapshot.stored(e.getValue()))
+                .map(Map.Entry::getKey).collect(Collectors.toSet());
+        String prefix = snapshot.timestamp() + "-" + HexFormat.of().toHexDigits(new java.security.SecureRandom().nextInt());
+        FilePacks.Packed packed;
+        try (BlobCatalog catalog = catalog(base, previous, snapshot.dir());
+             IndexReader before = previous == null ? null : IndexReader.index(previous)) {
+            packed = FilePacks.pack(town, before, usable, catalog, snapshot.dir(), prefix);
+            Path kept = snapshot.dir().resolve("catalog");
+            catalog.finishInto(kept, packed.packsUsed()::contains);
+            snapshot.catalog = kept;
+        }
         packed.written().forEach(snapshot::add);
-        packed.kept().forEach(snapshot::reuse);
-        snapshot.add(packed.index(), packed.indexFile());
-        snapshot.index = packed.indexObject();
-        Log.info("sync " + snapshot.timestamp() + ": files: " + packed.packedPaths() + " paths packed ("
-                + Log.bytes(packed.written().keySet().stream().mapToLong(FileEntry::size).sum()) + " in " + packed.written().size()
-                + " new packs), " + packed.unchangedPaths() + " unchanged in " + packed.kept().size() + " earlier packs, in "
-                + Log.seconds(Duration.between(t, Instant.now())));
+        basePacks.forEach((id, f) -> {
+            if (packed.packsUsed().contains(id)) snapshot.reuse(f);
+        });
+        packed.index().forEach(snapshot::add);
+        snapshot.fileIndex = packed.index();
+        Log.info("sync " + snapshot.timestamp() + ": files: " + packed.paths() + " paths, " + packed.changed() + " read again ("
+                + packed.deduplicated() + " of them held by a pack already), " + Log.bytes(packed.newBytes()) + " of new content in "
+                + packed.written().size() + " new packs (" + Log.bytes(packed.written().keySet().stream().mapToLong(FileEntry::size).sum())
+                + "), in " + Log.seconds(Duration.between(t, Instant.now())));
         if (!town.skipped().isEmpty())
             Log.info("sync " + snapshot.timestamp() + ": left out by the skip list: " + town.skipped().entrySet().stream()
                     .map(e -> e.getValue() + " x " + e.getKey()).collect(Collectors.joining("; ")));
     }
 
-    /** The previous snapshot's file index: at hand in the daemon, else downloaded; null packs everything. */
-    private FileIndex previousIndex(Manifest base, Snapshot snapshot) {
+    /** Where this machine keeps the last published file index (its pieces) and catalog, for the next sync. */
+    private Path fileState(String what) {
+        return config.stateDir().resolve(what).resolve(config.townId());
+    }
+
+    /**
+     * The previous snapshot's file index pieces, in order: kept in the state dir by the sync that published it (each
+     * checked against its sha256), else downloaded there; null packs everything (no previous snapshot, one of an
+     * older format, or an index that cannot be had).
+     */
+    private List<Path> previousIndex(Manifest base, Snapshot snapshot) {
         if (base == null) return null;
+        if (!base.contentPacks()) {
+            Log.info("sync " + snapshot.timestamp() + ": the previous snapshot " + base.timestamp() + " keeps its files in format "
+                    + base.formatVersion() + " tar packs; this one stores every file anew, in content packs");
+            return null;
+        }
         try {
-            if (lastIndex != null && base == lastManifest) return lastIndex;
-            FileEntry entry = base.file(Keys.FILE_INDEX).orElseThrow();
-            Path local = snapshot.dir().resolve("previous-index.json.gz");
-            Parallel.run(TRANSFERS, store.downloads(config.keys(), entry, local, base.timestamp(), new Progress("index", entry.size())));
-            return FileIndex.read(local);
+            Path dir = Files.createDirectories(fileState("file-index"));
+            List<Path> pieces = new ArrayList<>();
+            List<Parallel.Task> downloads = new ArrayList<>();
+            for (String path : base.fileIndex()) {
+                FileEntry piece = base.file(path).orElseThrow();
+                Path local = dir.resolve(piece.sha256());
+                pieces.add(local);
+                if (Files.isRegularFile(local) && Sha256.ofFile(local, path).equals(piece)) continue;
+                Files.deleteIfExists(local);
+                downloads.addAll(store.downloads(config.keys(), piece, local, base.timestamp(), null));
+            }
+            Parallel.run(TRANSFERS, downloads);
+            return pieces;
         } catch (R2Exception | IOException | java.util.NoSuchElementException e) {
-            Log.warn("sync " + snapshot.timestamp() + ": the file index of " + base.timestamp() + " is unusable, packing every "
+            Log.warn("sync " + snapshot.timestamp() + ": the file index of " + base.timestamp() + " is unusable, reading every "
                     + "file again: " + e.getMessage());
             return null;
+        }
+    }
+
+    /**
+     * Where each stored content is: the catalog this machine kept for the previous snapshot's index, or one made
+     * from that index now (a new machine, or the first sync after a restore).
+     */
+    private BlobCatalog catalog(Manifest base, List<Path> previous, Path work) throws IOException {
+        if (previous == null) return BlobCatalog.open(null, work.resolve("catalog-work"));
+        Path kept = fileState("file-catalog").resolve(catalogName(base.fileIndex()));
+        if (Files.isRegularFile(kept)) return BlobCatalog.open(kept, work.resolve("catalog-work"));
+        try (IndexReader index = IndexReader.index(previous)) {
+            return BlobCatalog.of(index, work.resolve("catalog-work"));
+        }
+    }
+
+    private static String catalogName(List<String> fileIndex) {
+        return Sha256.of(String.join("\n", fileIndex).getBytes(StandardCharsets.UTF_8)) + ".catalog";
+    }
+
+    /** Once published, the snapshot's file index and catalog stay in the state dir for the next sync; older ones go. */
+    private void keepFileState(Snapshot snapshot) {
+        try {
+            Path indexDir = Files.createDirectories(fileState("file-index"));
+            Set<String> names = new HashSet<>();
+            for (Map.Entry<FileEntry, Path> piece : snapshot.fileIndex.entrySet()) {
+                names.add(piece.getKey().sha256());
+                Files.move(piece.getValue(), indexDir.resolve(piece.getKey().sha256()), StandardCopyOption.REPLACE_EXISTING);
+            }
+            removeAllBut(indexDir, names);
+            Path catalogDir = Files.createDirectories(fileState("file-catalog"));
+            String name = catalogName(snapshot.fileIndex.keySet().stream().map(FileEntry::path).toList());
+            Files.move(snapshot.catalog, catalogDir.resolve(name), StandardCopyOption.REPLACE_EXISTING);
+            removeAllBut(catalogDir, Set.of(name));
+        } catch (IOException e) {
+            Log.warn("sync " + snapshot.timestamp() + ": cannot keep the file index in " + config.stateDir() + " (the next sync "
+                    + "downloads it): " + e.getMessage());
+        }
+    }
+
+    private static void removeAllBut(Path dir, Set<String> names) throws IOException {
+        try (Stream<Path> s = Files.list(dir)) {
+            for (Path p : s.filter(p -> !names.contains(p.getFileName().toString())).toList()) Files.deleteIfExists(p);
         }
     }
 
@@ -876,7 +954,9 @@ public class R2Sync implements Callable<Integer> {
         private final List<DatabaseFacts> databases = new ArrayList<>();
         private final List<RepoFacts> repos = new ArrayList<>();
         private final List<Problem> problems = new ArrayList<>();
-        private FileIndex index;
+        /** The file index pieces in order, with their local files; the catalog of contents that goes with them. */
+        private Map<FileEntry, Path> fileIndex = Map.of();
+        private Path catalog;
         private int succeeded;
         private int attempted;
 
@@ -890,7 +970,6 @@ public class R2Sync implements Callable<Integer> {
 
         String timestamp() { return timestamp; }
         Path dir() { return dir; }
-        FileIndex index() { return index; }
         List<Artifact> files() { return files; }
         List<DatabaseFacts> databases() { return databases; }
         List<RepoFacts> repos() { return repos; }
@@ -960,7 +1039,7 @@ public class R2Sync implements Callable<Integer> {
             // In path order: two snapshots of the same town list the same files the same way.
             List<FileEntry> entries = files.stream().map(Artifact::entry).sorted(Comparator.comparing(FileEntry::path)).toList();
             return new Manifest(Manifest.FORMAT, R2Common.VERSION, townId, publishedAs, Instant.now().toString(), townRoot, versions,
-                    history, entries, databases, repos, problems);
+                    history, entries, fileIndex.keySet().stream().map(FileEntry::path).toList(), databases, repos, problems);
         }
     }
 

@@ -1,125 +1,25 @@
-// Tar: deterministic writing of town paths, and extraction that refuses hostile archives
-// (part of R2Common, included with //SOURCES).
+// Tar packs: how snapshots of manifest formats 3 to 5 stored the town's files (part of R2Common, included with
+// //SOURCES). This version writes format 6 (R2Packs.java) and reads these to restore older snapshots:
+//   TarIndex   path -> pack, the object files/index.json.gz of those snapshots
+//   TarPacks   restoring a town from their tars
+//   Tars       extraction that refuses hostile archives (and the writing the tests use to make them)
 
 import org.apache.commons.compress.archivers.tar.TarArchiveEntry;
 import org.apache.commons.compress.archivers.tar.TarArchiveInputStream;
-import org.apache.commons.compress.archivers.tar.TarArchiveOutputStream;
 import org.apache.commons.compress.archivers.tar.TarConstants;
 
 import java.io.*;
-import java.nio.channels.Channels;
-import java.nio.channels.FileChannel;
 import java.nio.file.*;
 import java.nio.file.attribute.PosixFilePermission;
 import java.nio.file.attribute.PosixFilePermissions;
 import java.util.*;
+import java.util.zip.GZIPInputStream;
 
 final class Tars {
     /** Refuse archives with more entries than this: a tar of tiny entries is a bomb of its own kind. */
     static final int MAX_ENTRIES = 2_000_000;
 
     private Tars() {}
-
-    /** A tar written: its entry (size, sha256) and the paths that were gone by the time they were read. */
-    record Written(FileEntry entry, Set<String> missing) {}
-
-    /**
-     * Writes exactly the given town-relative paths (directories, files, symlinks) into a tar, hashing while
-     * writing. Entries are sorted and carry mode and mtime but no owner, so the same files give the same
-     * bytes. A path in redacted is a small text file written with URL credentials removed.
-     */
-    static Written write(Path root, List<String> paths, Set<String> redacted, Path tarFile, String name) throws IOException {
-        Sha256.HashingOutputStream hashing;
-        Set<String> missing = new HashSet<>();
-        try (OutputStream file = Files.newOutputStream(tarFile, StandardOpenOption.CREATE_NEW)) {
-            hashing = new Sha256.HashingOutputStream(new BufferedOutputStream(file, 1 << 16));
-            try (TarArchiveOutputStream tar = new TarArchiveOutputStream(hashing)) {
-                tar.setLongFileMode(TarArchiveOutputStream.LONGFILE_POSIX);
-                tar.setBigNumberMode(TarArchiveOutputStream.BIGNUMBER_POSIX);
-                tar.setAddPaxHeadersForNonAsciiNames(true);
-                for (String rel : new TreeSet<>(paths)) {
-                    Path source = root.resolve(rel);
-                    try {
-                        if (Files.isSymbolicLink(source)) writeSymlink(source, rel, tar);
-                        else if (Files.isDirectory(source, LinkOption.NOFOLLOW_LINKS)) writeDir(source, rel + "/", tar);
-                        else if (redacted.contains(rel)) writeRedacted(source, rel, tar);
-                        else if (Files.isRegularFile(source, LinkOption.NOFOLLOW_LINKS)) writeFile(source, rel, tar);
-                        else missing.add(rel);
-                    } catch (NoSuchFileException e) {
-                        missing.add(rel);   // removed since the scan: the town no longer holds it
-                    }
-                }
-                tar.finish();
-            }
-        }
-        return new Written(hashing.entry(name), missing);
-    }
-
-    /** A directory entry ("name/"): empty directories come back because they are written too. */
-    private static void writeDir(Path p, String name, TarArchiveOutputStream tar) throws IOException {
-        TarArchiveEntry e = new TarArchiveEntry(name, TarConstants.LF_DIR);
-        e.setMode(TarArchiveEntry.DEFAULT_DIR_MODE & ~0777 | mode(p));
-        e.setLastModifiedTime(Files.getLastModifiedTime(p, LinkOption.NOFOLLOW_LINKS));
-        tar.putArchiveEntry(e);
-        tar.closeArchiveEntry();
-    }
-
-    /** Git's config may hold a token inside a remote URL: the archive gets the file with it removed. */
-    private static void writeRedacted(Path source, String rel, TarArchiveOutputStream tar) throws IOException {
-        if (Files.size(source) > (1 << 20))
-            throw new IOException(rel + " is larger than 1 MiB, too large for a git config");
-        byte[] data = Log.redactUrl(Files.readString(source, java.nio.charset.StandardCharsets.UTF_8))
-                .getBytes(java.nio.charset.StandardCharsets.UTF_8);
-        TarArchiveEntry e = new TarArchiveEntry(rel);
-        e.setSize(data.length);
-        e.setMode(TarArchiveEntry.DEFAULT_FILE_MODE & ~0777 | mode(source));
-        e.setLastModifiedTime(Files.getLastModifiedTime(source));
-        tar.putArchiveEntry(e);
-        tar.write(data);
-        tar.closeArchiveEntry();
-    }
-
-    private static void writeSymlink(Path source, String rel, TarArchiveOutputStream tar) throws IOException {
-        TarArchiveEntry e = new TarArchiveEntry(rel, TarConstants.LF_SYMLINK);
-        e.setLinkName(Files.readSymbolicLink(source).toString());
-        e.setLastModifiedTime(Files.getLastModifiedTime(source, LinkOption.NOFOLLOW_LINKS));
-        tar.putArchiveEntry(e);
-        tar.closeArchiveEntry();
-    }
-
-    private static void writeFile(Path source, String rel, TarArchiveOutputStream tar) throws IOException {
-        try (FileChannel ch = FileChannel.open(source, StandardOpenOption.READ)) {
-            // The size is taken once from the open file; a file that shrinks while being read (a live town)
-            // is padded so the archive stays well-formed, and the next cycle captures it again.
-            long size = ch.size();
-            TarArchiveEntry e = new TarArchiveEntry(rel);
-            e.setSize(size);
-            e.setMode(TarArchiveEntry.DEFAULT_FILE_MODE & ~0777 | mode(source));
-            e.setLastModifiedTime(Files.getLastModifiedTime(source));
-            tar.putArchiveEntry(e);
-            InputStream in = Channels.newInputStream(ch);
-            byte[] buf = new byte[1 << 16];
-            long left = size;
-            while (left > 0) {
-                int n = in.read(buf, 0, (int) Math.min(buf.length, left));
-                if (n < 0) {
-                    Log.warn("tar: " + rel + " shrank while being read; padded");
-                    Arrays.fill(buf, (byte) 0);
-                    n = (int) Math.min(buf.length, left);
-                }
-                tar.write(buf, 0, n);
-                left -= n;
-            }
-            tar.closeArchiveEntry();
-        }
-    }
-
-    private static int mode(Path p) throws IOException {
-        int mode = 0;
-        for (PosixFilePermission perm : Files.getPosixFilePermissions(p, LinkOption.NOFOLLOW_LINKS))
-            mode |= 1 << (8 - perm.ordinal());
-        return mode;
-    }
 
     /** Directory modes and mtimes, applied after everything else is written into the directories. */
     static final class DirMetadata {
@@ -263,5 +163,55 @@ final class Tars {
 
     private static R2Exception refuse(String archive, String entry, String why) {
         return new R2Exception(R2Common.EXIT_FAILED, archive + ": refusing entry '" + entry + "': " + why);
+    }
+}
+
+/** Which tar pack holds each path (formats 3 to 5). Read whole: snapshots in it are from before towns grew large. */
+record TarIndex(List<TarIndex.Entry> entries) {
+    record Entry(String path, String pack, long size, String signature) {
+        Entry {
+            Town.requireSafeRelative(path, "path in the file index");
+            Town.requireSafeRelative(pack, "pack in the file index");
+        }
+    }
+
+    TarIndex {
+        entries = entries == null ? List.of() : List.copyOf(entries);
+    }
+
+    static TarIndex read(Path file) {
+        try (InputStream in = new GZIPInputStream(new BufferedInputStream(Files.newInputStream(file)))) {
+            TarIndex index = R2Common.JSON.readValue(in, TarIndex.class);
+            Set<String> seen = new HashSet<>();
+            for (Entry e : index.entries())
+                if (!seen.add(e.path())) throw new IllegalArgumentException("path listed twice in the file index: " + e.path());
+            return index;
+        } catch (IOException | RuntimeException e) {
+            throw new R2Exception(R2Common.EXIT_FAILED, Keys.FILE_INDEX + " is unreadable: " + R2Cli.messageChain(e), e);
+        }
+    }
+}
+
+final class TarPacks {
+    private TarPacks() {}
+
+    /**
+     * Rebuilds every path of the index in townDir from the downloaded packs: from each pack, exactly the
+     * paths the index says it holds (a pack also holds paths that later snapshots packed again). Directory
+     * modes and mtimes go into dirs, for the caller to apply last. A path the index names and its pack lacks
+     * fails the restore.
+     */
+    static void restore(TarIndex index, java.util.function.Function<String, Path> downloaded, Path townDir, Tars.DirMetadata dirs)
+            throws IOException {
+        Map<String, Set<String>> byPack = new TreeMap<>();
+        for (TarIndex.Entry e : index.entries()) byPack.computeIfAbsent(e.pack(), k -> new HashSet<>()).add(e.path());
+        for (Map.Entry<String, Set<String>> pack : byPack.entrySet()) {
+            Set<String> found = Tars.extract(downloaded.apply(pack.getKey()), pack.getKey(), townDir, dirs, pack.getValue());
+            Set<String> lacking = new TreeSet<>(pack.getValue());
+            lacking.removeAll(found);
+            if (!lacking.isEmpty())
+                throw new R2Exception(R2Common.EXIT_FAILED, pack.getKey() + " lacks " + lacking.size() + " path(s) the file index puts in it, e.g. "
+                        + Log.escape(lacking.iterator().next()));
+        }
     }
 }

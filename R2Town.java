@@ -21,15 +21,14 @@ import java.util.stream.Stream;
 /**
  * What the scan found. Paths are town-relative with '/' separators.
  *
- * @param files     every directory, regular file and symlink to archive, parents before children
- * @param stats     what the scan saw of each of them (to tell, next cycle, that a path did not change)
- * @param redacted  the git config files among them, archived with URL credentials removed
+ * @param scanFile  every directory, regular file and symlink to archive, in PathOrder, as TownEntry records
+ *                  (a file, so that a town of a million paths costs disk, not memory)
+ * @param paths     how many entries the scan file holds
  * @param skipped   how many paths each skip-list entry left out (for the log)
  * @param scannedAt when the scan started
  */
 record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<WorkTree> workTrees,
-            List<String> files, Map<String, PathStat> stats, Set<String> redacted, Map<String, Integer> skipped,
-            java.time.Instant scannedAt) {
+            Path scanFile, long paths, Map<String, Integer> skipped, java.time.Instant scannedAt) {
     /** gt recognises a town by this file; nothing else is ever backed up. */
     static final String TOWN_MARKER = "mayor/town.json";
     /** This tool's own directories at the town root, and the filesystem's: never part of the town. */
@@ -60,16 +59,19 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
                 + "Point GT_TOWN_ROOT (or --town-root) at the town root.";
     }
 
-    /** Walks the whole town once. */
-    static Town scan(Path root) throws IOException {
+    /** Walks the whole town once, writing what it finds into scanFile. */
+    static Town scan(Path root, Path scanFile) throws IOException {
         if (!Files.isDirectory(root))
             throw new R2Exception(R2Common.EXIT_USAGE, "town root " + root + " is not a directory (GT_TOWN_ROOT)");
         java.time.Instant started = java.time.Instant.now();
-        Scan scan = new Scan(root);
-        scan.walk(root, Files.exists(root.resolve(".git"), LinkOption.NOFOLLOW_LINKS) ? root : null, null);
-        return new Town(root, List.copyOf(scan.databases), List.copyOf(scan.gitDirs), List.copyOf(scan.workTrees),
-                List.copyOf(scan.files), Collections.unmodifiableMap(scan.stats), Set.copyOf(scan.redacted),
-                Collections.unmodifiableMap(scan.skipped), started);
+        Files.createDirectories(scanFile.getParent());
+        try (java.io.DataOutputStream out = EntryFiles.write(Files.newOutputStream(scanFile, StandardOpenOption.CREATE_NEW))) {
+            Scan scan = new Scan(root, out);
+            scan.walk(root, Files.exists(root.resolve(".git"), LinkOption.NOFOLLOW_LINKS) ? root : null, null);
+            EntryFiles.end(out);
+            return new Town(root, List.copyOf(scan.databases), List.copyOf(scan.gitDirs), List.copyOf(scan.workTrees),
+                    scanFile, scan.paths, Collections.unmodifiableMap(scan.skipped), started);
+        }
     }
 
     /** Town-relative path with '/' separators. */
@@ -111,9 +113,10 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
         }
     }
 
+    /** A directory's children in PathOrder (by name), the order of the scan and of the file index. */
     static List<Path> sortedChildren(Path dir) throws IOException {
         try (Stream<Path> s = Files.list(dir)) {
-            return s.sorted().collect(Collectors.toList());
+            return s.sorted(Comparator.comparing(p -> p.getFileName().toString())).collect(Collectors.toList());
         }
     }
 
@@ -133,16 +136,20 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
     /** One walk of the town: a directory at a time, knowing the innermost work tree and git dir above it. */
     private static final class Scan {
         private final Path root;
+        private final java.io.DataOutputStream out;
         private final List<DoltDatabase> databases = new ArrayList<>();
         private final List<GitDir> gitDirs = new ArrayList<>();
         private final List<WorkTree> workTrees = new ArrayList<>();
-        private final List<String> files = new ArrayList<>();
-        private final Map<String, PathStat> stats = new HashMap<>();
-        private final Set<String> redacted = new HashSet<>();
         private final Map<String, Integer> skipped = new TreeMap<>();
+        /** Files with more than one name, by inode, until each name was seen: the first name holds the content. */
+        private final Map<Object, HardLinks> linked = new HashMap<>();
+        private long paths;
 
-        Scan(Path root) {
+        private record HardLinks(String first, int[] left) {}
+
+        Scan(Path root, java.io.DataOutputStream out) {
             this.root = root;
+            this.out = out;
         }
 
         /**
@@ -153,9 +160,9 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
             if (workTree != null && workTree.equals(dir)) workTrees.add(new WorkTree(relative(root, dir), gitDirOf(dir)));
             for (Path child : children(dir)) {
                 String rel = relative(root, child);
-                PosixFileAttributes attrs;
+                Stat attrs;
                 try {
-                    attrs = Files.readAttributes(child, PosixFileAttributes.class, LinkOption.NOFOLLOW_LINKS);
+                    attrs = Stat.of(child);
                 } catch (NoSuchFileException e) {
                     continue;   // removed while walking
                 }
@@ -165,8 +172,8 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
                     continue;
                 }
                 if (attrs.isSymbolicLink() || attrs.isDirectory() || attrs.isRegularFile()) {
-                    files.add(rel);
-                    stats.put(rel, stat(attrs));
+                    entry(rel, attrs, gitDir != null && child.equals(gitDir.resolve("config"))).write(out);
+                    paths++;
                 }
                 if (attrs.isDirectory()) {
                     Path innerGitDir = gitDir;
@@ -179,18 +186,30 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
                     Path innerWorkTree = innerGitDir == null && Files.exists(child.resolve(".git"), LinkOption.NOFOLLOW_LINKS)
                             ? child : workTree;
                     walk(child, innerWorkTree, innerGitDir);
-                } else if (attrs.isRegularFile()) {
-                    if (gitDir != null && child.equals(gitDir.resolve("config"))) redacted.add(rel);
                 }
             }
         }
 
-        /** Type, mode, size, mtime and inode: a path whose signature is unchanged is not read again. */
-        private static PathStat stat(PosixFileAttributes a) {
-            String type = a.isDirectory() ? "d" : a.isSymbolicLink() ? "l" : "f";
-            java.time.Instant mtime = a.lastModifiedTime().toInstant();
-            return new PathStat(a.isRegularFile() ? a.size() : 0, type + " " + PosixFilePermissions.toString(a.permissions())
-                    + " " + a.size() + " " + mtime + " " + a.fileKey(), mtime);
+        /**
+         * What the scan records of a path: type, mode, size and mtime (what tells the next cycle it did not change;
+         * not the inode, which a restore changes). A file's second name is a hard link to its first.
+         */
+        private TownEntry entry(String rel, Stat a, boolean gitConfig) {
+            char type = a.isDirectory() ? TownEntry.DIR : a.isSymbolicLink() ? TownEntry.SYMLINK : TownEntry.FILE;
+            // A symlink's mtime comes back at microseconds (lutimes): recorded so, a restored one is unchanged.
+            long mtime = type == TownEntry.SYMLINK ? a.mtime() / 1000 * 1000 : a.mtime();
+            String target = null;
+            if (type == TownEntry.FILE && a.nlink() > 1 && !gitConfig) {
+                HardLinks seen = linked.get(a.fileKey());
+                if (seen == null) {
+                    linked.put(a.fileKey(), new HardLinks(rel, new int[]{a.nlink() - 1}));
+                } else {
+                    type = TownEntry.HARDLINK;
+                    target = seen.first();
+                    if (--seen.left()[0] == 0) linked.remove(a.fileKey());
+                }
+            }
+            return new TownEntry(rel, type, a.mode() & 0777, mtime, type == TownEntry.FILE ? a.size() : 0, false, gitConfig, target, null);
         }
 
         private static List<Path> children(Path dir) throws IOException {
@@ -228,6 +247,28 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
             }
         }
     }
+}
+
+/**
+ * A path's attributes from one lstat: what the skip list tests (as BasicFileAttributes), and the mode, link count,
+ * inode and nanosecond mtime that the scan records.
+ */
+record Stat(int mode, int nlink, Object fileKey, long size, long mtime) implements BasicFileAttributes {
+    private static final int TYPE = 0170000;
+
+    static Stat of(Path p) throws IOException {
+        Map<String, Object> a = Files.readAttributes(p, "unix:mode,nlink,dev,ino,size,lastModifiedTime", LinkOption.NOFOLLOW_LINKS);
+        return new Stat((Integer) a.get("mode"), (Integer) a.get("nlink"), List.of(a.get("dev"), a.get("ino")), (Long) a.get("size"),
+                ((java.nio.file.attribute.FileTime) a.get("lastModifiedTime")).to(java.util.concurrent.TimeUnit.NANOSECONDS));
+    }
+
+    @Override public java.nio.file.attribute.FileTime lastModifiedTime() { return java.nio.file.attribute.FileTime.from(mtime, java.util.concurrent.TimeUnit.NANOSECONDS); }
+    @Override public java.nio.file.attribute.FileTime lastAccessTime() { return lastModifiedTime(); }
+    @Override public java.nio.file.attribute.FileTime creationTime() { return lastModifiedTime(); }
+    @Override public boolean isRegularFile() { return (mode & TYPE) == 0100000; }
+    @Override public boolean isDirectory() { return (mode & TYPE) == 0040000; }
+    @Override public boolean isSymbolicLink() { return (mode & TYPE) == 0120000; }
+    @Override public boolean isOther() { return !isRegularFile() && !isDirectory() && !isSymbolicLink(); }
 }
 
 /**
