@@ -94,10 +94,13 @@ record TownEntry(String path, char type, int mode, long mtime, long size, boolea
             throw new IllegalArgumentException("empty symlink target for " + path);
     }
 
-    /** True when the scan saw the path as it was when this entry was made: its content need not be read again. */
+    /**
+     * True when the scan saw the path as it was when this entry was made: its content need not be read again. (A git
+     * config is stored with credentials removed, so its entry's size is not the file's: its mtime tells.)
+     */
     boolean unchangedFrom(TownEntry scanned) {
-        return !racy && !scanned.gitConfig && type == scanned.type && mode == scanned.mode && mtime == scanned.mtime
-                && size == scanned.size && (type != HARDLINK || target.equals(scanned.target));
+        return !racy && type == scanned.type && mode == scanned.mode && mtime == scanned.mtime
+                && (size == scanned.size || scanned.gitConfig) && (type != HARDLINK || target.equals(scanned.target));
     }
 
     TownEntry withContent(long contentSize, Blob stored, boolean racyNow) {
@@ -520,7 +523,7 @@ final class BlobCatalog implements Closeable {
 
     void add(TownEntry.Blob blob) throws IOException {
         pending.putIfAbsent(blob.sha256(), blob);
-        if (pending.size() >= PENDING) merge(work.resolve("catalog-" + (++generation)), p -> true);
+        if (pending.size() >= PENDING) merge(work.resolve("catalog-" + (++generation)), null);
     }
 
     /** Writes everything into out, keeping only contents in packs that keep accepts. */
@@ -533,6 +536,7 @@ final class BlobCatalog implements Closeable {
         open(out);
     }
 
+    /** Merges the file and the pending contents into out; keep (null: every pack) says which packs' contents stay. */
     private void merge(Path out, Predicate<String> keep) throws IOException {
         List<Map.Entry<String, TownEntry.Blob>> added = new ArrayList<>(pending.entrySet());
         added.sort(Map.Entry.comparingByKey());
@@ -557,7 +561,7 @@ final class BlobCatalog implements Closeable {
                     next = encode(added.get(i++).getValue());
                 }
                 if (lastWritten != null && Arrays.compareUnsigned(lastWritten, 0, SHA, next, 0, SHA) == 0) continue;
-                if (!keep.test(decode(next, 0).pack())) continue;
+                if (keep != null && !keep.test(decode(next, 0).pack())) continue;
                 w.write(next);
                 lastWritten = next;
             }
@@ -858,7 +862,7 @@ final class FilePacks {
             return data;
         } catch (RuntimeException ex) {
             if (ex instanceof R2Exception r) throw r;
-            throw refuse(e.path(), "its content cannot be decompressed (" + ex.getMessage() + ")");
+            throw refuse(e.path(), "its content does not unpack into its " + e.size() + " bytes (" + ex.getMessage() + ")");
         }
     }
 

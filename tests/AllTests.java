@@ -27,6 +27,7 @@
 //SOURCES Product.java
 //SOURCES BucketView.java
 //SOURCES TreeHash.java
+//SOURCES HostileIndex.java
 
 import static org.junit.platform.engine.discovery.ClassNameFilter.includeClassNamePatterns;
 import static org.junit.platform.engine.discovery.DiscoverySelectors.selectClass;

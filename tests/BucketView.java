@@ -113,7 +113,18 @@ record BucketView(S3Client s3, String bucket, String townId) {
 
     /** Every town path the snapshot's file index names (what its packs hold for it). */
     List<String> packedPaths(String timestamp, Path scratch) {
-        Path index = download(timestamp, Keys.FILE_INDEX, scratch);
-        return FileIndex.read(index).entries().stream().map(FileIndex.Entry::path).collect(Collectors.toList());
+        return indexEntries(timestamp, scratch).stream().map(TownEntry::path).collect(Collectors.toList());
+    }
+
+    /** Every entry of the snapshot's file index, in order. */
+    List<TownEntry> indexEntries(String timestamp, Path scratch) {
+        List<Path> pieces = manifest(timestamp).fileIndex().stream().map(p -> download(timestamp, p, scratch)).collect(Collectors.toList());
+        List<TownEntry> entries = new java.util.ArrayList<>();
+        try (IndexReader index = IndexReader.index(pieces)) {
+            for (TownEntry e; (e = index.next()) != null; ) entries.add(e);
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+        return entries;
     }
 }

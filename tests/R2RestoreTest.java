@@ -1,6 +1,3 @@
-import org.apache.commons.compress.archivers.tar.TarArchiveEntry;
-import org.apache.commons.compress.archivers.tar.TarArchiveOutputStream;
-import org.apache.commons.compress.archivers.tar.TarConstants;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
@@ -166,6 +163,7 @@ class R2RestoreTest {
                 ((com.fasterxml.jackson.databind.node.ObjectNode) repo).set("bundles", chain);
                 ((com.fasterxml.jackson.databind.node.ObjectNode) repo).remove("chain");
             }
+            toTarPacks(v, manifest);
             manifest.put("formatVersion", 3);
         });
 
@@ -192,6 +190,63 @@ class R2RestoreTest {
     }
 
     /** Rewrites the pristine snapshot's manifest in a bucket (latest.json pinned to the new one), as an older or damaged backup holds it. */
+    /**
+     * The town's files as 0.5 and older stored them: a tar pack and files/index.json.gz naming the pack of each path
+     * (made from this snapshot's format 6 index and packs), in place of the content packs and the index pieces.
+     */
+    private void toTarPacks(BucketView v, com.fasterxml.jackson.databind.node.ObjectNode manifest) {
+        try {
+            Map<String, byte[]> packs = new HashMap<>();
+            Map<String, byte[]> contents = new HashMap<>();
+            ByteArrayOutputStream tarBytes = new ByteArrayOutputStream();
+            var index = R2Common.JSON.createObjectNode();
+            var entries = index.putArray("entries");
+            try (var tar = new org.apache.commons.compress.archivers.tar.TarArchiveOutputStream(tarBytes)) {
+                tar.setLongFileMode(org.apache.commons.compress.archivers.tar.TarArchiveOutputStream.LONGFILE_POSIX);
+                for (TownEntry e : v.indexEntries(snapshot, TestTools.tempDir("tar-index-"))) {
+                    var te = switch (e.type()) {
+                        case TownEntry.DIR -> new org.apache.commons.compress.archivers.tar.TarArchiveEntry(e.path() + "/",
+                                org.apache.commons.compress.archivers.tar.TarConstants.LF_DIR);
+                        case TownEntry.SYMLINK -> new org.apache.commons.compress.archivers.tar.TarArchiveEntry(e.path(),
+                                org.apache.commons.compress.archivers.tar.TarConstants.LF_SYMLINK);
+                        default -> new org.apache.commons.compress.archivers.tar.TarArchiveEntry(e.path());
+                    };
+                    byte[] data = null;
+                    if (e.type() == TownEntry.SYMLINK) te.setLinkName(e.target());
+                    if (e.type() == TownEntry.FILE) {
+                        byte[] pack = packs.computeIfAbsent(e.blob().pack(), id -> v.get(v.objectKey(snapshot, PackWriter.DIR + id)));
+                        data = com.github.luben.zstd.Zstd.decompress(Arrays.copyOfRange(pack, (int) e.blob().offset(),
+                                (int) (e.blob().offset() + e.blob().length())), (int) e.size());
+                        contents.put(e.path(), data);
+                    }
+                    if (e.type() == TownEntry.HARDLINK) data = contents.get(e.target());   // 0.5 stored each name as a file
+                    te.setMode((te.getMode() & ~0777) | e.mode());
+                    te.setLastModifiedTime(java.nio.file.attribute.FileTime.from(e.mtime(), java.util.concurrent.TimeUnit.NANOSECONDS));
+                    if (data != null) te.setSize(data.length);
+                    tar.putArchiveEntry(te);
+                    if (data != null) tar.write(data);
+                    tar.closeArchiveEntry();
+                    entries.addObject().put("path", e.path()).put("pack", "files/legacy.tar").put("size", e.size()).put("signature", "x");
+                }
+            }
+            ByteArrayOutputStream gz = new ByteArrayOutputStream();
+            try (var out = new java.util.zip.GZIPOutputStream(gz)) {
+                R2Common.JSON.writeValue(out, index);
+            }
+            var files = (com.fasterxml.jackson.databind.node.ArrayNode) manifest.get("files");
+            for (Iterator<com.fasterxml.jackson.databind.JsonNode> it = files.elements(); it.hasNext(); )
+                if (it.next().get("path").asText().startsWith("files/")) it.remove();
+            for (FileEntry f : List.of(new FileEntry("files/legacy.tar", tarBytes.size(), Sha256.of(tarBytes.toByteArray())),
+                    new FileEntry(Keys.FILE_INDEX, gz.size(), Sha256.of(gz.toByteArray())))) {
+                v.put(v.keys().object(f), f.path().endsWith(".tar") ? tarBytes.toByteArray() : gz.toByteArray());
+                files.addObject().put("path", f.path()).put("size", f.size()).put("sha256", f.sha256());
+            }
+            manifest.remove("fileIndex");
+        } catch (IOException e) {
+            throw new java.io.UncheckedIOException(e);
+        }
+    }
+
     private void rewriteManifest(BucketView v, java.util.function.Consumer<com.fasterxml.jackson.databind.node.ObjectNode> edit) {
         String manifestKey = v.keys().object(snapshot, Keys.MANIFEST);
         try {
@@ -371,7 +426,7 @@ class R2RestoreTest {
         Map<String, Long> afterTwo = v.sizes(v.keys().objects());
         product(bucket, own.root()).sync("--immediate").assertOk();
         List<String> added = v.keys(v.keys().objects()).stream().filter(k -> !afterTwo.containsKey(k)).collect(Collectors.toList());
-        assertEquals(List.of(), added.stream().filter(k -> k.contains(".tar/") || k.contains(".pack/")).collect(Collectors.toList()),
+        assertEquals(List.of(), added.stream().filter(k -> k.contains("/files/packs/") || k.contains(".pack/")).collect(Collectors.toList()),
                 "unchanged files and repos upload nothing");
         assertTrue(v.manifest(v.latest().orElseThrow().timestamp()).files().containsAll(pieced), "its files in pieces are reused");
 
@@ -418,8 +473,9 @@ class R2RestoreTest {
     void aMissingObjectIsRefused() {
         String bucket = copyOfPristine();
         BucketView v = view(bucket);
-        v.delete(v.objectKey(snapshot, Keys.FILE_INDEX));
-        assertRefused(bucket, Keys.FILE_INDEX, "missing");
+        String piece = v.manifest(snapshot).fileIndex().get(0);
+        v.delete(v.objectKey(snapshot, piece));
+        assertRefused(bucket, piece, "missing");
     }
 
     @Test
@@ -429,9 +485,10 @@ class R2RestoreTest {
         String bucket = copyOfPristine();
         BucketView v = view(bucket);
         Manifest m = v.manifest(snapshot);
+        String piece = m.fileIndex().get(0);
         List<FileEntry> files = new ArrayList<>();
         for (FileEntry f : m.files()) {
-            if (!f.path().equals(Keys.FILE_INDEX)) {
+            if (!f.path().equals(piece)) {
                 files.add(f);
                 continue;
             }
@@ -440,11 +497,11 @@ class R2RestoreTest {
             files.add(lie);
         }
         Manifest lying = new Manifest(m.formatVersion(), m.tool(), m.townId(), m.timestamp(), m.createdAt(), m.townRoot(), m.versions(),
-                m.history(), files, m.databases(), m.repos(), m.problems());
+                m.history(), files, m.fileIndex(), m.databases(), m.repos(), m.problems());
         byte[] json = R2Common.toJson(lying);
         v.put(v.keys().object(snapshot, Keys.MANIFEST), json);
         v.put(v.keys().latest(), R2Common.toJson(new Pointer(snapshot, Sha256.of(json))));
-        assertRefused(bucket, Keys.FILE_INDEX, "sha256");
+        assertRefused(bucket, piece, "sha256");
     }
 
     @Test
@@ -465,27 +522,49 @@ class R2RestoreTest {
 
     @Test
     void aFileIndexNamingAPathThatClimbsOutIsRefused() throws Exception {
-        String bucket = withPack(tar(file("../escaped.txt", "x")), List.of("../escaped.txt"));
-        assertRefused(bucket, Keys.FILE_INDEX, "unsafe path in the file index");
+        for (String path : List.of("../escaped.txt", "/abs/escaped.txt", "settings/../../escaped.txt", "settings//x"))
+            assertRefused(withIndex(List.of(HostileIndex.file(path, "x"))), "file index", "unsafe path in the file index");
     }
 
     @Test
-    void aPackEntryTheIndexDoesNotNameIsNeverWritten() throws Exception {
-        // A pack holds paths later snapshots packed again: only what the index names is taken from it.
-        String bucket = withPack(tar(file("../escaped.txt", "x"), file("settings/extra", "x")), List.of("settings/extra"));
-        Path volume = emptyVolume();
-        product(bucket, volume).restore().assertOk();
-        assertTrue(Files.isRegularFile(volume.resolve("settings/extra")));
-        assertFalse(Files.exists(volume.getParent().resolve("escaped.txt")), "nothing written outside the volume");
+    void anIndexThatWritesThroughASymlinkIsRefused() throws Exception {
+        // A symlink is data and may point anywhere (a dangling one comes back as it was); nothing is ever written
+        // through one. It points at a canary dir of the test's own, which must stay empty.
+        Path canary = Files.createDirectories(TestTools.tempDir("canary"));
+        String bucket = withIndex(List.of(HostileIndex.symlink("settings/evil", canary.toString()),
+                HostileIndex.file("settings/evil/passwd", "x")));
+        assertRefused(bucket, "settings/evil/passwd", "is not a directory of the snapshot");
+        assertEquals(List.of(), children(canary), "nothing written into the symlink's target");
     }
 
     @Test
-    void aTarThatWritesThroughASymlinkIsRefused() throws Exception {
-        // A symlink is data and may point anywhere (a dangling one comes back as it was); nothing is ever
-        // written through one.
-        String bucket = withPack(tar(symlink("settings/evil", "/etc"), file("settings/evil/passwd", "x")),
-                List.of("settings/evil", "settings/evil/passwd"));
-        assertRefused(bucket, "files/hostile.tar", "passes through a symlink");
+    void aHardLinkToASymlinkOrOutsideIsRefused() throws Exception {
+        Path canary = Files.createDirectories(TestTools.tempDir("canary"));
+        Files.writeString(canary.resolve("secret"), "outside");
+        String bucket = withIndex(List.of(HostileIndex.symlink("settings/evil", canary.resolve("secret").toString()),
+                HostileIndex.hardLink("settings/zz-link", "settings/evil")));
+        assertRefused(bucket, "settings/zz-link", "not a file of the snapshot");
+        assertRefused(withIndex(List.of(HostileIndex.hardLink("settings/zz-link", "../escaped.txt"))), "file index", "unsafe hard link target");
+        assertEquals(List.of(canary.resolve("secret")), children(canary));
+        assertEquals("outside", Files.readString(canary.resolve("secret")));
+    }
+
+    @Test
+    void aContentLargerThanItsEntryOrNotItsSha256IsRefused() throws Exception {
+        // A small pack frame that unpacks to 8 MiB of zeros, listed as a 10-byte file: never more than 10 bytes written.
+        assertRefused(withIndex(List.of(HostileIndex.file("settings/bomb", new byte[8 << 20], 10))), "settings/bomb", "bytes");
+        assertRefused(withIndex(List.of(HostileIndex.fileWithSha("settings/lie", "x", Sha256.of("y".getBytes())))),
+                "settings/lie", "does not match its sha256");
+    }
+
+    @Test
+    void aSnapshotLargerThanTheVolumeIsRefusedBeforeAnythingIsWritten() throws Exception {
+        assertRefused(withIndex(List.of(HostileIndex.file("settings/huge", "x".getBytes(), 1L << 50))), "restore", "free");
+    }
+
+    @Test
+    void anIndexNamingAPackTheManifestDoesNotListIsRefused() throws Exception {
+        assertRefused(withIndex(List.of(HostileIndex.fileInPack("settings/x", "other-pack"))), "other-pack", "does not list");
     }
 
     /** Runs a restore onto an empty volume and asserts it fails naming the culprit, writing nothing. */
@@ -617,70 +696,36 @@ class R2RestoreTest {
         }
     }
 
-    // --- hostile tars -----------------------------------------------------------------------------
-
-    private record Entry(String name, String content, String link) {}
-
-    private static Entry file(String name, String content) {
-        return new Entry(name, content, null);
-    }
-
-    private static Entry symlink(String name, String target) {
-        return new Entry(name, null, target);
-    }
-
-    private static byte[] tar(Entry... entries) throws IOException {
-        ByteArrayOutputStream out = new ByteArrayOutputStream();
-        try (TarArchiveOutputStream tar = new TarArchiveOutputStream(out)) {
-            tar.setLongFileMode(TarArchiveOutputStream.LONGFILE_POSIX);
-            for (Entry e : entries) {
-                TarArchiveEntry te;
-                if (e.link() != null) {
-                    te = new TarArchiveEntry(e.name(), TarConstants.LF_SYMLINK);
-                    te.setLinkName(e.link());
-                } else {
-                    te = new TarArchiveEntry(e.name(), true);   // preserve the name as given, "../" included
-                    te.setSize(e.content().length());
-                }
-                tar.putArchiveEntry(te);
-                if (e.content() != null) tar.write(e.content().getBytes(StandardCharsets.UTF_8));
-                tar.closeArchiveEntry();
-            }
+    private static List<Path> children(Path dir) throws IOException {
+        try (var s = Files.list(dir)) {
+            return s.sorted().collect(Collectors.toList());
         }
-        return out.toByteArray();
     }
+
+    // --- hostile file indexes ------------------------------------------------------------------------
 
     /**
-     * A copy of the pristine bucket with one more pack, files/hostile.tar, whose index names these paths in
-     * it (written as raw JSON, so the index can say what a well-behaved sync never would); the manifest and
-     * the pointer are re-pinned to match.
+     * A copy of the pristine bucket whose file index also holds these entries (in path order among the real ones),
+     * in one piece written as raw bytes (so it can say what a well-behaved sync never would), with their contents in
+     * one more pack; the manifest and the pointer are re-pinned to match.
      */
-    private String withPack(byte[] tar, List<String> paths) throws IOException {
+    private String withIndex(List<HostileIndex.Raw> hostile) throws IOException {
         String bucket = copyOfPristine();
         BucketView v = view(bucket);
         Manifest m = v.manifest(snapshot);
-        FileEntry pack = new FileEntry("files/hostile.tar", tar.length, Sha256.of(tar));
-        v.put(v.keys().object(pack), tar);
-        var index = (com.fasterxml.jackson.databind.node.ObjectNode) R2Common.JSON.readTree(
-                new java.util.zip.GZIPInputStream(new java.io.ByteArrayInputStream(v.get(v.objectKey(snapshot, Keys.FILE_INDEX)))));
-        var entries = (com.fasterxml.jackson.databind.node.ArrayNode) index.get("entries");
-        for (int i = entries.size() - 1; i >= 0; i--) {
-            String existing = entries.get(i).path("path").asText();
-            if (paths.stream().anyMatch(p -> p.equals(existing) || p.startsWith(existing + "/"))) entries.remove(i);
-        }
-        for (String path : paths) entries.addObject().put("path", path).put("pack", pack.path()).put("size", 0).put("signature", "x");
-        ByteArrayOutputStream gz = new ByteArrayOutputStream();
-        try (var out = new java.util.zip.GZIPOutputStream(gz)) {
-            R2Common.JSON.writeValue(out, index);
-        }
-        byte[] indexBytes = gz.toByteArray();
-        FileEntry indexEntry = new FileEntry(Keys.FILE_INDEX, indexBytes.length, Sha256.of(indexBytes));
-        v.put(v.keys().object(indexEntry), indexBytes);
+        HostileIndex index = new HostileIndex(v.indexEntries(snapshot, TestTools.tempDir("index")), hostile);
+        byte[] piece = index.piece();
+        byte[] pack = index.pack();
+        FileEntry pieceEntry = new FileEntry(IndexWriter.DIR + Sha256.of(piece), piece.length, Sha256.of(piece));
+        FileEntry packEntry = new FileEntry(PackWriter.DIR + HostileIndex.PACK, pack.length, Sha256.of(pack));
+        v.put(v.keys().object(pieceEntry), piece);
+        v.put(v.keys().object(packEntry), pack);
         List<FileEntry> files = new ArrayList<>();
-        for (FileEntry f : m.files()) files.add(f.path().equals(Keys.FILE_INDEX) ? indexEntry : f);
-        files.add(pack);
+        for (FileEntry f : m.files()) if (!m.fileIndex().contains(f.path())) files.add(f);
+        files.add(pieceEntry);
+        files.add(packEntry);
         byte[] json = R2Common.toJson(new Manifest(m.formatVersion(), m.tool(), m.townId(), m.timestamp(), m.createdAt(),
-                m.townRoot(), m.versions(), m.history(), files, m.databases(), m.repos(), m.problems()));
+                m.townRoot(), m.versions(), m.history(), files, List.of(pieceEntry.path()), m.databases(), m.repos(), m.problems()));
         v.put(v.keys().object(snapshot, Keys.MANIFEST), json);
         v.put(v.keys().latest(), R2Common.toJson(new Pointer(snapshot, Sha256.of(json))));
         return bucket;
