@@ -65,7 +65,7 @@ import java.util.stream.Stream;
 // ---------------------------------------------------------------------------------------------
 
 final class R2Common {
-    static final String VERSION = "gastown-r2 0.5.0";
+    static final String VERSION = "gastown-r2 0.6.0";
 
     /** Exit codes shared by both commands (restic's spirit: few, and each one a script can act on). */
     static final int EXIT_OK = 0;
