@@ -1,32 +1,55 @@
 #!/usr/bin/env bash
 # Benchmark, side by side with restic: our sync and restore against `restic backup` / `restic restore` on the
-# same town and the same S3 server (S3Proxy, filesystem store, on loopback), step by step, ours then restic:
+# same town and the same S3 server (S3Proxy, filesystem store, on loopback), step by step, ours then each restic.
+# Two restics (tools/install-restic.sh): the newest that builds here (0.18.1, tools/versions.sh RESTIC_VERSION,
+# the main peer) and Debian's 0.14; each has a bucket of its own, and the tables give ours/each ratios.
+#
+# Two towns (BENCH_TOWNS):
+# bench: a town of BENCH_SIZES MiB (git data in a shallow bare repo, Dolt rows, a settings file), no work trees.
 #   1 first backup   2 no change   3 small change (1 dolt row committed, 1 git commit, 1 settings file edited)
 #   4 restore into an empty dir   5 `jbang R2Sync.java --immediate` for a small change (ours only: the flush
 #   when no daemon runs, JVM start included)   6 BENCH_CYCLES small-change cycles, then bucket size / first
 #   snapshot's size.
-# Ours runs as it does in the sandbox: steps 2, 3 and 6 are cycles of the warm sync daemon (started before the
-# step, its first cycle not counted; the change made; then SIGUSR1, its final sync, measured from the signal to
-# its exit), steps 1 and 5 are new processes (`jbang R2Sync.java --immediate`, JVM start included). Restic runs
-# `restic backup` each time, as cron would.
+#   Ours runs as it does in the sandbox: steps 2, 3 and 6 are cycles of the warm sync daemon (started before the
+#   step, its first cycle not counted; the change made; then SIGUSR1, its final sync, measured from the signal
+#   to its exit), steps 1 and 5 are new processes (`jbang R2Sync.java --immediate`, JVM start included).
+# many: the many-paths town, about BENCH_PATHS paths (files, dirs, symlinks): BENCH_CHECKOUTS clones of one
+#   repo (alpha/.repo.git, bare) under alpha/crew/<name>/, each with a tracked vendor/ tree of small text files
+#   (about 60% of its paths) and an ignored node_modules/ (.gitignore; packages of tiny files, 3 of 4 identical
+#   in every checkout, every LICENSE identical, a few .bin symlinks, a few files hard-linked across checkouts).
+#   1 first backup   2 no change   3 small change (in one work tree: 5 tracked files edited, 3 ignored ones
+#   touched, 1 untracked file added)   4 restore into an empty dir.
+#   Ours runs cold in every step: `jbang R2Sync.java --immediate` and `jbang R2Restore.java`, new processes.
+#   With two or more sizes, a growth table follows: each step's cost at the largest size / at the smallest.
+# Restic runs `restic backup` each time, as cron would; its restore starts with an empty cache.
 # Per step and tool: wall and CPU seconds (user+sys, child processes included), peak RSS, bytes and requests
 # sent to S3, bytes received from it, and the bucket's growth. Traffic is counted by a small HTTP proxy
-# (python3 stdlib) in front of S3Proxy that both tools talk to; bucket sizes are the file sizes under S3Proxy's
-# filesystem store, one bucket per tool and town size. One table per town size, with ours/restic ratios.
+# (python3 stdlib) in front of S3Proxy that all tools talk to; bucket sizes are the file sizes under S3Proxy's
+# filesystem store, one bucket per tool and town. One table per town, with ours/restic ratios.
 #
 # Usage: tools/bench.sh
-#   BENCH_SIZES="30 300"  town sizes in MiB of git data; Dolt rows scale with it (2000 per 3 MiB: 20000, 200000)
+#   BENCH_TOWNS="bench many"  which towns to run
+#   BENCH_SIZES="30 300"  bench town sizes in MiB of git data; Dolt rows scale with it (2000 per 3 MiB: 20000, 200000)
 #   BENCH_ROWS            a fixed row count instead
 #   BENCH_CYCLES=20       small-change cycles in step 6
+#   BENCH_PATHS=100000    many-paths town sizes in paths, e.g. "100000 1000000" (the full size: 1M paths, several
+#                         GiB on disk for the town and each restore; its build takes about 10 s per 100k paths)
+#   BENCH_CHECKOUTS=4     work trees in the many-paths town
 #   BENCH_HEAP            a JVM heap cap instead of the scripts' own -Xmx128m (JAVA_TOOL_OPTIONS=-Xmx...)
+#   BENCH_STEP_TIMEOUT    a limit for each measured command (timeout(1) syntax, e.g. 15m); one over it is recorded
+#                         as failed (rc 124) and the run goes on
 #   BENCH_KEEP=1          keep the work dir (towns, buckets, per-step logs) and print its path
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=tools/s3proxy.sh
 source "$repo/tools/s3proxy.sh"
+towns="${BENCH_TOWNS:-bench many}"
 sizes="${BENCH_SIZES:-30 300}"
 cycles="${BENCH_CYCLES:-20}"
+paths_sizes="${BENCH_PATHS:-100000}"
+checkouts="${BENCH_CHECKOUTS:-4}"
 heap="${BENCH_HEAP:-}"
+step_timeout="${BENCH_STEP_TIMEOUT:-}"
 
 # build_town ROOT SCRATCH MB ROWS: hq with a table of ROWS rows, rig alpha whose shallow .repo.git holds MB MiB
 # of random data (cloned from SCRATCH/work, where later commits are made and pushed from), a settings file.
@@ -63,6 +86,149 @@ small_change() {
   git -C "$scratch/work" add . && git -C "$scratch/work" commit -q -m "change $n"
   git -C "$scratch/work" push -q "$root/alpha/.repo.git" "$branch" 2> /dev/null
   echo "{\"change\":$n}" > "$root/alpha/settings/config.json"
+}
+
+# The many-paths town's builder (python3 stdlib), one process writing every file:
+#   tracked WORK FILES               the repo's tracked tree: README.md, .gitignore (node_modules/), src/, and
+#                                    vendor/libNNNN/mNN/ dirs of 40 small text files each (FILES in all)
+#   ignored CHANGES PKGS CHECKOUT... each checkout's node_modules/: PKGS packages of 18 paths (package.json,
+#                                    index.js, an identical LICENSE, README.md, lib/ with 12 tiny files); 3 of 4
+#                                    are the same package in every checkout, the 4th a version of its own; .bin/
+#                                    symlinks; in every checkout but the first, 5 index.js hard-linked to the
+#                                    first's. Writes CHANGES: what many_change edits and touches.
+#   census DIR                       "paths files dirs symlinks hardlinked bytes" under DIR (zeros: no DIR)
+write_many_town_py() {
+  cat > "$1" <<'PY'
+import json, os, random, sys
+
+WORDS = ("const return value index buffer parse module export function if else for let var require options "
+         "callback error result length node path config string number object array self this data map key "
+         "async await throw new class import from default type interface").split()
+pool_rnd = random.Random(7)
+POOL = ["    " * pool_rnd.randint(0, 3) + " ".join(pool_rnd.choice(WORDS) for _ in range(pool_rnd.randint(3, 9))) + ";\n"
+        for _ in range(4000)]
+LICENSE = "MIT License\n\nCopyright (c) bench\n\n" + "Permission is hereby granted, free of charge, to any person " * 14 + "\n"
+EXTS = (".go", ".js", ".py", ".txt", ".md")
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+def tracked(work, nfiles):
+    rnd = random.Random(1)
+    write(os.path.join(work, "README.md"), "# many\n\nA repo of many small files.\n")
+    write(os.path.join(work, ".gitignore"), "node_modules/\n*.log\n")
+    os.makedirs(os.path.join(work, "src"), exist_ok=True)
+    write(os.path.join(work, "src", "main.go"), "package main\n\nfunc main() {}\n")
+    last = None
+    for i in range(nfiles):
+        leaf = i // 40
+        d = os.path.join(work, "vendor", f"lib{leaf // 8:04d}", f"m{leaf % 8:02d}")
+        if d != last:
+            os.makedirs(d, exist_ok=True)
+            last = d
+        name = f"f{i % 40:02d}{EXTS[i % len(EXTS)]}"
+        write(os.path.join(d, name), f"// {d[len(work) + 1:]}/{name}\n" + "".join(rnd.choices(POOL, k=rnd.randint(2, 20))))
+
+def package(nm, i, version):
+    rnd = random.Random(f"{i}-{version}")
+    name = f"pkg-{i:05d}"
+    p = os.path.join(nm, name)
+    os.makedirs(os.path.join(p, "lib"))
+    write(os.path.join(p, "package.json"), json.dumps({"name": name, "version": version, "main": "index.js"}) + "\n")
+    write(os.path.join(p, "index.js"), "".join(rnd.choices(POOL, k=rnd.randint(1, 6))))
+    write(os.path.join(p, "LICENSE"), LICENSE)
+    write(os.path.join(p, "README.md"), f"# {name}\n\nversion {version}\n")
+    for j in range(12):
+        write(os.path.join(p, "lib", f"l{j:02d}.js"), "".join(rnd.choices(POOL, k=rnd.randint(1, 6))))
+
+def ignored(changes, npkgs, checkouts):
+    for c, ck in enumerate(checkouts):
+        nm = os.path.join(ck, "node_modules")
+        os.makedirs(os.path.join(nm, ".bin"))
+        for i in range(npkgs):
+            package(nm, i, f"2.{c}.0" if i % 4 == 3 else "1.0.0")
+        for i in range(min(20, npkgs)):
+            os.symlink(f"../pkg-{i:05d}/index.js", os.path.join(nm, ".bin", f"pkg-{i:05d}"))
+        if c > 0:
+            for i in [i for i in range(min(7, npkgs)) if i % 4 != 3][:5]:
+                rel = os.path.join("node_modules", f"pkg-{i:05d}", "index.js")
+                os.unlink(os.path.join(ck, rel))
+                os.link(os.path.join(checkouts[0], rel), os.path.join(ck, rel))
+    with open(changes, "w") as f:
+        for i in range(5):
+            f.write(f"edit vendor/lib0000/m00/f{i:02d}{EXTS[i % len(EXTS)]}\n")
+        for i in range(10, min(13, npkgs)):
+            f.write(f"touch node_modules/pkg-{i:05d}/lib/l00.js\n")
+
+def census(top):
+    n = {"paths": 0, "files": 0, "dirs": 0, "symlinks": 0, "hardlinked": 0, "bytes": 0}
+    stack = [top]
+    while stack:
+        for e in os.scandir(stack.pop()):
+            st = e.stat(follow_symlinks=False)
+            n["paths"] += 1
+            if e.is_symlink():
+                n["symlinks"] += 1
+            elif e.is_dir(follow_symlinks=False):
+                n["dirs"] += 1
+                stack.append(e.path)
+            else:
+                n["files"] += 1
+                n["bytes"] += st.st_size
+                n["hardlinked"] += st.st_nlink > 1
+    print(*n.values())
+
+mode, args = sys.argv[1], sys.argv[2:]
+if mode == "tracked":
+    tracked(args[0], int(args[1]))
+elif mode == "ignored":
+    ignored(args[0], int(args[1]), args[2:])
+elif os.path.isdir(args[0]):
+    census(args[0])
+else:
+    print(0, 0, 0, 0, 0, 0)   # nothing there (a restore that failed)
+PY
+}
+
+# build_many_town ROOT SCRATCH PATHS CHECKOUTS: the many-paths town (see the header), about PATHS paths: the
+# tracked tree committed in SCRATCH/work, cloned bare (one pack) to alpha/.repo.git, CHECKOUTS clones of that
+# under alpha/crew/<name>/ (through file://, so each has a pack of its own, as gt's crew clones do), then each
+# checkout's node_modules/. Of each checkout's share, 60% goes to vendor/, 40% to node_modules/.
+build_many_town() {
+  local root="$1" scratch="$2" paths="$3" n="$4" share files pkgs name i crews=()
+  local names=(ann bob cat dan eve fay gus hal ida jon kim lee max ned oli pam)
+  ((n >= 1 && n <= ${#names[@]})) || { echo "bench: BENCH_CHECKOUTS must be 1 to ${#names[@]}" >&2; exit 1; }
+  # About 40 paths of git metadata per clone and 60 for the bare repo and the town's own files.
+  share=$(((paths - 60 - 40 * n) / n))
+  files=$((share * 6 * 320 / (10 * 329)))   # vendor/ holds a dir per 40 files and a lib dir per 8 of those
+  pkgs=$((share * 4 / 10 / 18))
+  ((files > 0 && pkgs > 0)) || { echo "bench: BENCH_PATHS=$paths is too small" >&2; exit 1; }
+  mkdir -p "$root/mayor" "$root/alpha/crew" "$scratch/work"
+  echo '{"name":"many"}' > "$root/mayor/town.json"
+  python3 "$MANY_PY" tracked "$scratch/work" "$files"
+  git init -q "$scratch/work"
+  git -C "$scratch/work" add -A && git -C "$scratch/work" commit -q -m "many small files"
+  git clone -q --bare --no-local "$scratch/work" "$root/alpha/.repo.git"
+  for ((i = 0; i < n; i++)); do
+    name="${names[i]}"
+    git clone -q "file://$root/alpha/.repo.git" "$root/alpha/crew/$name"
+    crews+=("$root/alpha/crew/$name")
+  done
+  python3 "$MANY_PY" ignored "$scratch/changes.txt" "$pkgs" "${crews[@]}"
+}
+
+# many_change ROOT SCRATCH N: in the first work tree, edits 5 tracked files, touches 3 ignored ones (mtime only)
+# and adds an untracked file.
+many_change() {
+  local wt="$1/alpha/crew/ann" scratch="$2" n="$3" kind rel
+  while read -r kind rel; do
+    case "$kind" in
+      edit) echo "// change $n" >> "$wt/$rel" ;;
+      touch) touch "$wt/$rel" ;;
+    esac
+  done < "$scratch/changes.txt"
+  echo "notes of change $n" > "$wt/notes-$n.md"
 }
 
 # The counting proxy: forwards every request unchanged (Host and signed headers included) to S3Proxy, one
@@ -216,15 +382,16 @@ import os, sys
 print(sum(os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk(sys.argv[1]) for f in fs))" "$BLOBS/$1"
 }
 
-# measure STEP TOOL BUCKET CMD...: runs CMD under /usr/bin/time and records it (record). A failing CMD is
-# recorded (rc) and its log shown; the run goes on.
+# measure STEP TOOL BUCKET CMD...: runs CMD under /usr/bin/time (and timeout(1) with BENCH_STEP_TIMEOUT) and
+# records it (record). A failing CMD is recorded (rc) and its log shown; the run goes on.
 measure() {
   local step="$1" tool="$2" bucket="$3"
   shift 3
-  local log="$LOGS/$tool-${step// /_}-$((++log_seq)).log" rc=0 b0 s0 wall user sys rss
+  local log="$LOGS/${tool// /-}-${step// /_}-$((++log_seq)).log" rc=0 b0 s0 wall user sys rss limit=()
+  [[ -z "$step_timeout" ]] || limit=(timeout -k 10 "$step_timeout")
   b0="$(bucket_bytes "$bucket")"
   s0="$(proxy_stats)"
-  /usr/bin/time -f '%e %U %S %M' -o "$work/time.txt" "$@" > "$log" 2>&1 || rc=$?
+  /usr/bin/time -f '%e %U %S %M' -o "$work/time.txt" "${limit[@]}" "$@" > "$log" 2>&1 || rc=$?
   read -r wall user sys rss < <(tail -n 1 "$work/time.txt")
   record "$step" "$tool" "$bucket" "$log" "$rc" "$wall" "$(python3 -c "print(round($user + $sys, 2))")" "$rss" "$s0" "$b0"
 }
@@ -277,21 +444,60 @@ record() {
 }
 
 ours_sync() { measure "$1" ours "$OURS_BUCKET" "$repo/jbang" "$repo/R2Sync.java" --immediate; }
-restic_sync() { measure "$1" restic "$RESTIC_BUCKET" restic backup -q --host bench "$GT_TOWN_ROOT"; }
 
-# print_table RESULTS HEADER: one table of a town size, with ours/restic ratios.
+# restic_setup KEY DIR: a bucket per restic for a town (restic<version digits>-KEY), each initialised as a
+# repository; sets RESTIC_BUCKETS, RESTIC_REPOS and RESTIC_CACHES (under DIR), index by index with RESTIC_BINS.
+restic_setup() {
+  local key="$1" dir="$2" i
+  RESTIC_BUCKETS=() RESTIC_REPOS=() RESTIC_CACHES=()
+  for i in "${!RESTIC_BINS[@]}"; do
+    RESTIC_BUCKETS+=("restic${RESTIC_VERSIONS[i]//./}-$key")
+    RESTIC_REPOS+=("s3:$ENDPOINT/${RESTIC_BUCKETS[i]}")
+    RESTIC_CACHES+=("$dir/restic-cache-${RESTIC_VERSIONS[i]}")
+    mkdir -p "$BLOBS/${RESTIC_BUCKETS[i]}"
+    "${RESTIC_BINS[i]}" -r "${RESTIC_REPOS[i]}" --cache-dir "${RESTIC_CACHES[i]}" init -q > /dev/null
+  done
+}
+
+# restic_sync STEP: `restic backup` of the town by each restic, the newest first.
+restic_sync() {
+  local i
+  for i in "${!RESTIC_BINS[@]}"; do
+    measure "$1" "restic ${RESTIC_VERSIONS[i]}" "${RESTIC_BUCKETS[i]}" "${RESTIC_BINS[i]}" -r "${RESTIC_REPOS[i]}" \
+      --cache-dir "${RESTIC_CACHES[i]}" backup -q --host bench "$GT_TOWN_ROOT"
+  done
+}
+
+# restic_restore STEP DIR: `restic restore latest` by each restic into DIR/restore-restic-<version>, an empty
+# dir, with an empty cache (a fresh machine). Restic puts the town at its absolute path under the target.
+restic_restore() {
+  local dir="$2" i v
+  for i in "${!RESTIC_BINS[@]}"; do
+    v="${RESTIC_VERSIONS[i]}"
+    measure "$1" "restic $v" "${RESTIC_BUCKETS[i]}" "${RESTIC_BINS[i]}" -r "${RESTIC_REPOS[i]}" \
+      --cache-dir "$dir/restic-cache-restore-$v" restore -q latest --target "$dir/restore-restic-$v"
+  done
+}
+
+# print_table RESULTS HEADER CYCLES: one table of a town, ours then each restic (in the order they ran), with
+# ours/restic ratios for each; with CYCLES > 0 a last line on the bucket after the last step / after the first.
 print_table() {
-  python3 - "$1" "$2" "$cycles" <<'PY'
+  python3 - "$1" "$2" "$3" <<'PY'
 import sys
 from collections import OrderedDict
 path, header, cycles = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rows = OrderedDict()
+tools = []
 for line in open(path):
     step, tool, rc, wall, cpu, rss, req, up, down, b0, b1 = line.rstrip("\n").split("\t")
+    if tool not in tools:
+        tools.append(tool)
     r = rows.setdefault((step, tool), dict(rc=0, wall=0.0, cpu=0.0, rss=0, req=0, up=0, down=0, b0=int(b0), n=0))
     r["rc"] = r["rc"] or int(rc)
     r["wall"] += float(wall); r["cpu"] += float(cpu); r["rss"] = max(r["rss"], int(rss) // 1024)
     r["req"] += int(req); r["up"] += int(up); r["down"] += int(down); r["b1"] = int(b1); r["n"] += 1
+tools.sort(key=lambda t: t != "ours")
+peers = [t for t in tools if t != "ours"]
 
 def size(n):
     sign, n = ("-" if n < 0 else ""), abs(n)
@@ -304,32 +510,79 @@ def ratio(a, b):
     return f"{a / b:.2f}x" if b else "-"
 
 print(header)
-cols = f"{'step':<26}{'tool':<13}{'wall s':>8}{'cpu s':>8}{'rss MiB':>9}{'up':>9}{'reqs':>7}{'down':>9}{'+bucket':>9}{'bucket':>9}"
+cols = (f"{'step':<26}{'tool':<15}{'wall s':>8}{'cpu s':>8}{'rss MiB':>9}{'up':>9}{'reqs':>7}{'down':>9}"
+        f"{'+bucket':>9}{'bucket':>9}")
 print(cols)
 print("-" * len(cols))
 for step in dict.fromkeys(s for s, _ in rows):
     label = step
-    for tool in ("ours", "restic"):
+    for tool in tools:
         r = rows.get((step, tool))
         if r is None:
-            print(f"{label:<26}{tool:<13}{'n/a (no equivalent)':>30}")
+            print(f"{label:<26}{tool:<15}{'n/a (no equivalent)':>30}")
         else:
             fail = f"  FAILED rc={r['rc']}" if r["rc"] else ""
-            print(f"{label:<26}{tool:<13}{r['wall']:8.1f}{r['cpu']:8.1f}{r['rss']:9d}{size(r['up']):>9}{r['req']:7d}"
+            print(f"{label:<26}{tool:<15}{r['wall']:8.1f}{r['cpu']:8.1f}{r['rss']:9d}{size(r['up']):>9}{r['req']:7d}"
                   f"{size(r['down']):>9}{size(r['b1'] - r['b0']):>9}{size(r['b1']):>9}{fail}")
         label = ""
-    o, t = rows.get((step, "ours")), rows.get((step, "restic"))
-    if o and t:
-        print(f"{'':<26}{'ours/restic':<13}{ratio(o['wall'], t['wall']):>8}{'':8}{'':9}{ratio(o['up'], t['up']):>9}"
-              f"{'':7}{ratio(o['down'], t['down']):>9}{'':9}{ratio(o['b1'], t['b1']):>9}")
-first_step = next(iter(rows))[0]
-last_step = list(rows)[-1][0]
-parts = []
-for tool in ("ours", "restic"):
-    first, last = rows.get((first_step, tool)), rows.get((last_step, tool))
-    if first and last and first["b1"]:
-        parts.append(f"{tool} {size(last['b1'])} / {size(first['b1'])} = {last['b1'] / first['b1']:.2f}x")
-print(f"bucket after {cycles} cycles / bucket after the first backup (target < 1.3x): " + ";  ".join(parts))
+    o = rows.get((step, "ours"))
+    for peer in peers:
+        t = rows.get((step, peer))
+        if o and t:
+            print(f"{'':<26}{'ours/' + peer.split()[-1]:<15}{ratio(o['wall'], t['wall']):>8}{ratio(o['cpu'], t['cpu']):>8}"
+                  f"{ratio(o['rss'], t['rss']):>9}{ratio(o['up'], t['up']):>9}{ratio(o['req'], t['req']):>7}"
+                  f"{ratio(o['down'], t['down']):>9}{'':9}{ratio(o['b1'], t['b1']):>9}")
+if cycles:
+    first_step = next(iter(rows))[0]
+    last_step = list(rows)[-1][0]
+    parts = []
+    for tool in tools:
+        first, last = rows.get((first_step, tool)), rows.get((last_step, tool))
+        if first and last and first["b1"]:
+            parts.append(f"{tool} {size(last['b1'])} / {size(first['b1'])} = {last['b1'] / first['b1']:.2f}x")
+    print(f"bucket after {cycles} cycles / bucket after the first backup (target < 1.3x): " + ";  ".join(parts))
+PY
+}
+
+# print_growth PATHS:CENSUS:RESULTS...: for the many-paths town at two or more sizes, each step's cost per tool
+# at the largest size / at the smallest (wall, CPU, peak RSS, bytes and requests sent, bytes received, the bucket
+# after it).
+print_growth() {
+  python3 - "$@" <<'PY'
+import sys
+from collections import OrderedDict
+
+def load(path):
+    rows = OrderedDict()
+    for line in open(path):
+        step, tool, rc, wall, cpu, rss, req, up, down, b0, b1 = line.rstrip("\n").split("\t")
+        rows[(step, tool)] = dict(rc=int(rc), wall=float(wall), cpu=float(cpu), rss=int(rss), req=int(req), up=int(up),
+                                  down=int(down), bucket=int(b1))
+    return rows
+
+runs = [a.split(":", 2) for a in sys.argv[1:]]
+(p0, c0, f0), (p1, c1, f1) = runs[0], runs[-1]
+small, big = load(f0), load(f1)
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if b else "-"
+
+print(f"== many-paths town: growth from {int(p0):,} to {int(p1):,} paths asked ({int(c0):,} to {int(c1):,} on disk,"
+      f" {int(c1) / int(c0):.2f}x): each cost at {int(p1):,} / at {int(p0):,} ==")
+cols = f"{'step':<26}{'tool':<15}{'wall':>8}{'cpu':>8}{'rss':>8}{'up':>8}{'reqs':>8}{'down':>8}{'bucket':>8}"
+print(cols)
+print("-" * len(cols))
+for step in dict.fromkeys(s for s, _ in small):
+    label = step
+    for tool in sorted(dict.fromkeys(t for s, t in small if s == step), key=lambda t: t != "ours"):
+        a, b = small.get((step, tool)), big.get((step, tool))
+        if not b:
+            continue
+        failed = "  (a run FAILED)" if a["rc"] or b["rc"] else ""
+        print(f"{label:<26}{tool:<15}{ratio(b['wall'], a['wall']):>8}{ratio(b['cpu'], a['cpu']):>8}"
+              f"{ratio(b['rss'], a['rss']):>8}{ratio(b['up'], a['up']):>8}{ratio(b['req'], a['req']):>8}{ratio(b['down'], a['down']):>8}"
+              f"{ratio(b['bucket'], a['bucket']):>8}{failed}")
+        label = ""
 PY
 }
 
@@ -360,13 +613,12 @@ bench_size() {
   rows="${BENCH_ROWS:-$((mb * 2000 / 3))}"
   echo "bench: building a town with $mb MiB of git data and $rows Dolt rows" >&2
   build_town "$dir/town" "$dir/scratch" "$mb" "$rows"
-  OURS_BUCKET="ours-$mb" RESTIC_BUCKET="restic-$mb"
+  OURS_BUCKET="ours-$mb"
   LOGS="$dir/logs"
-  mkdir -p "$BLOBS/$OURS_BUCKET" "$BLOBS/$RESTIC_BUCKET" "$LOGS"
+  mkdir -p "$BLOBS/$OURS_BUCKET" "$LOGS"
   export TOWN_ID=bench GT_TOWN_ROOT="$dir/town" R2_WORK_DIR="$dir/sync-work" R2_STATE_DIR="$dir/state"
   export R2_SYNC_LOCK="$dir/r2-sync.lock" R2_ENDPOINT="$ENDPOINT" R2_BUCKET="$OURS_BUCKET"
-  export RESTIC_REPOSITORY="s3:$ENDPOINT/$RESTIC_BUCKET" RESTIC_CACHE_DIR="$dir/restic-cache"
-  restic init -q > /dev/null
+  restic_setup "$mb" "$dir"
   results="$dir/results.tsv"
   : > "$results"
   local town_bytes jvm_start
@@ -381,8 +633,7 @@ bench_size() {
   # A fresh machine: an empty town root, and for restic an empty cache.
   GT_TOWN_ROOT="$dir/restore-ours" R2_STATE_DIR="$dir/restore-state" \
     measure "4 restore" ours "$OURS_BUCKET" "$repo/jbang" "$repo/R2Restore.java"
-  measure "4 restore" restic "$RESTIC_BUCKET" \
-    restic restore -q latest --target "$dir/restore-restic" --cache-dir "$dir/restic-cache-restore"
+  restic_restore "4 restore" "$dir"
   small_change "$GT_TOWN_ROOT" "$dir/scratch" $((++n))
   ours_sync "5 --immediate (flush)"
   local i
@@ -391,24 +642,87 @@ bench_size() {
     restic_sync "6 $cycles small changes"
   done
 
-  local restored_ours=0 restored_restic=0
-  [[ -d "$dir/restore-ours" ]] && restored_ours="$(du -sb "$dir/restore-ours" | cut -f1)"
-  [[ -d "$dir/restore-restic" ]] && restored_restic="$(du -sb "$dir/restore-restic" | cut -f1)"
+  local restored v
+  restored="ours $(restored_mib "$dir/restore-ours") MiB"
+  for v in "${RESTIC_VERSIONS[@]}"; do
+    restored+=", restic $v $(restored_mib "$dir/restore-restic-$v") MiB"
+  done
   echo
   print_table "$results" "== town $mb MB: $((town_bytes / 1048576)) MiB on disk ($mb MiB git data, $rows Dolt rows);\
  JVM heap ${heap:-as shipped};\
- $(nproc) cores; start through ./jbang (--help) ${jvm_start} s; ours: steps 2, 3, 6 a warm daemon's cycle, 1 and 5 a new process =="
-  echo "restored on disk: ours $((restored_ours / 1048576)) MiB, restic $((restored_restic / 1048576)) MiB" \
-    "(town at restore time $((town_bytes / 1048576)) MiB before changes)"
+ $(nproc) cores; start through ./jbang (--help) ${jvm_start} s; ours: steps 2, 3, 6 a warm daemon's cycle, 1 and 5 a new process ==" "$cycles"
+  echo "restored on disk: $restored (town at restore time $((town_bytes / 1048576)) MiB before changes)"
   echo "load average at the end (other work on this machine skews wall times): $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "ours: $(grep -h "uploaded" "$LOGS/"ours-3_small_change-*.log | tail -n 1 || echo "no 'uploaded' line")"
-  [[ -n "${BENCH_KEEP:-}" ]] || rm -rf "$dir/restore-ours" "$dir/restore-restic" "$dir/sync-work"
+  [[ -n "${BENCH_KEEP:-}" ]] || rm -rf "$dir/restore-ours" "$dir"/restore-restic-* "$dir/sync-work"
+}
+
+# restored_mib DIR: the size of what a restore wrote to DIR, in MiB (0: nothing).
+restored_mib() {
+  if [[ -d "$1" ]]; then echo $(($(du -sb "$1" | cut -f1) / 1048576)); else echo 0; fi
+}
+
+# bench_many PATHS: builds the many-paths town of about PATHS paths, runs its four steps for ours (cold, a new
+# process each) and each restic, prints the table, and adds "PATHS:CENSUS:RESULTS" to $growth. The town and
+# the restores are deleted after (at 1M paths they are GiBs each) unless BENCH_KEEP is set.
+bench_many() {
+  local paths="$1" dir="$work/many-$1" t0 t1 census cpaths files dirs links hard bytes
+  echo "bench: building the many-paths town: about $paths paths, $checkouts checkouts" >&2
+  t0="$EPOCHREALTIME"
+  build_many_town "$dir/town" "$dir/scratch" "$paths" "$checkouts"
+  t1="$EPOCHREALTIME"
+  census="$(python3 "$MANY_PY" census "$dir/town")"
+  read -r cpaths files dirs links hard bytes <<< "$census"
+  OURS_BUCKET="ours-many-$paths"
+  LOGS="$dir/logs"
+  mkdir -p "$BLOBS/$OURS_BUCKET" "$LOGS"
+  export TOWN_ID=many GT_TOWN_ROOT="$dir/town" R2_WORK_DIR="$dir/sync-work" R2_STATE_DIR="$dir/state"
+  export R2_SYNC_LOCK="$dir/r2-sync.lock" R2_ENDPOINT="$ENDPOINT" R2_BUCKET="$OURS_BUCKET"
+  restic_setup "many-$paths" "$dir"
+  results="$dir/results.tsv"
+  : > "$results"
+
+  ours_sync "1 first backup"; restic_sync "1 first backup"
+  ours_sync "2 no change"; restic_sync "2 no change"
+  many_change "$GT_TOWN_ROOT" "$dir/scratch" 1
+  ours_sync "3 small change"; restic_sync "3 small change"
+  # A fresh machine: an empty town root, and for restic an empty cache.
+  GT_TOWN_ROOT="$dir/restore-ours" R2_STATE_DIR="$dir/restore-state" \
+    measure "4 restore" ours "$OURS_BUCKET" "$repo/jbang" "$repo/R2Restore.java"
+  restic_restore "4 restore" "$dir"
+
+  local restored v
+  restored="ours $(python3 "$MANY_PY" census "$dir/restore-ours" | cut -d' ' -f1)"
+  for v in "${RESTIC_VERSIONS[@]}"; do
+    restored+=", restic $v $(python3 "$MANY_PY" census "$dir/restore-restic-$v$GT_TOWN_ROOT" | cut -d' ' -f1)"
+  done
+  echo
+  print_table "$results" "== many-paths town, $paths paths asked: $cpaths on disk ($files files, $dirs dirs,\
+ $links symlinks, $hard files hard-linked; $((bytes / 1048576)) MiB in files), $checkouts checkouts of one repo\
+ (built in $(python3 -c "print(round($t1 - $t0, 1))") s); JVM heap ${heap:-as shipped}; $(nproc) cores;\
+ ours: every step a new process ==" 0
+  echo "restored paths: $restored (the town had $cpaths before the small change; ours leaves out what its" \
+    "skip list names and writes each git dir's objects as packs)"
+  echo "load average at the end (other work on this machine skews wall times): $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "ours: $(grep -h "uploaded" "$LOGS/"ours-3_small_change-*.log | tail -n 1 || echo "no 'uploaded' line")"
+  growth+=("$paths:$cpaths:$results")
+  [[ -n "${BENCH_KEEP:-}" ]] || rm -rf "$dir/town" "$dir/scratch" "$dir/restore-ours" "$dir"/restore-restic-* "$dir/sync-work"
 }
 
 _main() {
+  local town
+  for town in $towns; do
+    [[ "$town" == bench || "$town" == many ]] || { echo "bench: BENCH_TOWNS: unknown town '$town' (bench, many)" >&2; exit 1; }
+  done
   eval "$(bash "$repo/tools/install-tools.sh")"
-  restic_bin="$(bash "$repo/tools/install-restic.sh")"
-  PATH="$(dirname "$DOLT_BIN"):$(dirname "$restic_bin"):$PATH"
+  # The restics, the newest (the main peer) first; their versions as they print them (0.18.1, 0.14.0).
+  RESTIC_BINS=("$(bash "$repo/tools/install-restic.sh" latest)" "$(bash "$repo/tools/install-restic.sh" 0.14)")
+  RESTIC_VERSIONS=()
+  local bin
+  for bin in "${RESTIC_BINS[@]}"; do
+    RESTIC_VERSIONS+=("$("$bin" version | cut -d' ' -f2)")
+  done
+  PATH="$(dirname "$DOLT_BIN"):$PATH"
   work="$(mktemp -d "${TMPDIR:-/tmp}/gastown-r2-bench.XXXXXX")"
   log_seq=0
   if [[ -n "${BENCH_KEEP:-}" ]]; then
@@ -431,10 +745,28 @@ _main() {
   "$repo/jbang" "$repo/R2Sync.java" --version > /dev/null 2>&1 || true
   "$repo/jbang" "$repo/R2Restore.java" --version > /dev/null 2>&1 || true
   warm_class_data
-  echo "bench: ours = $(git -C "$repo" log -1 --format='%h %s'); $(restic version)"
-  local mb
-  for mb in $sizes; do
-    bench_size "$mb"
+  echo "bench: ours = $(git -C "$repo" log -1 --format='%h %s'); $("${RESTIC_BINS[0]}" version); $("${RESTIC_BINS[1]}" version)"
+  local mb paths
+  growth=()
+  for town in $towns; do
+    case "$town" in
+      bench)
+        for mb in $sizes; do
+          bench_size "$mb"
+        done
+        ;;
+      many)
+        MANY_PY="$work/many_town.py"
+        write_many_town_py "$MANY_PY"
+        for paths in $paths_sizes; do
+          bench_many "$paths"
+        done
+        if ((${#growth[@]} > 1)); then
+          echo
+          print_growth "${growth[@]}"
+        fi
+        ;;
+    esac
   done
 }
 

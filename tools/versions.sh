@@ -12,7 +12,11 @@ DOLT_MODULE_VERSION=v0.40.5-0.20260424001550-011a27ff4303
 
 JBANG_VERSION=0.132.1
 S3PROXY_VERSION=4.1.0
+# restic for tools/bench.sh's side-by-side runs: the newest release that builds here (go install from the module
+# proxy), beside Debian's 0.14 (apt), which install-restic.sh keeps as the older peer.
+RESTIC_VERSION=0.18.1
 
 DOLT_HOME="$GASTOWN_R2_CACHE/dolt-$DOLT_VERSION"
 JBANG_HOME="$GASTOWN_R2_CACHE/jbang-$JBANG_VERSION"
 S3PROXY_JAR="$GASTOWN_R2_CACHE/s3proxy-$S3PROXY_VERSION/s3proxy-$S3PROXY_VERSION-jar-with-dependencies.jar"
+RESTIC_HOME="$GASTOWN_R2_CACHE/restic-$RESTIC_VERSION"
