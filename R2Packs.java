@@ -633,14 +633,24 @@ final class FilePacks {
     /** Packs smaller than this are merged once there are more than MAX_SMALL_PACKS of them. */
     static final long SMALL_PACK = 1L << 20;
     static final int MAX_SMALL_PACKS = 16;
+    /** A pack more than half dead (and by at least SMALL_PACK) has its live contents stored again: its space comes back. */
+    static final double MAX_DEAD = 0.5;
     /** Files written at once by a restore. */
     static final int WRITERS = 4;
 
     private FilePacks() {}
 
-    /** The outcome of one cycle: the index pieces and new packs (with local files), packs used, and counts. */
-    record Packed(Map<FileEntry, Path> index, Map<FileEntry, Path> written, Set<String> packsUsed, long paths, long changed,
-                  long deduplicated, long newBytes) {}
+    /**
+     * The outcome of one cycle: the index pieces and new packs (with local files), the packs used with the bytes of
+     * each that the index points at (a content two paths share counts twice: an estimate that errs towards live), and
+     * counts.
+     */
+    record Packed(Map<FileEntry, Path> index, Map<FileEntry, Path> written, Map<String, Long> liveBytes, long paths, long changed,
+                  long deduplicated, long newBytes) {
+        Set<String> packsUsed() {
+            return liveBytes.keySet();
+        }
+    }
 
     /**
      * Packs what changed since the previous index, walking the scan and that index side by side (both in path
@@ -651,7 +661,7 @@ final class FilePacks {
     static Packed pack(Town town, IndexReader previous, Set<String> usable, BlobCatalog catalog, Path workDir, String packPrefix)
             throws IOException {
         long racyAfter = town.scannedAt().getEpochSecond() * 1_000_000_000L + town.scannedAt().getNano() - RACY_NANOS;
-        Set<String> used = new HashSet<>();
+        Map<String, Long> used = new HashMap<>();
         Set<String> vanished = new HashSet<>();
         long changed = 0;
         long deduplicated = 0;
@@ -666,7 +676,7 @@ final class FilePacks {
                 if (before != null && before.path().equals(now.path()) && before.unchangedFrom(now)
                         && (before.type() != TownEntry.FILE || usable.contains(before.blob().pack()))) {
                     index.add(before);
-                    if (before.blob() != null) used.add(before.blob().pack());
+                    if (before.blob() != null) used.merge(before.blob().pack(), before.blob().length(), Long::sum);
                     continue;
                 }
                 changed++;
@@ -690,7 +700,7 @@ final class FilePacks {
                     continue;
                 }
                 index.add(entry);
-                if (entry.blob() != null) used.add(entry.blob().pack());
+                if (entry.blob() != null) used.merge(entry.blob().pack(), entry.blob().length(), Long::sum);
             }
             Map<FileEntry, Path> written = packs.finish();
             return new Packed(index.finish(), written, used, index.entries(), changed, deduplicated, newBytes);
@@ -748,10 +758,19 @@ final class FilePacks {
         }
     }
 
-    /** The previous snapshot's packs to merge this cycle: all small ones, once there are too many of them. */
-    static Set<String> packsToMerge(Collection<FileEntry> packs) {
+    /**
+     * The previous snapshot's packs whose contents are stored again this cycle: every small one once there are too
+     * many of them, and each one mostly dead (liveBytes: what the previous cycle counted; empty when unknown).
+     */
+    static Set<String> packsToMerge(Collection<FileEntry> packs, Map<String, Long> liveBytes) {
         List<String> small = packs.stream().filter(p -> p.size() < SMALL_PACK).map(p -> packId(p.path())).toList();
-        return small.size() > MAX_SMALL_PACKS ? Set.copyOf(small) : Set.of();
+        Set<String> merge = new HashSet<>(small.size() > MAX_SMALL_PACKS ? small : List.of());
+        for (FileEntry p : packs) {
+            Long live = liveBytes.get(packId(p.path()));
+            long dead = live == null ? 0 : p.size() - Math.min(live, p.size());
+            if (dead > MAX_DEAD * p.size() && dead >= SMALL_PACK) merge.add(packId(p.path()));
+        }
+        return merge;
     }
 
     static String packId(String snapshotPath) {

@@ -490,7 +490,7 @@ public class R2Sync implements Callable<Integer> {
         List<Path> previous = previousIndex(base, snapshot);
         Map<String, FileEntry> basePacks = new HashMap<>();
         if (previous != null) base.filesUnder("files/packs").forEach(f -> basePacks.put(FilePacks.packId(f.path()), f));
-        Set<String> merging = FilePacks.packsToMerge(basePacks.values());
+        Set<String> merging = FilePacks.packsToMerge(basePacks.values(), previous == null ? Map.of() : liveBytes(base));
         Set<String> usable = basePacks.entrySet().stream().filter(e -> !merging.contains(e.getKey()) && snapshot.stored(e.getValue()))
                 .map(Map.Entry::getKey).collect(Collectors.toSet());
         String prefix = snapshot.timestamp() + "-" + HexFormat.of().toHexDigits(new java.security.SecureRandom().nextInt());
@@ -501,6 +501,7 @@ public class R2Sync implements Callable<Integer> {
             Path kept = snapshot.dir().resolve("catalog");
             catalog.finishInto(kept, packed.packsUsed()::contains);
             snapshot.catalog = kept;
+            snapshot.liveBytes = packed.liveBytes();
         }
         packed.written().forEach(snapshot::add);
         basePacks.forEach((id, f) -> {
@@ -511,7 +512,8 @@ public class R2Sync implements Callable<Integer> {
         Log.info("sync " + snapshot.timestamp() + ": files: " + packed.paths() + " paths, " + packed.changed() + " read again ("
                 + packed.deduplicated() + " of them held by a pack already), " + Log.bytes(packed.newBytes()) + " of new content in "
                 + packed.written().size() + " new packs (" + Log.bytes(packed.written().keySet().stream().mapToLong(FileEntry::size).sum())
-                + "), in " + Log.seconds(Duration.between(t, Instant.now())));
+                + ")" + (merging.isEmpty() ? "" : ", " + merging.size() + " small or mostly dead packs merged") + ", in "
+                + Log.seconds(Duration.between(t, Instant.now())));
         if (!town.skipped().isEmpty())
             Log.info("sync " + snapshot.timestamp() + ": left out by the skip list: " + town.skipped().entrySet().stream()
                     .map(e -> e.getValue() + " x " + e.getKey()).collect(Collectors.joining("; ")));
@@ -572,6 +574,22 @@ public class R2Sync implements Callable<Integer> {
         return Sha256.of(String.join("\n", fileIndex).getBytes(StandardCharsets.UTF_8)) + ".catalog";
     }
 
+    /** How much of each pack the previous snapshot's index points at, as its sync counted; empty when not kept here. */
+    @SuppressWarnings("unchecked")
+    private Map<String, Long> liveBytes(Manifest base) {
+        Path file = fileState("file-catalog").resolve(catalogName(base.fileIndex()) + ".live");
+        try {
+            if (!Files.isRegularFile(file)) return Map.of();
+            Map<String, Number> read = R2Common.JSON.readValue(file.toFile(), Map.class);
+            Map<String, Long> live = new HashMap<>();
+            read.forEach((pack, bytes) -> live.put(pack, bytes.longValue()));
+            return live;
+        } catch (IOException | RuntimeException e) {
+            Log.warn("sync: " + file + " is unreadable, no pack is merged for being mostly dead this time: " + e.getMessage());
+            return Map.of();
+        }
+    }
+
     /** Once published, the snapshot's file index and catalog stay in the state dir for the next sync; older ones go. */
     private void keepFileState(Snapshot snapshot) {
         try {
@@ -585,7 +603,8 @@ public class R2Sync implements Callable<Integer> {
             Path catalogDir = Files.createDirectories(fileState("file-catalog"));
             String name = catalogName(snapshot.fileIndex.keySet().stream().map(FileEntry::path).toList());
             Files.move(snapshot.catalog, catalogDir.resolve(name), StandardCopyOption.REPLACE_EXISTING);
-            removeAllBut(catalogDir, Set.of(name));
+            FileTrees.writeAtomically(catalogDir.resolve(name + ".live"), R2Common.toJson(snapshot.liveBytes));
+            removeAllBut(catalogDir, Set.of(name, name + ".live"));
         } catch (IOException e) {
             Log.warn("sync " + snapshot.timestamp() + ": cannot keep the file index in " + config.stateDir() + " (the next sync "
                     + "downloads it): " + e.getMessage());
@@ -957,6 +976,7 @@ public class R2Sync implements Callable<Integer> {
         /** The file index pieces in order, with their local files; the catalog of contents that goes with them. */
         private Map<FileEntry, Path> fileIndex = Map.of();
         private Path catalog;
+        private Map<String, Long> liveBytes = Map.of();
         private int succeeded;
         private int attempted;
 

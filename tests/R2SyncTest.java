@@ -338,6 +338,60 @@ class R2SyncTest {
     }
 
     @Test
+    void packsMostlyDeadOrTooManySmallOnesAreMergedSoTheirSpaceComesBack() throws Exception {
+        Path own = TestTools.tempDir("merge-packs-");
+        TestTown t = TownBuilder.create().rigs("alpha").build(own);
+        String bucket = s3.newBucket();
+        BucketView view = BucketView.of(s3, bucket, "town-1");
+        Product p = Product.of(t.root(), s3, bucket, "town-1");
+        // Three files of 900 KiB that do not compress share one pack; two of them go: the pack is two thirds dead.
+        Random random = new Random(42);
+        for (String name : List.of("a", "b", "c")) {
+            byte[] data = new byte[900 << 10];
+            random.nextBytes(data);
+            Files.write(t.root().resolve("settings/" + name + ".bin"), data);
+        }
+        p.sync("--immediate").assertOk();
+        Set<String> firstPacks = packs(view);
+        Files.delete(t.root().resolve("settings/a.bin"));
+        Files.delete(t.root().resolve("settings/b.bin"));
+        p.sync("--immediate").assertOk();   // counts what is left alive of each pack
+        TestTools.ProcResult merged = p.sync("--immediate").assertOk();
+        assertTrue(merged.stderr().contains("packs merged"), merged.stderr());
+        Set<String> kept = new HashSet<>(packs(view));
+        kept.retainAll(firstPacks);
+        assertTrue(packBytes(view, kept) < (1 << 20), "no pack of the first snapshot holding 1.8 MiB of dead content is still used: " + kept);
+        // Each small change leaves a small pack: once there are more than 16, a sync stores their contents again.
+        StringBuilder logs = new StringBuilder();
+        for (int i = 0; i < FilePacks.MAX_SMALL_PACKS + 1; i++) {
+            Files.writeString(t.root().resolve("settings/small-" + i + ".txt"), "change " + i + "\n");
+            logs.append(p.sync("--immediate").assertOk().stderr());
+        }
+        logs.append(p.sync("--immediate").assertOk().stderr());
+        assertTrue(logs.toString().contains("small or mostly dead packs merged"), logs.toString());
+        Manifest m = view.manifest(view.latest().orElseThrow().timestamp());
+        long small = m.filesUnder("files/packs").stream().filter(f -> f.size() < FilePacks.SMALL_PACK).count();
+        assertTrue(small <= FilePacks.MAX_SMALL_PACKS, small + " small packs left: " + m.filesUnder("files/packs"));
+        Path volume = TestTools.tempDir("merge-packs-restored-");
+        Product.of(volume, s3, bucket, "town-1").onNewMachine().restore().assertOk();
+        for (int i = 0; i < FilePacks.MAX_SMALL_PACKS + 1; i++)
+            assertEquals("change " + i + "\n", Files.readString(volume.resolve("settings/small-" + i + ".txt")));
+        assertArrayEquals(Files.readAllBytes(t.root().resolve("settings/c.bin")), Files.readAllBytes(volume.resolve("settings/c.bin")));
+        TestTools.deleteRecursively(own);
+        TestTools.deleteRecursively(volume);
+    }
+
+    private static Set<String> packs(BucketView view) {
+        return view.manifest(view.latest().orElseThrow().timestamp()).filesUnder("files/packs").stream().map(FileEntry::path)
+                .collect(Collectors.toSet());
+    }
+
+    private static long packBytes(BucketView view, Set<String> packs) {
+        return view.manifest(view.latest().orElseThrow().timestamp()).files().stream().filter(f -> packs.contains(f.path()))
+                .mapToLong(FileEntry::size).sum();
+    }
+
+    @Test
     void retentionKeepsTheNewestThreeAndTheOneLatestNames() {
         String bucket = s3.newBucket();
         BucketView view = BucketView.of(s3, bucket, "town-1");
