@@ -613,16 +613,18 @@ final class Sha256 {
 
     /**
      * Streams an object into target at offset (a file stored in pieces is written piece by piece, in parallel),
-     * hashing while writing; returns what arrived: its size and plain sha256.
+     * hashing while writing; returns what arrived: its size and plain sha256. It stops one byte past the size
+     * expected (a body longer than the manifest says is refused by its size, never written whole).
      */
-    static FileEntry copyInto(InputStream in, Path target, long offset, String snapshotPath, Progress progress) throws IOException {
+    static FileEntry copyInto(InputStream in, Path target, long offset, FileEntry expected, Progress progress) throws IOException {
         MessageDigest md = digest();
         long size = 0;
+        long limit = expected.size() + 1;
         try (FileChannel channel = FileChannel.open(target, StandardOpenOption.CREATE, StandardOpenOption.WRITE)) {
             channel.position(offset);
             OutputStream out = new BufferedOutputStream(Channels.newOutputStream(channel), 1 << 16);
             byte[] buf = new byte[1 << 16];
-            for (int n; (n = in.read(buf)) > 0; ) {
+            for (int n; size < limit && (n = in.read(buf, 0, (int) Math.min(buf.length, limit - size))) > 0; ) {
                 out.write(buf, 0, n);
                 md.update(buf, 0, n);
                 size += n;
@@ -630,7 +632,7 @@ final class Sha256 {
             }
             out.flush();
         }
-        return new FileEntry(snapshotPath, size, hex(md.digest()));
+        return new FileEntry(expected.path(), size, hex(md.digest()));
     }
 
     /** Streams a file once, returning its entry under the given snapshot path. */

@@ -11,7 +11,8 @@
 //   BlobCatalog  which pack holds each content (sha256 -> place): a sorted file in the state dir, for dedup
 //   FilePacks    one cycle (the scan merged with the previous index), and restoring a town from packs
 
-import com.github.luben.zstd.Zstd;
+import com.github.luben.zstd.ZstdCompressCtx;
+import com.github.luben.zstd.ZstdDecompressCtx;
 import com.github.luben.zstd.ZstdInputStream;
 import com.github.luben.zstd.ZstdOutputStream;
 
@@ -343,6 +344,8 @@ final class PackWriter implements Closeable {
     private final String prefix;
     private final Map<FileEntry, Path> written = new LinkedHashMap<>();
     private final Set<String> ids = new HashSet<>();
+    /** One compression context for every small content: a new one per call costs more than compressing a small file. */
+    private final ZstdCompressCtx zstd = new ZstdCompressCtx().setLevel(LEVEL).setContentSize(true);
     private Sha256.HashingOutputStream out;
     private String id;
     private long offset;
@@ -354,7 +357,7 @@ final class PackWriter implements Closeable {
 
     /** Stores content held in memory; returns where. */
     TownEntry.Blob add(byte[] data, String sha256) throws IOException {
-        byte[] frame = Zstd.compress(data, LEVEL);
+        byte[] frame = zstd.compress(data);
         if (out != null && offset + frame.length > PACK_BYTES) closePack();
         if (out == null) open();
         TownEntry.Blob blob = new TownEntry.Blob(sha256, id, offset, frame.length);
@@ -418,6 +421,7 @@ final class PackWriter implements Closeable {
 
     @Override
     public void close() throws IOException {
+        zstd.close();
         if (out != null) out.close();
     }
 
@@ -874,9 +878,12 @@ final class FilePacks {
         setMtime(target, e.mtime(), false);
     }
 
+    /** One decompression context per restore thread: a new one per file costs more than a small file's content. */
+    private static final ThreadLocal<ZstdDecompressCtx> UNZSTD = ThreadLocal.withInitial(ZstdDecompressCtx::new);
+
     private static byte[] decompress(TownEntry e, byte[] frame) {
         try {
-            byte[] data = Zstd.decompress(frame, (int) e.size());
+            byte[] data = UNZSTD.get().decompress(frame, (int) e.size());
             if (data.length != e.size()) throw refuse(e.path(), "its content is " + data.length + " bytes, not " + e.size());
             return data;
         } catch (RuntimeException ex) {

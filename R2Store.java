@@ -54,13 +54,25 @@ interface ObjectStore extends AutoCloseable {
     /** Writes only if the object's ETag is still expectedEtag (null: only if it does not exist); returns the new ETag. */
     String putIfMatch(String key, byte[] data, String expectedEtag);
 
+    /** A small object (latest.json, a manifest) read whole; one larger than MAX_SMALL_OBJECT is refused, not read. */
     Optional<Versioned> get(String key);
+
+    /** What a manifest of a town of millions of paths stays far below (its files are packs and index pieces). */
+    long MAX_SMALL_OBJECT = 64L << 20;
+
+    static byte[] readSmall(InputStream in, String key) throws IOException {
+        byte[] data = in.readNBytes((int) MAX_SMALL_OBJECT + 1);
+        if (data.length > MAX_SMALL_OBJECT)
+            throw new R2Exception(R2Common.EXIT_FAILED, "store: " + key + " is larger than " + Log.bytes(MAX_SMALL_OBJECT)
+                    + ", more than a manifest or latest.json can be; refusing to read it");
+        return data;
+    }
 
     /**
      * Streams an object into target from offset (created if missing), hashing while writing; returns what
      * arrived (size, sha256). Missing objects fail.
      */
-    FileEntry download(String key, Path target, long offset, String snapshotPath, Progress progress);
+    FileEntry download(String key, Path target, long offset, FileEntry expected, Progress progress);
 
     /**
      * The downloads of a snapshot file into target (which must not exist yet), one per object it is stored as (to
@@ -76,7 +88,7 @@ interface ObjectStore extends AutoCloseable {
             tasks.add(() -> {
                 FileEntry got;
                 try {
-                    got = download(keys.object(expected), target, offset, expected.path(), progress);
+                    got = download(keys.object(expected), target, offset, expected, progress);
                 } catch (R2Exception e) {
                     throw new R2Exception(e.exitCode, what + ": " + e.getMessage(), e);
                 }
@@ -196,18 +208,18 @@ final class S3ObjectStore implements ObjectStore {
     @Override
     public Optional<Versioned> get(String key) {
         try {
-            return Optional.of(readBody(key, (body, response) -> new Versioned(body.readAllBytes(), response.eTag())));
+            return Optional.of(readBody(key, (body, response) -> new Versioned(ObjectStore.readSmall(body, key), response.eTag())));
         } catch (NoSuchKeyException e) {
             return Optional.empty();
         }
     }
 
     @Override
-    public FileEntry download(String key, Path target, long offset, String snapshotPath, Progress progress) {
+    public FileEntry download(String key, Path target, long offset, FileEntry expected, Progress progress) {
         try {
             return readBody(key, (body, response) -> {
                 try {
-                    return Sha256.copyInto(body, target, offset, snapshotPath, progress);
+                    return Sha256.copyInto(body, target, offset, expected, progress);
                 } catch (IOException e) {
                     throw new R2Exception(R2Common.EXIT_FAILED, "download " + key + " to " + target + ": " + e.getMessage(), e);
                 }
@@ -449,7 +461,10 @@ final class DirObjectStore implements ObjectStore {
     @Override
     public Optional<Versioned> get(String key) {
         try {
-            byte[] data = Files.readAllBytes(path(key));
+            byte[] data;
+            try (InputStream in = Files.newInputStream(path(key))) {
+                data = ObjectStore.readSmall(in, key);
+            }
             return Optional.of(new Versioned(data, etag(data)));
         } catch (NoSuchFileException e) {
             return Optional.empty();
@@ -459,11 +474,11 @@ final class DirObjectStore implements ObjectStore {
     }
 
     @Override
-    public FileEntry download(String key, Path target, long offset, String snapshotPath, Progress progress) {
+    public FileEntry download(String key, Path target, long offset, FileEntry expected, Progress progress) {
         Path source = path(key);
         if (!Files.isRegularFile(source)) throw new R2Exception(R2Common.EXIT_FAILED, "store: " + key + " is missing");
         try (InputStream in = Files.newInputStream(source)) {
-            return Sha256.copyInto(in, target, offset, snapshotPath, progress);
+            return Sha256.copyInto(in, target, offset, expected, progress);
         } catch (IOException e) {
             throw new R2Exception(R2Common.EXIT_FAILED, "store: read " + key + ": " + e.getMessage(), e);
         }

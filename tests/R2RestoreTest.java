@@ -470,6 +470,18 @@ class R2RestoreTest {
     }
 
     @Test
+    void aDownloadStopsAtTheSizeTheManifestNames() {
+        // An object made 8 MiB longer than its entry: the download reads one byte past the size and stops.
+        String bucket = copyOfPristine();
+        BucketView v = view(bucket);
+        FileEntry piece = v.manifest(snapshot).file(v.manifest(snapshot).fileIndex().get(0)).orElseThrow();
+        String key = v.objectKey(snapshot, piece.path());
+        byte[] longer = Arrays.copyOf(v.get(key), (int) piece.size() + (8 << 20));
+        v.put(key, longer);
+        assertRefused(bucket, piece.path(), "has " + (piece.size() + 1) + " bytes, the manifest says " + piece.size());
+    }
+
+    @Test
     void aMissingObjectIsRefused() {
         String bucket = copyOfPristine();
         BucketView v = view(bucket);
