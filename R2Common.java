@@ -461,9 +461,20 @@ record RepoFacts(String path, @JsonAlias("bundles") List<ChainLink> chain, Map<S
         refs = refs == null ? Map.of() : Collections.unmodifiableMap(new TreeMap<>(refs));
         symrefs = symrefs == null ? Map.of() : Collections.unmodifiableMap(new TreeMap<>(symrefs));
         workTrees = workTrees == null ? List.of() : List.copyOf(workTrees);
-        for (String ref : refs.keySet()) Town.requireSafeRelative(ref, "ref name");
+        for (Map.Entry<String, String> ref : refs.entrySet()) {
+            if (!Town.requireSafeRelative(ref.getKey(), "ref name").startsWith("refs/"))
+                throw new IllegalArgumentException("ref " + ref.getKey() + " of " + path + " is not under refs/");
+            if (!OBJECT_ID.matcher(ref.getValue()).matches())
+                throw new IllegalArgumentException("ref " + ref.getKey() + " of " + path + " names no object id: " + ref.getValue());
+        }
+        // A symbolic ref's value is written into the ref file as it is: it must name a ref, nothing else.
+        for (String target : symrefs.values())
+            if (!Town.requireSafeRelative(target, "symbolic ref target").startsWith("refs/"))
+                throw new IllegalArgumentException("a symbolic ref of " + path + " names " + target + ", not a ref under refs/");
         if (!refs.keySet().containsAll(symrefs.keySet())) throw new IllegalArgumentException("symbolic ref without a ref in " + path);
     }
+
+    static final Pattern OBJECT_ID = Pattern.compile("[0-9a-f]{40}|[0-9a-f]{64}");
 
     boolean empty() {
         return chain.isEmpty();

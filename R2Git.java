@@ -256,8 +256,9 @@ final class GitRepo {
      */
     static void restore(Path gitDir, RepoFacts repo, java.util.function.Function<String, Path> downloaded, Check check)
             throws IOException {
+        // The git directory's other files came from the file index: none of what is written here may be a symlink.
         for (String dir : List.of("objects/pack", "objects/info", "refs/heads", "refs/tags"))
-            Files.createDirectories(gitDir.resolve(dir));
+            Files.createDirectories(Town.requireInside(gitDir, dir, "git directory part"));
         // A pack and its index end with checksums as long as the repo's object ids (SHA-1 or SHA-256).
         int hashBytes = repo.chain().stream().allMatch(ChainLink::bundle) ? 0
                 : git(gitDir, "rev-parse", "--show-object-format").strip().equals("sha256") ? 32 : 20;
@@ -311,9 +312,9 @@ final class GitRepo {
         repo.refs().forEach((name, object) -> {
             if (!repo.symrefs().containsKey(name)) packed.append(object).append(' ').append(name).append('\n');
         });
-        Files.writeString(gitDir.resolve("packed-refs"), packed.toString(), StandardCharsets.UTF_8);
+        Files.writeString(Town.requireInside(gitDir, "packed-refs", "packed-refs"), packed.toString(), StandardCharsets.UTF_8);
         for (Map.Entry<String, String> symref : repo.symrefs().entrySet()) {
-            Path file = gitDir.resolve(Town.requireSafeRelative(symref.getKey(), "ref name"));
+            Path file = Town.requireInside(gitDir, symref.getKey(), "ref");
             Files.createDirectories(file.getParent());
             Files.writeString(file, "ref: " + symref.getValue() + "\n", StandardCharsets.UTF_8);
         }

@@ -917,24 +917,19 @@ final class FilePacks {
             for (TownEntry e; (e = index.next()) != null; ) {
                 if (e.type() != TownEntry.HARDLINK) continue;
                 if (PathOrder.compare(e.target(), e.path()) >= 0) throw refuse(e.path(), "hard link to a path after it");
-                Path target = root.resolve(e.target());
-                Path link = root.resolve(e.path());
-                if (!Files.isRegularFile(target, LinkOption.NOFOLLOW_LINKS) || !insideWithoutLinks(root, target.getParent())
-                        || !insideWithoutLinks(root, link.getParent()))
+                Path target;
+                Path link;
+                try {
+                    target = Town.requireInside(root, e.target(), "hard link target");
+                    link = Town.requireInside(root, e.path(), "hard link");
+                } catch (R2Exception ex) {
+                    throw refuse(e.path(), "hard link to " + Log.escape(e.target()) + ", which is not a file of the snapshot: " + ex.getMessage());
+                }
+                if (!Files.isRegularFile(target, LinkOption.NOFOLLOW_LINKS))
                     throw refuse(e.path(), "hard link to " + Log.escape(e.target()) + ", which is not a file of the snapshot");
                 Files.createLink(link, target);
             }
         }
-    }
-
-    /** True when dir is root or a directory under it reached without passing a symlink. */
-    private static boolean insideWithoutLinks(Path root, Path dir) {
-        Path current = root;
-        for (Path part : root.relativize(dir)) {
-            current = current.resolve(part);
-            if (!Files.isDirectory(current, LinkOption.NOFOLLOW_LINKS)) return false;
-        }
-        return true;
     }
 
     /** Directory modes and mtimes, once nothing more is written into them. */

@@ -286,12 +286,13 @@ public class R2Restore implements Callable<Integer> {
                     restoreFiles(prepared, townDir, dirs);
                     if (!finalRoot.toString().equals(manifest.townRoot())) relinkWorktrees(manifest, townDir, finalRoot);
                     Parallel.run(REBUILDS, manifest.repos().stream().<Parallel.Task>map(repo -> () -> {
-                        Path gitDir = townDir.resolve(repo.path());
+                        Path gitDir = Town.requireInside(townDir, repo.path(), "repo");
                         GitRepo.restore(gitDir, repo, prepared::file, gitCheck);
                         warnAboutRedactedCredentials(repo, gitDir);
                     }).collect(Collectors.toList()));
                 }));
-        for (DatabaseFacts db : manifest.databases()) moveInto(databases.resolve(db.path()).resolve(db.name()), townDir.resolve(db.path()));
+        for (DatabaseFacts db : manifest.databases())
+            moveInto(databases.resolve(db.path()).resolve(db.name()), Town.requireInside(townDir, db.path(), "database"));
         compareWorkTrees(manifest, townDir);
         if (manifest.contentPacks()) FilePacks.applyDirectories(indexPieces(prepared), townDir);
         else dirs.apply();
@@ -345,8 +346,8 @@ public class R2Restore implements Callable<Integer> {
         for (RepoFacts repo : manifest.repos())
             for (WorkTreeFacts wt : repo.workTrees()) {
                 if (wt.path().isEmpty() || Path.of(wt.gitDir()).isAbsolute()) continue;
-                rewritePrefix(townDir.resolve(wt.path()).resolve(".git"), "gitdir: " + from, "gitdir: " + to);
-                rewritePrefix(townDir.resolve(wt.gitDir()).resolve("gitdir"), from, to);
+                rewritePrefix(Town.requireInside(townDir, wt.path() + "/.git", "worktree link"), "gitdir: " + from, "gitdir: " + to);
+                rewritePrefix(Town.requireInside(townDir, wt.gitDir() + "/gitdir", "worktree link"), from, to);
             }
         Log.warn("restore: snapshot " + manifest.timestamp() + " was taken of " + manifest.townRoot() + " and is restored into "
                 + finalRoot + ": worktree links now name the new root, but files of the town that name the old one (such as "

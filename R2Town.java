@@ -133,6 +133,26 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
         return path;
     }
 
+    /**
+     * The one rule for a path a restore writes or links to: rel must be a safe relative path (requireSafeRelative),
+     * every part of it but the last must be a directory under root reached without passing a symlink, and the last
+     * part, if it exists, must not be a symlink. Then nothing written at the result lands outside root. Returns
+     * root.resolve(rel).
+     */
+    static Path requireInside(Path root, String rel, String what) {
+        requireSafeRelative(rel, what);
+        Path current = root;
+        String[] parts = rel.split("/");
+        for (int i = 0; i < parts.length; i++) {
+            current = current.resolve(parts[i]);
+            if (Files.isSymbolicLink(current))
+                throw new R2Exception(R2Common.EXIT_FAILED, "refusing " + what + " " + Log.escape(rel) + ": it passes through a symlink");
+            if (i < parts.length - 1 && Files.exists(current, LinkOption.NOFOLLOW_LINKS) && !Files.isDirectory(current, LinkOption.NOFOLLOW_LINKS))
+                throw new R2Exception(R2Common.EXIT_FAILED, "refusing " + what + " " + Log.escape(rel) + ": it passes through a file");
+        }
+        return current;
+    }
+
     /** One walk of the town: a directory at a time, knowing the innermost work tree and git dir above it. */
     private static final class Scan {
         private final Path root;

@@ -562,6 +562,40 @@ class R2RestoreTest {
     }
 
     @Test
+    void aRepoOrADatabaseWhereTheIndexPutsASymlinkIsRefused() throws Exception {
+        // The index makes `evil` a symlink to a canary dir; the manifest names a git directory, then a database, there.
+        Path canary = Files.createDirectories(TestTools.tempDir("canary"));
+        String repoAtLink = withIndex(List.of(HostileIndex.symlink("evil", canary.toString())), m -> {
+            List<RepoFacts> repos = new ArrayList<>(m.repos());
+            repos.add(new RepoFacts("evil", List.of(), Map.of("refs/heads/main", "0".repeat(40)),
+                    Map.of(), false, "x", List.of(), null));
+            return repos;
+        }, null);
+        assertRefused(repoAtLink, "evil", "passes through a symlink");
+        String dbAtLink = withIndex(List.of(HostileIndex.symlink("evil", canary.toString())), null, m -> {
+            DatabaseFacts hq = m.databases().get(0);
+            List<DatabaseFacts> dbs = new ArrayList<>(m.databases());
+            dbs.add(new DatabaseFacts(hq.name(), "evil/" + hq.name(), hq.backup(), hq.serverRunning(), hq.branches(), hq.root()));
+            return dbs;
+        });
+        assertRefused(dbAtLink, "evil/", "passes through a symlink");
+        assertEquals(List.of(), children(canary), "nothing written into the symlink's target");
+    }
+
+    @Test
+    void aSymbolicRefThatNamesNoRefIsRefused() {
+        // Its value is written into the ref file as it is: only a ref under refs/ may be named.
+        String bucket = copyOfPristine();
+        BucketView v = view(bucket);
+        rewriteManifest(v, manifest -> {
+            var repo = (com.fasterxml.jackson.databind.node.ObjectNode) manifest.get("repos").get(0);
+            String ref = repo.get("refs").fieldNames().next();
+            repo.putObject("symrefs").put(ref, "config");
+        });
+        assertRefused(bucket, "manifest.json", "not a ref under refs/");
+    }
+
+    @Test
     void aContentLargerThanItsEntryOrNotItsSha256IsRefused() throws Exception {
         // A small pack frame that unpacks to 8 MiB of zeros, listed as a 10-byte file: never more than 10 bytes written.
         assertRefused(withIndex(List.of(HostileIndex.file("settings/bomb", new byte[8 << 20], 10))), "settings/bomb", "bytes");
@@ -722,6 +756,12 @@ class R2RestoreTest {
      * one more pack; the manifest and the pointer are re-pinned to match.
      */
     private String withIndex(List<HostileIndex.Raw> hostile) throws IOException {
+        return withIndex(hostile, null, null);
+    }
+
+    /** The same, with the manifest's repos and databases as repos and databases make them (null: as they are). */
+    private String withIndex(List<HostileIndex.Raw> hostile, java.util.function.Function<Manifest, List<RepoFacts>> repos,
+                             java.util.function.Function<Manifest, List<DatabaseFacts>> databases) throws IOException {
         String bucket = copyOfPristine();
         BucketView v = view(bucket);
         Manifest m = v.manifest(snapshot);
@@ -737,7 +777,8 @@ class R2RestoreTest {
         files.add(pieceEntry);
         files.add(packEntry);
         byte[] json = R2Common.toJson(new Manifest(m.formatVersion(), m.tool(), m.townId(), m.timestamp(), m.createdAt(),
-                m.townRoot(), m.versions(), m.history(), files, List.of(pieceEntry.path()), m.databases(), m.repos(), m.problems()));
+                m.townRoot(), m.versions(), m.history(), files, List.of(pieceEntry.path()),
+                databases == null ? m.databases() : databases.apply(m), repos == null ? m.repos() : repos.apply(m), m.problems()));
         v.put(v.keys().object(snapshot, Keys.MANIFEST), json);
         v.put(v.keys().latest(), R2Common.toJson(new Pointer(snapshot, Sha256.of(json))));
         return bucket;
