@@ -267,6 +267,11 @@ record Keys(String townId) {
         return town() + "snapshots/";
     }
 
+    /** The snapshots kept whatever the history policy says, and why (Held). */
+    String held() {
+        return town() + "held.json";
+    }
+
     String snapshot(String timestamp) {
         return snapshots() + timestamp + "/";
     }
@@ -327,6 +332,31 @@ record Pointer(String timestamp, String manifestSha256) {
             throw new IllegalArgumentException("timestamp must look like 20260217T120000Z, not " + timestamp);
         if (manifestSha256 != null && !Sha256.HEX.matcher(manifestSha256).matches())
             throw new IllegalArgumentException("manifestSha256 is not a sha256: " + manifestSha256);
+    }
+}
+
+/**
+ * held.json: snapshots kept whatever the history policy says, each with why (a fallback restore passed over it, as
+ * damaged; its objects may still hold work worth recovering by hand). Only an operator removes an entry.
+ */
+record Held(Map<String, String> snapshots) {
+    Held {
+        snapshots = snapshots == null ? Map.of() : Collections.unmodifiableMap(new TreeMap<>(snapshots));
+        for (String ts : snapshots.keySet())
+            if (!Keys.TIMESTAMP_FORM.matcher(ts).matches()) throw new IllegalArgumentException("not a snapshot timestamp: " + ts);
+    }
+
+    Held with(String timestamp, String why) {
+        Map<String, String> more = new TreeMap<>(snapshots);
+        more.put(timestamp, why);
+        return new Held(more);
+    }
+
+    /** What held.json says; none yet is an empty hold. One that does not parse holds nothing back: said loudly. */
+    static Held read(ObjectStore store, Keys keys) {
+        Optional<Versioned> json = store.get(keys.held());
+        if (json.isEmpty()) return new Held(Map.of());
+        return R2Common.fromJson(json.get().data(), Held.class, "held.json");
     }
 }
 
@@ -1275,6 +1305,29 @@ class R2Exception extends RuntimeException {
     R2Exception(int exitCode, String message, Throwable cause) {
         super(message, cause);
         this.exitCode = exitCode;
+    }
+}
+
+/**
+ * Proof that a snapshot in the bucket is damaged: an object missing, bytes that are not what the manifest says, a
+ * manifest or file index that does not parse or says what no sync writes. Only this lets a restore fall back to an
+ * older snapshot; any other failure (the network, the local disk, a bug) fails the restore and leaves the choice to
+ * an operator, so that no transient error buries the newest snapshot.
+ */
+final class SnapshotDamaged extends R2Exception {
+    SnapshotDamaged(String message) {
+        super(R2Common.EXIT_FAILED, message);
+    }
+
+    SnapshotDamaged(String message, Throwable cause) {
+        super(R2Common.EXIT_FAILED, message, cause);
+    }
+
+    /** True when the failure, or one of its causes, proves damage. */
+    static boolean proven(Throwable failure) {
+        for (Throwable t = failure; t != null; t = t.getCause() == t ? null : t.getCause())
+            if (t instanceof SnapshotDamaged) return true;
+        return false;
     }
 }
 

@@ -244,7 +244,7 @@ final class DoltServer {
     static void restore(Path backupDir, Path parent, DatabaseFacts db) throws IOException {
         Instant t = Instant.now();
         if (!Files.isRegularFile(backupDir.resolve("manifest")))
-            throw new R2Exception(R2Common.EXIT_FAILED, db.backup() + " holds no dolt backup (no manifest)");
+            throw new SnapshotDamaged(db.backup() + " holds no dolt backup (no manifest)");
         Files.createDirectories(parent);
         dolt(parent, "dolt backup restore " + db.name(), "backup", "restore", "file://" + backupDir.toAbsolutePath(), db.name());
         Path dbDir = parent.resolve(db.name());
@@ -252,7 +252,7 @@ final class DoltServer {
         dolt(dbDir, "constraint check of " + db.name(), "constraints", "verify", "--all", "--output-only");
         Map<String, String> branches = branches(dbDir);
         if (!db.branches().isEmpty() && !branches.equals(db.branches()))
-            throw new R2Exception(R2Common.EXIT_FAILED, "database " + db.path() + " restored with branches " + branches
+            throw new SnapshotDamaged("database " + db.path() + " restored with branches " + branches
                     + " but the manifest recorded " + db.branches());
         Log.info("restore: dolt " + db.path() + " restored, fsck and constraints clean, " + branches.size()
                 + " branches in " + Log.seconds(Duration.between(t, Instant.now())));

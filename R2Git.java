@@ -270,7 +270,7 @@ final class GitRepo {
         writeRefs(gitDir, repo);
         Refs restored = refs(gitDir);
         if (!restored.refs().equals(repo.refs()) || !restored.symrefs().equals(repo.symrefs()))
-            throw new R2Exception(R2Common.EXIT_FAILED, "repo " + repo.path() + " restored with refs that differ from the manifest");
+            throw new SnapshotDamaged("repo " + repo.path() + " restored with refs that differ from the manifest");
         List<String> fsckCommand = new ArrayList<>(List.of("git", "--git-dir=" + gitDir, "fsck", "--no-dangling", "--no-progress"));
         if (check == Check.CONNECTIVITY) fsckCommand.add("--connectivity-only");
         ProcResult fsck = Proc.run(gitDir, Proc.DEFAULT_TIMEOUT, fsckCommand);
@@ -278,7 +278,7 @@ final class GitRepo {
         // A repo the sync could not read was carried over from an older snapshot: its objects are that
         // snapshot's, its files (reflogs, index) this one's, so they may name objects it lacks. Said, not fatal.
         if (repo.carriedFrom() == null)
-            throw new R2Exception(R2Common.EXIT_FAILED, "git fsck of " + repo.path() + ": " + fsck.tail());
+            throw new SnapshotDamaged("git fsck of " + repo.path() + ": " + fsck.tail());
         Log.warn("restore: repo " + repo.path() + " is the copy carried over from " + repo.carriedFrom() + " (the sync could "
                 + "not read it); its reflogs or index name objects that copy lacks: " + fsck.tail());
     }
@@ -300,7 +300,7 @@ final class GitRepo {
         String checksum = HexFormat.of().formatHex(read(pack, -hashBytes, hashBytes));
         String indexed = HexFormat.of().formatHex(read(index, -2L * hashBytes, hashBytes));
         if (!checksum.equals(indexed))
-            throw new R2Exception(R2Common.EXIT_FAILED, "chain link " + link + ": its index is not the index of its pack");
+            throw new SnapshotDamaged("chain link " + link + ": its index is not the index of its pack");
         Path packs = gitDir.resolve("objects/pack");
         if (Files.exists(packs.resolve("pack-" + checksum + ".idx"))) return;   // an earlier link held this very pack
         Files.move(pack, packs.resolve("pack-" + checksum + ".pack"));

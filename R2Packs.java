@@ -321,7 +321,7 @@ final class IndexReader implements Closeable {
             }
         } catch (IOException | RuntimeException e) {
             String what = index ? "file index piece " + (current == null ? "" : current.getFileName()) : "scan file";
-            throw new R2Exception(R2Common.EXIT_FAILED, what + " is unreadable: " + R2Cli.messageChain(e), e);
+            throw new SnapshotDamaged(what + " is unreadable: " + R2Cli.messageChain(e), e);
         }
     }
 
@@ -980,6 +980,6 @@ final class FilePacks {
     }
 
     private static R2Exception refuse(String path, String why) {
-        return new R2Exception(R2Common.EXIT_FAILED, "file index: refusing " + Log.escape(path) + ": " + why);
+        return new SnapshotDamaged("file index: refusing " + Log.escape(path) + ": " + why);
     }
 }

@@ -54,6 +54,10 @@ public class R2Restore implements Callable<Integer> {
                 + "of every database and repo in a temporary directory (each git object hashed again: `git fsck`); "
                 + "touches nothing else. Exit 0 only if it would restore.")
         boolean verify;
+
+        @Option(names = "--release-held", description = "Let the history policy apply again to the snapshots a fallback "
+                + "restore passed over (held.json, shown by --list), once what they hold is recovered or given up.")
+        boolean releaseHeld;
     }
 
     @Option(names = "--snapshot", paramLabel = "TIMESTAMP", description = "Restore (or verify) this snapshot "
@@ -94,6 +98,7 @@ public class R2Restore implements Callable<Integer> {
         try (ObjectStore opened = ObjectStore.open(config)) {
             store = opened;
             if (mode.list) return listSnapshots();
+            if (mode.releaseHeld) return releaseHeld();
             DoltHome.use(config.stateDir());
             if (mode.verify) return verify();
             return restore();
@@ -136,17 +141,25 @@ public class R2Restore implements Callable<Integer> {
                     chosen = candidate;
                     break;
                 } catch (R2Exception e) {
+                    if (snapshot != null) throw e;
+                    // A snapshot is passed over only when it is proven damaged: a failure of the network or of this
+                    // machine says nothing about it, and an older town restored in its place would bury it.
+                    if (!SnapshotDamaged.proven(e))
+                        throw new R2Exception(e.exitCode, "restore: snapshot " + candidate + " could not be restored, and nothing shows "
+                                + "it is damaged, so no older one is tried: " + R2Cli.messageChain(e) + ". Run the restore again once "
+                                + "that is fixed, or choose a snapshot with --snapshot (see --list)", e);
                     refused.add(candidate + ": " + e.getMessage());
                     Log.error("restore: snapshot " + candidate + " is unusable: " + e.getMessage());
-                    if (snapshot != null) throw e;
                 }
             }
             if (chosen == null)
                 throw new R2Exception(R2Common.EXIT_FAILED, "restore: no snapshot could be restored: " + String.join("; ", refused));
             fallback = !chosen.equals(candidates.get(0));
-            if (fallback)
+            if (fallback) {
                 Log.warn("restore: FALLBACK: the latest snapshot " + candidates.get(0) + " is unusable; restoring the older "
                         + chosen + " instead. Work after " + chosen + " is not in this restore.");
+                holdNewer(candidates.subList(0, candidates.indexOf(chosen)), refused);
+            }
             if (Town.holdsData(root)) moveAside(root);
             moveIntoPlace(staging, chosen);
             Log.info("restore: town " + config.townId() + " restored from snapshot " + chosen + " in "
@@ -161,6 +174,24 @@ public class R2Restore implements Callable<Integer> {
             report(chosen, failure, fallback, start);
             RestoreState.recordFailure(config, R2Cli.messageChain(failure));
             throw failure;
+        }
+    }
+
+    /**
+     * The snapshots a fallback passed over stay in the bucket whatever the history policy says (held.json), until an
+     * operator releases them (--release-held): what they hold may still be recovered by hand.
+     */
+    private void holdNewer(List<String> passedOver, List<String> why) {
+        try {
+            Held held = Held.read(store, config.keys());
+            for (int i = 0; i < passedOver.size(); i++)
+                held = held.with(passedOver.get(i), "passed over by a fallback restore at " + Instant.now() + ": "
+                        + (i < why.size() ? Log.redact(why.get(i)) : "unusable"));
+            store.putBytes(config.keys().held(), R2Common.toJson(held));
+            Log.warn("restore: " + passedOver + " stay kept (held.json) until an operator releases them with r2-restore --release-held");
+        } catch (R2Exception e) {
+            Log.error("restore: cannot record in held.json that " + passedOver + " must be kept: " + e.getMessage()
+                    + "; copy them aside before the history policy removes them");
         }
     }
 
@@ -226,15 +257,20 @@ public class R2Restore implements Callable<Integer> {
         Instant t = Instant.now();
         Keys keys = config.keys();
         byte[] manifestJson = store.get(keys.object(timestamp, Keys.MANIFEST))
-                .orElseThrow(() -> new R2Exception(R2Common.EXIT_FAILED, "manifest.json of " + timestamp
+                .orElseThrow(() -> new SnapshotDamaged("manifest.json of " + timestamp
                         + " is missing (the snapshot was deleted or never finished)")).data();
         checkAgainstPointer(timestamp, manifestJson);
         int format = Manifest.formatOf(manifestJson);
         if (!Manifest.reads(format) && format != -1)
             throw new R2Exception(R2Common.EXIT_FAILED, "snapshot " + timestamp + ": " + new Manifest.UnreadableFormat(format).getMessage());
-        Manifest manifest = R2Common.fromJson(manifestJson, Manifest.class, "manifest.json of " + timestamp);
+        Manifest manifest;
+        try {
+            manifest = R2Common.fromJson(manifestJson, Manifest.class, "manifest.json of " + timestamp);
+        } catch (R2Exception e) {
+            throw new SnapshotDamaged(e.getMessage(), e);
+        }
         if (!manifest.timestamp().equals(timestamp) || !manifest.townId().equals(config.townId()))
-            throw new R2Exception(R2Common.EXIT_FAILED, "manifest.json of " + timestamp + " belongs to "
+            throw new SnapshotDamaged("manifest.json of " + timestamp + " belongs to "
                     + manifest.townId() + "/" + manifest.timestamp());
         Progress progress = new Progress("download", manifest.totalBytes());
         List<Parallel.Task> downloads = new ArrayList<>();
@@ -258,7 +294,7 @@ public class R2Restore implements Callable<Integer> {
     private void checkAgainstPointer(String timestamp, byte[] manifestJson) {
         if (latestPointer != null && latestPointer.timestamp().equals(timestamp) && latestPointer.manifestSha256() != null
                 && !latestPointer.manifestSha256().equals(Sha256.of(manifestJson)))
-            throw new R2Exception(R2Common.EXIT_FAILED, "manifest.json of " + timestamp
+            throw new SnapshotDamaged("manifest.json of " + timestamp
                     + " is not the one latest.json pins (sha256 differs)");
     }
 
@@ -311,7 +347,7 @@ public class R2Restore implements Callable<Integer> {
         Set<String> packs = manifest.filesUnder("files/packs").stream().map(f -> FilePacks.packId(f.path())).collect(Collectors.toSet());
         FilePacks.restore(indexPieces(prepared), id -> {
             if (!packs.contains(id))
-                throw new R2Exception(R2Common.EXIT_FAILED, "file index: names pack " + Log.escape(id) + ", which the manifest does not list");
+                throw new SnapshotDamaged("file index: names pack " + Log.escape(id) + ", which the manifest does not list");
             return prepared.file(PackWriter.DIR + id);
         }, townDir);
     }
@@ -330,7 +366,7 @@ public class R2Restore implements Callable<Integer> {
         for (Path child : Town.sortedChildren(restored)) {
             Path to = target.resolve(child.getFileName().toString());
             if (Files.exists(to, LinkOption.NOFOLLOW_LINKS))
-                throw new R2Exception(R2Common.EXIT_FAILED, "restore: " + to + " comes both from the packs and from the database's backup");
+                throw new SnapshotDamaged("restore: " + to + " comes both from the packs and from the database's backup");
             Files.move(child, to, StandardCopyOption.ATOMIC_MOVE);
         }
     }
@@ -465,6 +501,18 @@ public class R2Restore implements Callable<Integer> {
         }
     }
 
+    /** --release-held: held.json is removed; the next sync's history policy decides about those snapshots again. */
+    private int releaseHeld() {
+        Held held = Held.read(store, config.keys());
+        if (held.snapshots().isEmpty()) {
+            Log.info("release: no snapshot of town " + config.townId() + " is held");
+            return R2Common.EXIT_OK;
+        }
+        store.delete(List.of(config.keys().held()));
+        Log.info("release: " + held.snapshots().keySet() + " are no longer held; the history policy applies to them from the next sync");
+        return R2Common.EXIT_OK;
+    }
+
     /**
      * One row per snapshot, newest first: its files and size, the bytes it added (objects the next older
      * snapshot does not use), its state, which rule of the history policy keeps it, and latest.json's.
@@ -504,7 +552,9 @@ public class R2Restore implements Callable<Integer> {
         }
         HistoryPolicy policy = manifests.values().stream().map(Manifest::history).filter(Objects::nonNull)
                 .reduce((a, b) -> b).orElse(null);
-        Map<String, String> keptBy = policy == null ? Map.of() : policy.keep(manifests.keySet());
+        Map<String, String> keptBy = new HashMap<>(policy == null ? Map.of() : policy.keep(manifests.keySet()));
+        Held held = Held.read(store, keys);
+        held.snapshots().keySet().forEach(ts -> keptBy.put(ts, "held (fallback)"));
         List<Map<String, Object>> rows = new ArrayList<>();
         Set<String> olderKeys = Set.of();
         for (String ts : states.keySet()) {
@@ -520,6 +570,7 @@ public class R2Restore implements Callable<Integer> {
             }
             row.put("state", states.get(ts));
             row.put("keptBy", keptBy.getOrDefault(ts, ""));
+            if (held.snapshots().containsKey(ts)) row.put("held", held.snapshots().get(ts));
             row.put("latest", ts.equals(latest));
             rows.add(0, row);
         }
@@ -535,6 +586,8 @@ public class R2Restore implements Callable<Integer> {
                     row.get("state"), row.get("keptBy"), Boolean.TRUE.equals(row.get("latest")) ? "<- latest.json" : "");
         if (rows.isEmpty()) out.println("(no snapshots for town " + config.townId() + ")");
         else if (policy != null) out.println("history policy: " + policy.describe() + "; NEW is what a snapshot added to the one before it");
+        held.snapshots().forEach((ts, why) -> out.println("held: " + ts + ": " + Log.escape(why) + " (r2-restore --release-held lets "
+                + "the history policy remove it)"));
         return R2Common.EXIT_OK;
     }
 

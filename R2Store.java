@@ -93,10 +93,10 @@ interface ObjectStore extends AutoCloseable {
                     throw new R2Exception(e.exitCode, what + ": " + e.getMessage(), e);
                 }
                 if (got.size() != expected.size())
-                    throw new R2Exception(R2Common.EXIT_FAILED, what + " has " + got.size() + " bytes, the manifest says "
+                    throw new SnapshotDamaged(what + " has " + got.size() + " bytes, the manifest says "
                             + expected.size() + " (truncated or replaced)");
                 if (!got.sha256().equals(expected.sha256()))
-                    throw new R2Exception(R2Common.EXIT_FAILED, what + " does not match its sha256 in the manifest (corrupted)");
+                    throw new SnapshotDamaged(what + " does not match its sha256 in the manifest (corrupted)");
             });
         }
         return tasks;
@@ -225,7 +225,7 @@ final class S3ObjectStore implements ObjectStore {
                 }
             });
         } catch (NoSuchKeyException e) {
-            throw new R2Exception(R2Common.EXIT_FAILED, "s3: " + key + " is missing");
+            throw new SnapshotDamaged("s3: " + key + " is missing");
         }
     }
 
@@ -476,7 +476,7 @@ final class DirObjectStore implements ObjectStore {
     @Override
     public FileEntry download(String key, Path target, long offset, FileEntry expected, Progress progress) {
         Path source = path(key);
-        if (!Files.isRegularFile(source)) throw new R2Exception(R2Common.EXIT_FAILED, "store: " + key + " is missing");
+        if (!Files.isRegularFile(source)) throw new SnapshotDamaged("store: " + key + " is missing");
         try (InputStream in = Files.newInputStream(source)) {
             return Sha256.copyInto(in, target, offset, expected, progress);
         } catch (IOException e) {

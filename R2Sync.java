@@ -325,7 +325,7 @@ public class R2Sync implements Callable<Integer> {
      * no request), and what multipart uploads older versions left. Read at the start, it misses only snapshots
      * published meanwhile, by another writer: those are left to the next sync.
      */
-    record HistoryState(Map<String, List<StoredObject>> snapshots, List<PendingUpload> pendingUploads) {}
+    record HistoryState(Map<String, List<StoredObject>> snapshots, List<PendingUpload> pendingUploads, Held held) {}
 
     private HistoryState readHistory() throws IOException {
         Keys keys = config.keys();
@@ -337,7 +337,7 @@ public class R2Sync implements Callable<Integer> {
         Parallel.run(TRANSFERS, byTimestamp.entrySet().stream()
                 .filter(e -> hasManifest(e.getKey(), e.getValue()))
                 .<Parallel.Task>map(e -> () -> formatOf(e.getKey())).collect(Collectors.toList()));
-        return new HistoryState(byTimestamp, store.pendingUploads(keys.objects()));
+        return new HistoryState(byTimestamp, store.pendingUploads(keys.objects()), Held.read(store, keys));
     }
 
     /** A snapshot is complete once its manifest exists; a prefix without one is an older version's leftover. */
@@ -832,7 +832,8 @@ public class R2Sync implements Callable<Integer> {
             // else unreadable now, or a newer version's: never removed by this one
         }
         Map<String, String> kept = history.policy().keep(ours);
-        List<String> removed = ours.stream().filter(ts -> !kept.containsKey(ts) && !ts.equals(current)).collect(Collectors.toList());
+        List<String> removed = ours.stream().filter(ts -> !kept.containsKey(ts) && !ts.equals(current)
+                && !listed.held().snapshots().containsKey(ts)).collect(Collectors.toList());
         int keptCount = ours.size() - removed.size();
         if (keptCount >= history.last) removed.addAll(olderFormat);
         removed.addAll(unfinished);

@@ -89,7 +89,7 @@ final class Tars {
                 }
             }
         } catch (EOFException e) {
-            throw new R2Exception(R2Common.EXIT_FAILED, archive + ": truncated archive");
+            throw new SnapshotDamaged(archive + ": truncated archive");
         }
         return found;
     }
@@ -109,7 +109,7 @@ final class Tars {
         try {
             return in.getNextEntry();
         } catch (IOException | RuntimeException e) {
-            throw new R2Exception(R2Common.EXIT_FAILED, archive + ": truncated or damaged archive: " + e.getMessage());
+            throw new SnapshotDamaged(archive + ": truncated or damaged archive: " + e.getMessage());
         }
     }
 
@@ -120,7 +120,7 @@ final class Tars {
         } catch (FileAlreadyExistsException ex) {
             throw refuse(archive, e.getName(), "appears twice");
         }
-        if (written != e.getSize()) throw new R2Exception(R2Common.EXIT_FAILED, archive + ": truncated at entry " + e.getName());
+        if (written != e.getSize()) throw new SnapshotDamaged(archive + ": truncated at entry " + e.getName());
         Files.setPosixFilePermissions(target, perms(e.getMode() & 0777));
         Files.setLastModifiedTime(target, e.getLastModifiedTime());
     }
@@ -187,7 +187,7 @@ record TarIndex(List<TarIndex.Entry> entries) {
                 if (!seen.add(e.path())) throw new IllegalArgumentException("path listed twice in the file index: " + e.path());
             return index;
         } catch (IOException | RuntimeException e) {
-            throw new R2Exception(R2Common.EXIT_FAILED, Keys.FILE_INDEX + " is unreadable: " + R2Cli.messageChain(e), e);
+            throw new SnapshotDamaged(Keys.FILE_INDEX + " is unreadable: " + R2Cli.messageChain(e), e);
         }
     }
 }
@@ -210,7 +210,7 @@ final class TarPacks {
             Set<String> lacking = new TreeSet<>(pack.getValue());
             lacking.removeAll(found);
             if (!lacking.isEmpty())
-                throw new R2Exception(R2Common.EXIT_FAILED, pack.getKey() + " lacks " + lacking.size() + " path(s) the file index puts in it, e.g. "
+                throw new SnapshotDamaged(pack.getKey() + " lacks " + lacking.size() + " path(s) the file index puts in it, e.g. "
                         + Log.escape(lacking.iterator().next()));
         }
     }

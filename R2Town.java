@@ -146,9 +146,9 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
         for (int i = 0; i < parts.length; i++) {
             current = current.resolve(parts[i]);
             if (Files.isSymbolicLink(current))
-                throw new R2Exception(R2Common.EXIT_FAILED, "refusing " + what + " " + Log.escape(rel) + ": it passes through a symlink");
+                throw new SnapshotDamaged("refusing " + what + " " + Log.escape(rel) + ": it passes through a symlink");
             if (i < parts.length - 1 && Files.exists(current, LinkOption.NOFOLLOW_LINKS) && !Files.isDirectory(current, LinkOption.NOFOLLOW_LINKS))
-                throw new R2Exception(R2Common.EXIT_FAILED, "refusing " + what + " " + Log.escape(rel) + ": it passes through a file");
+                throw new SnapshotDamaged("refusing " + what + " " + Log.escape(rel) + ": it passes through a file");
         }
         return current;
     }

@@ -69,6 +69,10 @@ record BucketView(S3Client s3, String bucket, String townId) {
         return R2Common.fromJson(get(keys().object(timestamp, Keys.MANIFEST)), Manifest.class, "manifest " + timestamp);
     }
 
+    boolean manifestExists(String timestamp) {
+        return find(keys().object(timestamp, Keys.MANIFEST)).isPresent();
+    }
+
     /** Timestamps of every snapshot prefix, complete or not, oldest first. */
     List<String> prefixes() {
         return keys(keys().snapshots()).stream().map(k -> keys().timestampOf(k))

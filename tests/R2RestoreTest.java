@@ -682,6 +682,37 @@ class R2RestoreTest {
             assertEquals(snapshot, body.path("snapshot").asText());
         }
         TownState.assertSame(before, TownState.capture(volume));
+
+        // The snapshot passed over stays, whatever the history policy says, until an operator releases it.
+        Product restored = product(bucket, volume);
+        String list = restored.restore("--list").assertOk().stdout();
+        assertTrue(list.contains("held: " + newest), list);
+        for (int i = 0; i < 4; i++) restored.sync("--immediate").assertOk();
+        assertTrue(v.manifestExists(newest), "the held snapshot outlives the policy's last 3");
+        restored.restore("--release-held").assertOk();
+        restored.sync("--immediate").assertOk();
+        assertFalse(v.manifestExists(newest), "released, the policy removes it");
+    }
+
+    @Test
+    void aNewestSnapshotThatFailsWithoutProofOfDamageIsNeverPassedOver() throws Exception {
+        // A snapshot a newer version wrote (a format this one does not read) is no damaged one: falling back to an older
+        // town would bury it. The restore fails, the volume untouched, and says what to do.
+        String bucket = copyOfPristine();
+        BucketView v = view(bucket);
+        product(bucket, town.root()).sync("--immediate").assertOk();
+        String newest = v.latest().orElseThrow().timestamp();
+        String key = v.keys().object(newest, Keys.MANIFEST);
+        var manifest = (com.fasterxml.jackson.databind.node.ObjectNode) R2Common.JSON.readTree(v.get(key));
+        manifest.put("formatVersion", Manifest.FORMAT + 1);
+        byte[] json = R2Common.JSON.writeValueAsBytes(manifest);
+        v.put(key, json);
+        v.put(v.keys().latest(), R2Common.toJson(new Pointer(newest, Sha256.of(json))));
+        Path volume = emptyVolume();
+        TestTools.ProcResult r = product(bucket, volume).restore();
+        assertEquals(1, r.exitCode(), r.stderr());
+        assertTrue(r.stderr().contains("nothing shows it is damaged") && !r.stderr().contains("FALLBACK"), r.stderr());
+        assertEquals(TreeHash.of(emptyVolume()), TreeHash.of(volume), "the volume is untouched");
     }
 
     @Test
