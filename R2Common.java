@@ -267,6 +267,11 @@ record Keys(String townId) {
         return town() + "snapshots/";
     }
 
+    /** A failed restore of the town, recorded for every machine (RestoreState). */
+    String restoreFailed() {
+        return town() + "restore-failed.json";
+    }
+
     /** The snapshots kept whatever the history policy says, and why (Held). */
     String held() {
         return town() + "held.json";
@@ -326,12 +331,19 @@ record Keys(String townId) {
 // ---------------------------------------------------------------------------------------------
 
 /** latest.json: names the current snapshot and pins its manifest, so pointer -> manifest -> files is checkable. */
-record Pointer(String timestamp, String manifestSha256) {
+record Pointer(String timestamp, String manifestSha256, String writer) {
     Pointer {
         if (timestamp == null || !Keys.TIMESTAMP_FORM.matcher(timestamp).matches())
             throw new IllegalArgumentException("timestamp must look like 20260217T120000Z, not " + timestamp);
         if (manifestSha256 != null && !Sha256.HEX.matcher(manifestSha256).matches())
             throw new IllegalArgumentException("manifestSha256 is not a sha256: " + manifestSha256);
+        if (writer != null && !Writer.ID.matcher(writer).matches())
+            throw new IllegalArgumentException("writer is not a writer id: " + writer);
+    }
+
+    /** A pointer as versions before 0.6 wrote it: no writer named (the next sync adopts the town). */
+    Pointer(String timestamp, String manifestSha256) {
+        this(timestamp, manifestSha256, null);
     }
 }
 
@@ -1076,37 +1088,100 @@ final class FileTrees {
 }
 
 /**
- * Local state shared by restore, sync and status, in the state dir. restore-failed.json stops the sync
- * from backing up an empty or half-restored town over the good snapshots after a failed restore; the
- * staging marker makes the next start finish a restore that was interrupted while moving into place.
+ * Which volume writes a town's snapshots: a random id kept at the town root (never backed up: Town.OWN_DIRS), which
+ * every sync names in latest.json. A sync that finds latest.json written under another id refuses (two machines on
+ * one town, or a mis-provisioned TOWN_ID, would otherwise interleave silently); a restore, or an operator's
+ * --take-over, gives the volume a new id and makes it the writer.
+ */
+final class Writer {
+    static final String FILE = ".r2-writer-id";
+    static final Pattern ID = Pattern.compile("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}");
+
+    private Writer() {}
+
+    /** This volume's writer id, or null when it has none (or an unreadable one). */
+    static String of(Path townRoot) {
+        try {
+            String id = Files.readString(townRoot.resolve(FILE)).strip();
+            return ID.matcher(id).matches() ? id : null;
+        } catch (IOException e) {
+            return null;
+        }
+    }
+
+    /** Gives the volume a new writer id and returns it. */
+    static String claim(Path townRoot) throws IOException {
+        String id = UUID.randomUUID().toString();
+        FileTrees.writeAtomically(townRoot.resolve(FILE), (id + "\n").getBytes(StandardCharsets.UTF_8));
+        return id;
+    }
+
+    /** The machine's name, for people reading a marker. */
+    static String host() {
+        String fly = System.getenv("FLY_MACHINE_ID");
+        if (fly != null && !fly.isBlank()) return fly;
+        try {
+            return java.net.InetAddress.getLocalHost().getHostName();
+        } catch (IOException e) {
+            return "unknown";
+        }
+    }
+}
+
+/**
+ * Local state shared by restore, sync and status, in the state dir; and the failed-restore marker. A failed restore
+ * is recorded in three places, each enough to stop every sync from backing up an empty or half-restored town over
+ * the good snapshots: the state dir (this machine), the volume (the next container on it, after `gt up` filled it)
+ * and the bucket (any machine of the town). A successful restore or an operator (r2-restore --forget-failure)
+ * removes all three. The staging marker makes the next start finish a restore interrupted while moving into place.
  */
 final class RestoreState {
     static final String FAILED = "restore-failed.json";
+    /** The marker at the town root (never backed up: Town.OWN_DIRS). */
+    static final String FAILED_ON_VOLUME = ".r2-restore-failed.json";
     static final String LAST_SYNC = "last-sync.json";
     private static final String MOVING = "moving.json";
 
     private RestoreState() {}
 
-    static void recordFailure(Config config, String error) {
+    static void recordFailure(Config config, ObjectStore store, String error) {
+        byte[] json = R2Common.toJson(Map.of("townId", config.townId(), "at", Instant.now().toString(),
+                "machine", Writer.host(), "error", Log.redact(error)));
+        for (Path marker : List.of(config.stateDir().resolve(FAILED), config.townRoot().resolve(FAILED_ON_VOLUME))) {
+            try {
+                FileTrees.writeAtomically(marker, json);
+            } catch (IOException e) {
+                Log.warn("restore: cannot record the failure in " + marker + ": " + e.getMessage());
+            }
+        }
         try {
-            FileTrees.writeAtomically(config.stateDir().resolve(FAILED), R2Common.toJson(Map.of(
-                    "townId", config.townId(), "at", Instant.now().toString(), "error", Log.redact(error))));
-        } catch (IOException e) {
-            Log.warn("restore: cannot record the failure in " + config.stateDir() + ": " + e.getMessage());
+            store.putBytes(config.keys().restoreFailed(), json);
+        } catch (RuntimeException e) {
+            Log.warn("restore: cannot record the failure in the bucket: " + R2Cli.messageChain(e));
         }
     }
 
-    static void clearFailure(Config config) {
+    /** Removes every marker; a bucket that cannot be reached keeps its marker (said), and the sync still refuses. */
+    static void clearFailure(Config config, ObjectStore store) {
+        for (Path marker : List.of(config.stateDir().resolve(FAILED), config.townRoot().resolve(FAILED_ON_VOLUME))) {
+            try {
+                Files.deleteIfExists(marker);
+            } catch (IOException e) {
+                Log.warn("cannot remove " + marker + ": " + e.getMessage());
+            }
+        }
         try {
-            Files.deleteIfExists(config.stateDir().resolve(FAILED));
-        } catch (IOException e) {
-            Log.warn("cannot remove " + config.stateDir().resolve(FAILED) + ": " + e.getMessage());
+            store.delete(List.of(config.keys().restoreFailed()));
+        } catch (RuntimeException e) {
+            Log.warn("cannot remove the failed-restore marker from the bucket: " + R2Cli.messageChain(e));
         }
     }
 
+    /** The local marker of a failed restore (this machine's state dir, or the volume), if any. */
     static Optional<Path> failure(Config config) {
-        Path marker = config.stateDir().resolve(FAILED);
-        return Files.exists(marker) ? Optional.of(marker) : Optional.empty();
+        for (Path marker : List.of(config.stateDir().resolve(FAILED), config.townRoot().resolve(FAILED_ON_VOLUME)))
+            if (Files.exists(marker, LinkOption.NOFOLLOW_LINKS)) return Optional.of(marker);
+        return Optional.empty();
     }
 
     static void markMoving(Path staging, String timestamp) throws IOException {

@@ -55,6 +55,11 @@ public class R2Restore implements Callable<Integer> {
                 + "touches nothing else. Exit 0 only if it would restore.")
         boolean verify;
 
+        @Option(names = "--forget-failure", description = "Forget a failed restore (its markers on this machine, the volume "
+                + "and in the bucket), so that syncs back up the town as it is now: an operator's decision after a failed "
+                + "restore, once the town on the volume is the one to keep.")
+        boolean forgetFailure;
+
         @Option(names = "--release-held", description = "Let the history policy apply again to the snapshots a fallback "
                 + "restore passed over (held.json, shown by --list), once what they hold is recovered or given up.")
         boolean releaseHeld;
@@ -99,6 +104,12 @@ public class R2Restore implements Callable<Integer> {
             store = opened;
             if (mode.list) return listSnapshots();
             if (mode.releaseHeld) return releaseHeld();
+            if (mode.forgetFailure) {
+                RestoreState.clearFailure(config, store);
+                Log.info("restore: a failed restore of town " + config.townId() + " is forgotten; syncs back up " + config.townRoot()
+                        + " as it is");
+                return R2Common.EXIT_OK;
+            }
             DoltHome.use(config.stateDir());
             if (mode.verify) return verify();
             return restore();
@@ -117,8 +128,10 @@ public class R2Restore implements Callable<Integer> {
         if (Town.holdsData(root) && !force) {
             Log.info("restore: " + root + " already holds data; the volume's state takes priority, nothing restored "
                     + "(use --force to restore anyway)");
+            // A volume filled after a failed restore (gt up ran) is exactly what must not be backed up unasked.
+            RestoreState.failure(config).ifPresent(marker -> Log.warn("restore: a restore of this town failed before (" + marker
+                    + "): backups stay off until a restore succeeds or r2-restore --forget-failure"));
             report("volume-has-data", null, false, start);
-            RestoreState.clearFailure(config);
             return R2Common.EXIT_OK;
         }
         String chosen = null;
@@ -128,7 +141,7 @@ public class R2Restore implements Callable<Integer> {
             if (candidates.isEmpty()) {
                 Log.info("restore: no backup of town " + config.townId() + " exists yet; starting fresh (first boot)");
                 report("no-backup", null, false, start);
-                RestoreState.clearFailure(config);
+                RestoreState.clearFailure(config, store);
                 return R2Common.EXIT_OK;
             }
             List<String> refused = new ArrayList<>();
@@ -164,16 +177,35 @@ public class R2Restore implements Callable<Integer> {
             moveIntoPlace(staging, chosen);
             Log.info("restore: town " + config.townId() + " restored from snapshot " + chosen + " in "
                     + Log.seconds(Duration.between(start, Instant.now())));
+            claimWriter();
             report(chosen, null, fallback, start);
-            RestoreState.clearFailure(config);
+            RestoreState.clearFailure(config, store);
             return R2Common.EXIT_OK;
         } catch (IOException | RuntimeException e) {
             // Whatever failed (an unexpected error included), a half-built staging dir is not left on the volume.
             if (!RestoreState.moving(staging)) FileTrees.deleteQuietly(staging);
             R2Exception failure = e instanceof R2Exception r ? r : new R2Exception(R2Common.EXIT_FAILED, "restore: " + e, e);
             report(chosen, failure, fallback, start);
-            RestoreState.recordFailure(config, R2Cli.messageChain(failure));
+            RestoreState.recordFailure(config, store, R2Cli.messageChain(failure));
             throw failure;
+        }
+    }
+
+    /**
+     * The restored volume becomes the town's writer: a new writer id, named in latest.json (a conditional write; a
+     * pointer moved meanwhile is left as it is, said). A machine that wrote before, still running, is then refused.
+     */
+    private void claimWriter() throws IOException {
+        String id = Writer.claim(config.townRoot());
+        Optional<Versioned> latest = store.get(config.keys().latest());
+        if (latest.isEmpty()) return;
+        try {
+            Pointer p = R2Common.fromJson(latest.get().data(), Pointer.class, "latest.json");
+            store.putIfMatch(config.keys().latest(), R2Common.toJson(new Pointer(p.timestamp(), p.manifestSha256(), id)), latest.get().etag());
+            Log.info("restore: this volume is the writer of town " + config.townId() + " now (" + id + ")");
+        } catch (R2Exception e) {
+            Log.warn("restore: latest.json could not name this volume as the writer (" + e.getMessage() + "); the first sync "
+                    + "will refuse until r2-sync --take-over");
         }
     }
 
@@ -201,7 +233,8 @@ public class R2Restore implements Callable<Integer> {
         String ts = RestoreState.movingSnapshot(staging);
         Log.warn("restore: a restore of snapshot " + ts + " was interrupted while moving into place; finishing it");
         moveIntoPlace(staging, ts);
-        RestoreState.clearFailure(config);
+        claimWriter();
+        RestoreState.clearFailure(config, store);
         return true;
     }
 

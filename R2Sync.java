@@ -78,6 +78,10 @@ public class R2Sync implements Callable<Integer> {
     @Mixin
     HistoryOptions history = new HistoryOptions();
 
+    @Option(names = "--take-over", description = "Make this volume the town's writer although latest.json was written by "
+            + "another (after moving the town to a new machine by hand); without it such a sync refuses.")
+    boolean takeOver;
+
     private Config config;
     private ObjectStore store;
     private Heartbeat heartbeat;
@@ -203,7 +207,7 @@ public class R2Sync implements Callable<Integer> {
         try (SyncLock lock = SyncLock.acquire(lockFile, lockWait)) {
             timestamp = Keys.format(Instant.now());   // what the snapshot holds is read from now on
             Town.requireTown(config.townRoot());
-            refuseAfterFailedRestore();
+            refuseAfterFailedRestore(null);
             removeLeftoverWorkDirs();
             DoltHome.use(config.stateDir());
             Path work = Files.createDirectories(workDir.resolve("r2-sync-" + timestamp + "-" + ProcessHandle.current().pid()));
@@ -236,6 +240,8 @@ public class R2Sync implements Callable<Integer> {
             try (Background<Map<String, Object>> doltBackups = Background.start(() -> runDoltBackups(town));
                  Background<Versions> versions = Background.start(R2Sync::versions)) {
                 BucketState bucket = bucketRead.join();
+                refuseAfterFailedRestore(bucket);
+                String writer = writer(bucket.pointer());
                 Manifest base = bucket.base();
                 refuseEmptyTownOverBackup(town, base);
                 Log.info("sync " + timestamp + ": started for town " + config.townId());
@@ -246,7 +252,7 @@ public class R2Sync implements Callable<Integer> {
                 addDatabases(town, snapshot, base, doltBackups.join());
                 snapshot.requireSomethingBackedUp();
                 Transfer transfer = upload(snapshot, base);
-                Manifest manifest = publish(bucket.pointer(), snapshot, versions.join());
+                Manifest manifest = publish(bucket.pointer(), snapshot, versions.join(), writer);
                 lastManifest = manifest;
                 keepFileState(snapshot);
                 try {
@@ -277,13 +283,38 @@ public class R2Sync implements Callable<Integer> {
         return failure;
     }
 
-    /** After a failed restore the town on this volume is empty or stale: backing it up would bury the good snapshots. */
-    private void refuseAfterFailedRestore() {
-        RestoreState.failure(config).ifPresent(marker -> {
-            throw new R2Exception(R2Common.EXIT_FAILED, "sync: the restore on this machine failed (" + marker
+    /**
+     * After a failed restore the town on this volume is empty or stale: backing it up would bury the good snapshots.
+     * Checked before anything is read (this machine's marker, the volume's) and once the bucket is read (its marker,
+     * which any machine of the town may have left).
+     */
+    private void refuseAfterFailedRestore(BucketState bucket) {
+        Optional<String> marker = bucket == null ? RestoreState.failure(config).map(Path::toString)
+                : bucket.restoreFailed() ? Optional.of(config.keys().restoreFailed() + " in the bucket") : Optional.empty();
+        marker.ifPresent(where -> {
+            throw new R2Exception(R2Common.EXIT_FAILED, "sync: a restore of town " + config.townId() + " failed (" + where
                     + "); a sync now would replace the good backups with this incomplete town. Fix the restore "
-                    + "(r2-restore --list / --snapshot), or delete " + marker + " to back up the town as it is.");
+                    + "(r2-restore --list / --snapshot), or run r2-restore --forget-failure to back up the town as it is.");
         });
+    }
+
+    /**
+     * This volume's writer id. A latest.json written under another id means a second machine backs up this town (or
+     * TOWN_ID names another town): refused, unless --take-over. A pointer that names no writer (written before 0.6),
+     * or none at all, is adopted.
+     */
+    private String writer(PointerState pointer) throws IOException {
+        String mine = Writer.of(config.townRoot());
+        String theirs = pointer.pointer() == null ? null : pointer.pointer().writer();
+        if (theirs != null && !theirs.equals(mine) && !takeOver)
+            throw new R2Exception(R2Common.EXIT_FAILED, "sync: latest.json of town " + config.townId() + " was written by another "
+                    + "writer (" + theirs + "; this volume is " + (mine == null ? "none yet" : mine) + "): is a second machine "
+                    + "backing up this town, or does TOWN_ID name another town? Nothing was published. If this machine is the "
+                    + "town's now, run r2-sync --immediate --take-over once.");
+        if (mine != null) return mine;
+        String claimed = Writer.claim(config.townRoot());
+        Log.info("sync: this volume is the writer of town " + config.townId() + " now (" + claimed + ")");
+        return claimed;
     }
 
     /** A town that lost every database and repo since the last snapshot is far likelier a wiped volume than intent. */
@@ -308,14 +339,15 @@ public class R2Sync implements Callable<Integer> {
     }
 
     /** What a sync needs from the bucket before it packs: the pointer, the snapshot it names, and every stored object. */
-    record BucketState(PointerState pointer, Manifest base, Map<String, StoredObject> stored) {}
+    record BucketState(PointerState pointer, Manifest base, Map<String, StoredObject> stored, boolean restoreFailed) {}
 
     /** The listing runs beside the two reads that depend on each other: a round trip or more less on R2. */
     private BucketState readBucket() throws IOException {
         try (Background<Map<String, StoredObject>> listing = Background.start(this::storedObjects)) {
             PointerState pointer = readPointer();
             Manifest base = previousManifest(pointer);
-            return new BucketState(pointer, base, listing.join());
+            boolean restoreFailed = store.get(config.keys().restoreFailed()).isPresent();
+            return new BucketState(pointer, base, listing.join(), restoreFailed);
         }
     }
 
@@ -750,7 +782,7 @@ public class R2Sync implements Callable<Integer> {
      * Publishes the snapshot: creates its manifest.json under a timestamp newer than latest.json's (only if no
      * other writer has that timestamp), then moves latest.json to it.
      */
-    private Manifest publish(PointerState previous, Snapshot snapshot, Versions versions) {
+    private Manifest publish(PointerState previous, Snapshot snapshot, Versions versions, String writer) {
         Instant candidate = Keys.parse(snapshot.timestamp());
         if (previous.pointer() != null) {
             Instant latest = Keys.parse(previous.pointer().timestamp());
@@ -766,7 +798,7 @@ public class R2Sync implements Callable<Integer> {
                 continue;   // another writer holds this second; take the next one
             }
             manifests.put(manifest.timestamp(), manifest);
-            movePointer(previous, manifest, json);
+            movePointer(previous, manifest, json, writer);
             return manifest;
         }
         throw new R2Exception(R2Common.EXIT_FAILED, "sync: could not create a manifest under a free timestamp after 30 tries");
@@ -776,9 +808,9 @@ public class R2Sync implements Callable<Integer> {
      * Moves latest.json with a conditional write on the ETag read at the start: if another writer moved it
      * meanwhile, a newer snapshot of theirs is never replaced, and ours is discarded.
      */
-    private void movePointer(PointerState previous, Manifest manifest, byte[] manifestJson) {
+    private void movePointer(PointerState previous, Manifest manifest, byte[] manifestJson, String writer) {
         String timestamp = manifest.timestamp();
-        byte[] pointer = R2Common.toJson(new Pointer(timestamp, Sha256.of(manifestJson)));
+        byte[] pointer = R2Common.toJson(new Pointer(timestamp, Sha256.of(manifestJson), writer));
         String expected = previous.etag();
         for (int attempt = 0; attempt < 3; attempt++) {
             try {

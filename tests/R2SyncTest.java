@@ -392,6 +392,77 @@ class R2SyncTest {
     }
 
     @Test
+    void twoMachinesOnOneTownAreRefusedAndTakingItOverIsExplicit() throws Exception {
+        Path own = TestTools.tempDir("two-writers-");
+        TestTown a = TownBuilder.create().rigs("alpha").build(own.resolve("a"));
+        String bucket = s3.newBucket();
+        BucketView view = BucketView.of(s3, bucket, "town-1");
+        Product first = Product.of(a.root(), s3, bucket, "town-1");
+        first.sync("--immediate").assertOk();
+        String firstSnapshot = view.latest().orElseThrow().timestamp();
+        assertNotNull(view.latest().orElseThrow().writer(), "latest.json names its writer");
+        // A second machine with a town of its own under the same TOWN_ID (a copy, as a mis-provisioned one would be).
+        Path b = own.resolve("b");
+        TestTools.run(List.of("cp", "-a", a.root().toString(), b.toString()), own, Map.of(), null, Duration.ofMinutes(1));
+        Files.delete(b.resolve(Writer.FILE));
+        Files.writeString(b.resolve("settings/second-machine.txt"), "b\n");
+        Product second = Product.of(b, s3, bucket, "town-1");
+        try (HeartbeatReceiver api = new HeartbeatReceiver()) {
+            TestTools.ProcResult refused = second.with("GASTOWN_API_URL", api.baseUrl()).sync("--immediate");
+            assertEquals(1, refused.exitCode(), refused.stderr());
+            assertTrue(refused.stderr().contains("another writer"), refused.stderr());
+            var body = R2Common.JSON.readTree(api.awaitRequests(1, Duration.ofSeconds(10)).get(0).body());
+            assertEquals("failed", body.path("status").asText());
+        }
+        assertEquals(firstSnapshot, view.latest().orElseThrow().timestamp(), "nothing of the second machine was published");
+        // An operator moves the town: the second machine takes it over, and the first is refused from then on.
+        second.sync("--immediate", "--take-over").assertOk();
+        String taken = view.latest().orElseThrow().timestamp();
+        assertTrue(view.packedPaths(taken, TestTools.tempDir("two-writers-index-")).contains("settings/second-machine.txt"));
+        TestTools.ProcResult late = first.sync("--immediate");
+        assertEquals(1, late.exitCode(), late.stderr());
+        assertEquals(taken, view.latest().orElseThrow().timestamp(), "the first machine published nothing over it");
+        second.sync("--immediate").assertOk();
+        TestTools.deleteRecursively(own);
+    }
+
+    @Test
+    void aNewContainerAfterAFailedRestoreDoesNotPublishUntilAnOperatorSaysSo() throws Exception {
+        Path own = TestTools.tempDir("failed-restore-");
+        TestTown t = TownBuilder.create().rigs("alpha").build(own.resolve("town"));
+        String bucket = s3.newBucket();
+        BucketView view = BucketView.of(s3, bucket, "town-1");
+        Product.of(t.root(), s3, bucket, "town-1").sync("--immediate").assertOk();
+        String good = view.latest().orElseThrow().timestamp();
+        // The restore on a new machine fails (an object of the only snapshot is gone)...
+        String pack = view.manifest(good).filesUnder("files/packs").get(0).path();
+        byte[] saved = view.get(view.objectKey(good, pack));
+        view.delete(view.objectKey(good, pack));
+        Path volume = Files.createDirectories(own.resolve("volume"));
+        TestTools.ProcResult failed = Product.of(volume, s3, bucket, "town-1").onNewMachine().restore();
+        assertEquals(1, failed.exitCode(), failed.stderr());
+        view.put(view.objectKey(good, pack), saved);   // the object is back: the bucket holds a good snapshot again
+        // ... `gt up` makes a fresh town on the volume, and the machine is replaced (a new state dir).
+        TestTown fresh = TownBuilder.create().rigs("alpha").build(own.resolve("fresh"));
+        TestTools.run(List.of("cp", "-a", fresh.root() + "/.", volume.toString()), own, Map.of(), null, Duration.ofMinutes(1));
+        Product next = Product.of(volume, s3, bucket, "town-1").onNewMachine();
+        TestTools.ProcResult skipped = next.restore().assertOk();
+        assertTrue(skipped.stderr().contains("backups stay off"), skipped.stderr());
+        TestTools.ProcResult refused = next.sync("--immediate");
+        assertEquals(1, refused.exitCode(), refused.stderr());
+        assertTrue(refused.stderr().contains("--forget-failure"), refused.stderr());
+        assertEquals(good, view.latest().orElseThrow().timestamp(), "the fresh town was not published over the good snapshot");
+        // Even on a volume that lost its marker, the bucket's stops it.
+        Files.delete(volume.resolve(RestoreState.FAILED_ON_VOLUME));
+        assertEquals(1, Product.of(volume, s3, bucket, "town-1").sync("--immediate").exitCode());
+        assertEquals(good, view.latest().orElseThrow().timestamp());
+        next.restore("--forget-failure").assertOk();
+        next.sync("--immediate", "--take-over").assertOk();
+        assertNotEquals(good, view.latest().orElseThrow().timestamp());
+        TestTools.deleteRecursively(own);
+    }
+
+    @Test
     void retentionKeepsTheNewestThreeAndTheOneLatestNames() {
         String bucket = s3.newBucket();
         BucketView view = BucketView.of(s3, bucket, "town-1");
