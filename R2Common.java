@@ -1088,32 +1088,20 @@ final class FileTrees {
 }
 
 /**
- * Which volume writes a town's snapshots: a random id kept at the town root (never backed up: Town.OWN_DIRS), which
- * every sync names in latest.json. A sync that finds latest.json written under another id refuses (two machines on
- * one town, or a mis-provisioned TOWN_ID, would otherwise interleave silently); a restore, or an operator's
- * --take-over, gives the volume a new id and makes it the writer.
+ * Which machine writes a town's snapshots: an id made from the machine's name (FLY_MACHINE_ID, else the host name)
+ * and the town root, the same at every start of the same machine, which every sync names in latest.json. A sync
+ * that finds latest.json written under another id refuses: two machines on one town, or a mis-provisioned TOWN_ID,
+ * would otherwise interleave silently. A restore, or an operator's --take-over, makes its machine the writer. Kept
+ * in nothing on the volume: a backup never changes the town.
  */
 final class Writer {
-    static final String FILE = ".r2-writer-id";
     static final Pattern ID = Pattern.compile("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}");
 
     private Writer() {}
 
-    /** This volume's writer id, or null when it has none (or an unreadable one). */
+    /** This machine's writer id for the town at townRoot. */
     static String of(Path townRoot) {
-        try {
-            String id = Files.readString(townRoot.resolve(FILE)).strip();
-            return ID.matcher(id).matches() ? id : null;
-        } catch (IOException e) {
-            return null;
-        }
-    }
-
-    /** Gives the volume a new writer id and returns it. */
-    static String claim(Path townRoot) throws IOException {
-        String id = UUID.randomUUID().toString();
-        FileTrees.writeAtomically(townRoot.resolve(FILE), (id + "\n").getBytes(StandardCharsets.UTF_8));
-        return id;
+        return UUID.nameUUIDFromBytes((host() + "\n" + townRoot.toAbsolutePath().normalize()).getBytes(StandardCharsets.UTF_8)).toString();
     }
 
     /** The machine's name, for people reading a marker. */

@@ -192,17 +192,17 @@ public class R2Restore implements Callable<Integer> {
     }
 
     /**
-     * The restored volume becomes the town's writer: a new writer id, named in latest.json (a conditional write; a
-     * pointer moved meanwhile is left as it is, said). A machine that wrote before, still running, is then refused.
+     * The restoring machine becomes the town's writer: latest.json names it (a conditional write; a pointer moved
+     * meanwhile is left as it is, said). A machine that wrote before, still running, is then refused.
      */
-    private void claimWriter() throws IOException {
-        String id = Writer.claim(config.townRoot());
+    private void claimWriter() {
+        String id = Writer.of(config.townRoot());
         Optional<Versioned> latest = store.get(config.keys().latest());
         if (latest.isEmpty()) return;
         try {
             Pointer p = R2Common.fromJson(latest.get().data(), Pointer.class, "latest.json");
             store.putIfMatch(config.keys().latest(), R2Common.toJson(new Pointer(p.timestamp(), p.manifestSha256(), id)), latest.get().etag());
-            Log.info("restore: this volume is the writer of town " + config.townId() + " now (" + id + ")");
+            Log.info("restore: this machine is the writer of town " + config.townId() + " now (" + id + ")");
         } catch (R2Exception e) {
             Log.warn("restore: latest.json could not name this volume as the writer (" + e.getMessage() + "); the first sync "
                     + "will refuse until r2-sync --take-over");

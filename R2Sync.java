@@ -299,22 +299,21 @@ public class R2Sync implements Callable<Integer> {
     }
 
     /**
-     * This volume's writer id. A latest.json written under another id means a second machine backs up this town (or
-     * TOWN_ID names another town): refused, unless --take-over. A pointer that names no writer (written before 0.6),
-     * or none at all, is adopted.
+     * This machine's writer id. A latest.json written under another id means a second machine backs up this town
+     * (or TOWN_ID names another town): refused, unless --take-over. A pointer that names no writer (written before
+     * 0.6), or none at all, is adopted.
      */
-    private String writer(PointerState pointer) throws IOException {
+    private String writer(PointerState pointer) {
         String mine = Writer.of(config.townRoot());
         String theirs = pointer.pointer() == null ? null : pointer.pointer().writer();
         if (theirs != null && !theirs.equals(mine) && !takeOver)
             throw new R2Exception(R2Common.EXIT_FAILED, "sync: latest.json of town " + config.townId() + " was written by another "
-                    + "writer (" + theirs + "; this volume is " + (mine == null ? "none yet" : mine) + "): is a second machine "
-                    + "backing up this town, or does TOWN_ID name another town? Nothing was published. If this machine is the "
-                    + "town's now, run r2-sync --immediate --take-over once.");
-        if (mine != null) return mine;
-        String claimed = Writer.claim(config.townRoot());
-        Log.info("sync: this volume is the writer of town " + config.townId() + " now (" + claimed + ")");
-        return claimed;
+                    + "machine (writer " + theirs + "; this one is " + mine + "): is a second machine backing up this town, or "
+                    + "does TOWN_ID name another town? Nothing was published. If this machine is the town's now, run "
+                    + "r2-sync --immediate --take-over once.");
+        if (theirs != null && !theirs.equals(mine)) Log.warn("sync: --take-over: this machine (" + mine + ") is the writer of town "
+                + config.townId() + " from now on, in place of " + theirs);
+        return mine;
     }
 
     /** A town that lost every database and repo since the last snapshot is far likelier a wiped volume than intent. */

@@ -32,7 +32,7 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
     /** gt recognises a town by this file; nothing else is ever backed up. */
     static final String TOWN_MARKER = "mayor/town.json";
     /** This tool's own directories at the town root, and the filesystem's: never part of the town. */
-    static final Set<String> OWN_DIRS = Set.of(".r2-restore", RestoreState.FAILED_ON_VOLUME, Writer.FILE, "lost+found");
+    static final Set<String> OWN_DIRS = Set.of(".r2-restore", RestoreState.FAILED_ON_VOLUME, "lost+found");
     static final String ASIDE_PREFIX = ".r2-aside-";
     private static final Pattern SAFE_NAME = Pattern.compile("[A-Za-z0-9_][A-Za-z0-9_.-]*");
 
@@ -328,9 +328,9 @@ final class SkipList {
                     (rel, name, a, p) -> Town.isGitDir(p.getParent()) && Set.of("objects", "refs", "packed-refs").contains(name)),
             new Entry(".beads/backup/", "bd's own dolt backup of a database that `dolt backup` already stores", false,
                     (rel, name, a, p) -> a.isDirectory() && name.equals("backup") && p.getParent().getFileName().toString().equals(".beads")),
-            new Entry(".r2-restore/, .r2-aside-*/, .r2-writer-id, .r2-restore-failed.json, lost+found/ at the root",
-                    "this tool's restore staging, what a forced restore moved aside, this volume's writer id, the failed-restore "
-                    + "marker, and the filesystem's own recovery dir: not the town", true,
+            new Entry(".r2-restore/, .r2-aside-*/, .r2-restore-failed.json, lost+found/ at the root",
+                    "this tool's restore staging, what a forced restore moved aside, the failed-restore marker, and the "
+                    + "filesystem's own recovery dir: not the town", true,
                     (rel, name, a, p) -> !rel.contains("/") && (Town.OWN_DIRS.contains(name) || name.startsWith(Town.ASIDE_PREFIX))));
 
     private SkipList() {}

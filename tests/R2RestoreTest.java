@@ -659,7 +659,8 @@ class R2RestoreTest {
         BucketView v = view(bucket);
         // A second, newer snapshot of the same town with a change of its own, then corrupt what only it holds.
         writeFile(town.root().resolve("settings/fallback-note"), "newer\n");
-        product(bucket, town.root()).sync("--immediate").assertOk();
+        // Restores from the pristine bucket made their volumes its writer: the class's town takes it back.
+        product(bucket, town.root()).sync("--immediate", "--take-over").assertOk();
         Files.delete(town.root().resolve("settings/fallback-note"));   // the town is the class's pristine one
         String newest = v.latest().orElseThrow().timestamp();
         assertNotEquals(snapshot, newest);
@@ -700,7 +701,8 @@ class R2RestoreTest {
         // town would bury it. The restore fails, the volume untouched, and says what to do.
         String bucket = copyOfPristine();
         BucketView v = view(bucket);
-        product(bucket, town.root()).sync("--immediate").assertOk();
+        // Restores from the pristine bucket made their volumes its writer: the class's town takes it back.
+        product(bucket, town.root()).sync("--immediate", "--take-over").assertOk();
         String newest = v.latest().orElseThrow().timestamp();
         String key = v.keys().object(newest, Keys.MANIFEST);
         var manifest = (com.fasterxml.jackson.databind.node.ObjectNode) R2Common.JSON.readTree(v.get(key));

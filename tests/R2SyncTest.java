@@ -404,13 +404,12 @@ class R2SyncTest {
         // A second machine with a town of its own under the same TOWN_ID (a copy, as a mis-provisioned one would be).
         Path b = own.resolve("b");
         TestTools.run(List.of("cp", "-a", a.root().toString(), b.toString()), own, Map.of(), null, Duration.ofMinutes(1));
-        Files.delete(b.resolve(Writer.FILE));
         Files.writeString(b.resolve("settings/second-machine.txt"), "b\n");
         Product second = Product.of(b, s3, bucket, "town-1");
         try (HeartbeatReceiver api = new HeartbeatReceiver()) {
             TestTools.ProcResult refused = second.with("GASTOWN_API_URL", api.baseUrl()).sync("--immediate");
             assertEquals(1, refused.exitCode(), refused.stderr());
-            assertTrue(refused.stderr().contains("another writer"), refused.stderr());
+            assertTrue(refused.stderr().contains("written by another machine"), refused.stderr());
             var body = R2Common.JSON.readTree(api.awaitRequests(1, Duration.ofSeconds(10)).get(0).body());
             assertEquals("failed", body.path("status").asText());
         }
