@@ -891,10 +891,14 @@ final class Proc {
         }
     }
 
-    /** The first line a command prints, or "unknown" when it is missing or fails. */
-    static String versionOf(String... args) {
+    /**
+     * The first line a command prints, or "unknown" when it is missing or fails. It runs in dir, which is also its
+     * HOME: a directory of our own outside the town. gt finds a town from its cwd or from GT_TOWN_ROOT / GT_ROOT
+     * (which no child gets), and `gt version` run in a town writes into it: a backup must not change what it backs up.
+     */
+    static String versionOf(Path dir, String... args) {
         try {
-            ProcResult r = run(null, Duration.ofSeconds(20), List.of(args));
+            ProcResult r = run(dir, Duration.ofSeconds(20), List.of(args), Map.of("HOME", dir.toString()));
             return r.ok() ? r.stdout().lines().findFirst().orElse("unknown").strip() : "unknown";
         } catch (R2Exception e) {
             return "unknown";

@@ -235,7 +235,7 @@ public class R2Sync implements Callable<Integer> {
              })) {
             Town town = Town.scan(config.townRoot());
             try (Background<Map<String, Object>> doltBackups = Background.start(() -> runDoltBackups(town));
-                 Background<Versions> versions = Background.start(R2Sync::versions)) {
+                 Background<Versions> versions = Background.start(() -> versions(work.resolve("version-probe")))) {
                 BucketState bucket = bucketRead.join();
                 Manifest base = bucket.base();
                 refuseEmptyTownOverBackup(town, base);
@@ -593,11 +593,12 @@ public class R2Sync implements Callable<Integer> {
         }
     }
 
-    /** The versions of gt, dolt and git, for the manifest. */
-    private static Versions versions() {
-        String gt = Proc.versionOf("gt", "version");
-        String dolt = Proc.versionOf("dolt", "version").replaceFirst("^dolt version ", "");
-        String git = Proc.versionOf("git", "--version").replaceFirst("^git version ", "");
+    /** The versions of gt, dolt and git, for the manifest, asked in dir (a new directory of the work dir's, not the town). */
+    private static Versions versions(Path dir) throws IOException {
+        Files.createDirectories(dir);
+        String gt = Proc.versionOf(dir, "gt", "version");
+        String dolt = Proc.versionOf(dir, "dolt", "version").replaceFirst("^dolt version ", "");
+        String git = Proc.versionOf(dir, "git", "--version").replaceFirst("^git version ", "");
         return new Versions(gt, dolt, git);
     }
 
