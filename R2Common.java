@@ -829,6 +829,7 @@ final class Proc {
             throw new R2Exception(R2Common.EXIT_FAILED, String.join(" ", args) + ": interrupted");
         } catch (ExecutionException e) {
             p.destroyForcibly();
+            if (e.getCause() instanceof Error error) throw error;   // a reader out of memory: not this command's failure
             throw new R2Exception(R2Common.EXIT_FAILED, String.join(" ", args) + ": " + e.getMessage());
         } finally {
             RUNNING.remove(p);
@@ -973,6 +974,7 @@ final class Parallel {
     static IOException failureOf(ExecutionException e) {
         if (e.getCause() instanceof IOException io) return io;
         if (e.getCause() instanceof RuntimeException re) throw re;
+        if (e.getCause() instanceof Error error) throw error;   // an OutOfMemoryError stays one: no failure to fall back from
         throw new R2Exception(R2Common.EXIT_FAILED, String.valueOf(e.getCause()), e.getCause());
     }
 }
@@ -1301,15 +1303,26 @@ final class R2Cli {
                 Log.error(messageChain(r2));
                 return r2.exitCode;
             }
-            Log.error("unexpected error: " + messageChain(ex) + " (this is a bug; rerun with --debug for details)");
-            if (debug) {
-                StringWriter sw = new StringWriter();
-                ex.printStackTrace(new PrintWriter(sw));
-                c.getErr().println(Log.redact(sw.toString()));
-            }
-            return R2Common.EXIT_FAILED;
+            return unexpected(ex, c);
         });
-        return cmd.execute(args);
+        try {
+            return cmd.execute(args);
+        } catch (Error e) {
+            // picocli hands its handler exceptions only; an Error (an OutOfMemoryError) ends a command the same way.
+            return unexpected(e, cmd);
+        }
+    }
+
+    /** A bug, or the JVM in trouble: one line, the stack trace only under --debug, exit 1. */
+    private static int unexpected(Throwable ex, CommandLine c) {
+        Log.error("unexpected error: " + (ex instanceof Error ? ex.getClass().getSimpleName() + ": " : "") + messageChain(ex)
+                + " (this is a bug; rerun with --debug for details)");
+        if (debug) {
+            StringWriter sw = new StringWriter();
+            ex.printStackTrace(new PrintWriter(sw));
+            c.getErr().println(Log.redact(sw.toString()));
+        }
+        return R2Common.EXIT_FAILED;
     }
 
     /** The message chain joined by ": ", each cause added once. */

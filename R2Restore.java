@@ -154,8 +154,9 @@ public class R2Restore implements Callable<Integer> {
             report(chosen, null, fallback, start);
             RestoreState.clearFailure(config);
             return R2Common.EXIT_OK;
-        } catch (IOException | RuntimeException e) {
-            // Whatever failed (an unexpected error included), a half-built staging dir is not left on the volume.
+        } catch (IOException | RuntimeException | Error e) {
+            // Whatever failed (an unexpected error, an OutOfMemoryError included), a half-built staging dir is not left
+            // on the volume, and the failure is reported and recorded like any other: never a reason to fall back.
             if (!RestoreState.moving(staging)) FileTrees.deleteQuietly(staging);
             R2Exception failure = e instanceof R2Exception r ? r : new R2Exception(R2Common.EXIT_FAILED, "restore: " + e, e);
             report(chosen, failure, fallback, start);

@@ -173,10 +173,11 @@ public class R2Sync implements Callable<Integer> {
                 consecutiveFailures++;
                 Log.error("daemon: cycle failed (" + consecutiveFailures + " in a row), retrying in "
                         + DurationConverter.format(interval) + ": " + R2Cli.messageChain(e));
-            } catch (RuntimeException e) {
+            } catch (RuntimeException | Error e) {
                 if (stop.getCount() == 0) break;
                 consecutiveFailures++;
-                Log.error("daemon: cycle failed unexpectedly (" + consecutiveFailures + " in a row): " + R2Cli.messageChain(e));
+                Log.error("daemon: cycle failed unexpectedly (" + consecutiveFailures + " in a row): "
+                        + e.getClass().getSimpleName() + ": " + R2Cli.messageChain(e));
             }
             try {
                 if (stop.await(interval.toMillis(), TimeUnit.MILLISECONDS)) break;
@@ -217,6 +218,10 @@ public class R2Sync implements Callable<Integer> {
             throw fail(timestamp, start, new R2Exception(R2Common.EXIT_FAILED, "sync: " + e, e));
         } catch (R2Exception e) {
             throw fail(timestamp, start, e);
+        } catch (RuntimeException | Error e) {
+            // A bug, or the JVM out of memory: a failed sync all the same, reported as one; the caller says what it was.
+            fail(timestamp, start, new R2Exception(R2Common.EXIT_FAILED, "sync: " + e, e));
+            throw e;
         }
     }
 
