@@ -100,11 +100,8 @@ final class Git {
             throw new R2Exception(R2Common.EXIT_FAILED, "git config in " + cwd + ": exit " + listing.exitCode() + ": " + listing.tail());
         List<Map.Entry<String, String>> off = new ArrayList<>();
         Set<String> drivers = new LinkedHashSet<>();
-        for (String key : listing.stdout().split("\0")) {
-            int first = key.indexOf('.');
-            int last = key.lastIndexOf('.');
-            if (first >= 0 && last > first) drivers.add(key.substring(0, last));   // "filter.<name>" of "filter.<name>.clean"
-        }
+        for (String key : listing.stdout().split("\0"))   // "filter.<name>.clean" names driver "filter.<name>"; "diff.renames" none
+            if (key.indexOf('.') < key.lastIndexOf('.')) drivers.add(key.substring(0, key.lastIndexOf('.')));
         for (String driver : drivers)
             for (Map.Entry<String, String> setting : driver.startsWith("filter.") ? FILTER_OFF : DIFF_OFF)
                 off.add(Map.entry(driver + "." + setting.getKey(), setting.getValue()));

@@ -51,16 +51,17 @@ class UntrustedTownTest {
         TestTools.git(crew, "commit", "-qm", "notes");
 
         // The programs: one script outside the town that says it ran. Named by core.fsmonitor in .git/config, and
-        // as a clean/smudge filter in a file .git/config includes, bound to *.txt by .gitattributes.
+        // as a clean/smudge filter in a file .git/config includes, bound to *.txt by .gitattributes. The filter's name
+        // holds a "=", which `git -c filter.<name>.clean=` cannot carry (git splits at the first "=").
         Path marker = own.resolve("ran.log");
         Path program = own.resolve("program.sh");
         Files.writeString(program, "#!/bin/sh\necho \"$0 $*\" >> '" + marker + "'\nexec cat\n");
         Files.setPosixFilePermissions(program, PosixFilePermissions.fromString("rwxr-xr-x"));
-        Files.writeString(crew.resolve(".git/extra.cfg"), "[filter \"notes\"]\n\tclean = " + program + " clean\n"
+        Files.writeString(crew.resolve(".git/extra.cfg"), "[filter \"no=tes\"]\n\tclean = " + program + " clean\n"
                 + "\tsmudge = " + program + " smudge\n\trequired = true\n");
         Files.writeString(crew.resolve(".git/config"), Files.readString(crew.resolve(".git/config"))
                 + "[include]\n\tpath = extra.cfg\n[core]\n\tfsmonitor = " + program + "\n");
-        Files.writeString(crew.resolve(".gitattributes"), "*.txt filter=notes\n");
+        Files.writeString(crew.resolve(".gitattributes"), "*.txt filter=no=tes\n");
         // Stat-dirty: git must read it again to know it is unchanged, through the clean filter.
         Files.setLastModifiedTime(crew.resolve("notes.txt"), FileTime.from(Instant.parse("2024-01-01T00:00:00Z")));
 
