@@ -22,16 +22,16 @@
 //   3. Keys          the key layout under gastown/{town_id}/
 //   4. Manifest      Pointer (latest.json), Manifest and the facts it records
 //   5. Hashing       sha256 of files and of streams being written
-//   6. Processes     Proc: honest subprocesses; Parallel: independent tasks on a bounded pool; Background:
-//                    one task beside the caller's work
+//   6. Processes     Proc: honest subprocesses, with no secret in their environment; Parallel: independent tasks
+//                    on a bounded pool; Background: one task beside the caller's work
 //   7. Local state   FileTrees, RestoreState (the failed-restore marker, the interrupted-move marker)
 //   8. Reporting     Log (timestamped, secret-free, escaped stderr lines), Progress, Heartbeat
 //   9. CLI wiring    R2Exception, R2Cli.run
 // Each other concept has a file of its own: R2Store.java (the object store), R2Tar.java (tar writing and
 // hostile-archive refusal), R2Town.java (what a snapshot holds: the scan and its skip list), R2Git.java
-// (chains of git packs, and work-tree state), R2Dolt.java (dolt backups and the dolt identity restores run with),
-// R2Packs.java (files stored incrementally: packs and the file index), R2History.java (which snapshots are
-// kept, and garbage collection of the objects none of them uses).
+// (how git runs, chains of git packs, and work-tree state), R2Dolt.java (dolt backups and the dolt identity
+// restores run with), R2Packs.java (files stored incrementally: packs and the file index), R2History.java
+// (which snapshots are kept, and garbage collection of the objects none of them uses).
 
 import com.fasterxml.jackson.annotation.JsonAlias;
 import com.fasterxml.jackson.annotation.JsonInclude;
@@ -790,15 +790,33 @@ final class Proc {
         return run(cwd, DEFAULT_TIMEOUT, List.of(args));
     }
 
-    /** Environment every child gets on top of ours (DoltHome sets dolt's config dir here). */
-    private static final Map<String, String> ENV = new ConcurrentHashMap<>(Map.of("GIT_TERMINAL_PROMPT", "0"));
+    /**
+     * What a child keeps of our environment: these names (and LC_*) only, never the whole of it. Our environment
+     * holds the R2 keys and the API token (and *_FILE pointers to them); a list of what to pass on, rather than
+     * of what to remove, keeps out every secret added later too, from git, dolt, gt and whatever they run. The
+     * GIT_CONFIG_* and DOLT_* ones point git and dolt at the machine's own config (tests/run sets them).
+     */
+    private static final Set<String> PASSED_ON = Set.of("PATH", "HOME", "LANG", "TZ", "TMPDIR", "USER", "LOGNAME",
+            "GIT_CONFIG_GLOBAL", "GIT_CONFIG_NOSYSTEM", "DOLT_ROOT_PATH", "DOLT_DISABLE_EVENT_FLUSH");
+
+    static boolean passedOn(String name) {
+        return PASSED_ON.contains(name) || name.startsWith("LC_");
+    }
+
+    /** Environment every child gets on top of what it keeps of ours (DoltHome sets dolt's config dir here). */
+    private static final Map<String, String> ENV = new ConcurrentHashMap<>();
 
     static void setEnv(String name, String value) {
         ENV.put(name, value);
     }
 
     static ProcResult run(Path cwd, Duration timeout, List<String> args) {
-        Process p = start(cwd, args);
+        return run(cwd, timeout, args, Map.of());
+    }
+
+    /** Runs with env added to the child's environment (Git's hardening, the version probe's HOME). */
+    static ProcResult run(Path cwd, Duration timeout, List<String> args, Map<String, String> env) {
+        Process p = start(cwd, args, env);
         try {
             p.getOutputStream().close();
         } catch (IOException e) {
@@ -813,7 +831,11 @@ final class Proc {
      * a pack); a non-zero exit is an error carrying the end of stderr.
      */
     static void pipe(Path cwd, List<String> args, byte[] stdin, OutputStream out) {
-        Process p = start(cwd, args);
+        pipe(cwd, args, Map.of(), stdin, out);
+    }
+
+    static void pipe(Path cwd, List<String> args, Map<String, String> env, byte[] stdin, OutputStream out) {
+        Process p = start(cwd, args, env);
         Future<String> err = READERS.submit(() -> readCapped(p.getErrorStream()));
         Future<Void> feed = READERS.submit(() -> {
             try (OutputStream in = p.getOutputStream()) {
@@ -838,10 +860,12 @@ final class Proc {
             throw new R2Exception(R2Common.EXIT_FAILED, String.join(" ", args) + ": exit " + r.exitCode() + ": " + r.tail());
     }
 
-    private static Process start(Path cwd, List<String> args) {
+    private static Process start(Path cwd, List<String> args, Map<String, String> env) {
         ProcessBuilder pb = new ProcessBuilder(args);
         if (cwd != null) pb.directory(cwd.toFile());
+        pb.environment().keySet().removeIf(name -> !passedOn(name));
         pb.environment().putAll(ENV);
+        pb.environment().putAll(env);
         pb.redirectInput(ProcessBuilder.Redirect.PIPE);
         Process p;
         try {
@@ -875,6 +899,7 @@ final class Proc {
             throw new R2Exception(R2Common.EXIT_FAILED, String.join(" ", args) + ": interrupted");
         } catch (ExecutionException e) {
             p.destroyForcibly();
+            if (e.getCause() instanceof Error error) throw error;   // a reader out of memory: not this command's failure
             throw new R2Exception(R2Common.EXIT_FAILED, String.join(" ", args) + ": " + e.getMessage());
         } finally {
             RUNNING.remove(p);
@@ -887,7 +912,11 @@ final class Proc {
     }
 
     static ProcResult check(Path cwd, Duration timeout, List<String> args) {
-        ProcResult r = run(cwd, timeout, args);
+        return check(cwd, timeout, args, Map.of());
+    }
+
+    static ProcResult check(Path cwd, Duration timeout, List<String> args, Map<String, String> env) {
+        ProcResult r = run(cwd, timeout, args, env);
         if (!r.ok())
             throw new R2Exception(R2Common.EXIT_FAILED, String.join(" ", args) + ": exit " + r.exitCode() + ": " + r.tail());
         return r;
@@ -933,10 +962,14 @@ final class Proc {
         }
     }
 
-    /** The first line a command prints, or "unknown" when it is missing or fails. */
-    static String versionOf(String... args) {
+    /**
+     * The first line a command prints, or "unknown" when it is missing or fails. It runs in dir, which is also its
+     * HOME: a directory of our own outside the town. gt finds a town from its cwd or from GT_TOWN_ROOT / GT_ROOT
+     * (which no child gets), and `gt version` run in a town writes into it: a backup must not change what it backs up.
+     */
+    static String versionOf(Path dir, String... args) {
         try {
-            ProcResult r = run(null, Duration.ofSeconds(20), List.of(args));
+            ProcResult r = run(dir, Duration.ofSeconds(20), List.of(args), Map.of("HOME", dir.toString()));
             return r.ok() ? r.stdout().lines().findFirst().orElse("unknown").strip() : "unknown";
         } catch (R2Exception e) {
             return "unknown";
@@ -1011,6 +1044,7 @@ final class Parallel {
     static IOException failureOf(ExecutionException e) {
         if (e.getCause() instanceof IOException io) return io;
         if (e.getCause() instanceof RuntimeException re) throw re;
+        if (e.getCause() instanceof Error error) throw error;   // an OutOfMemoryError stays one: no failure to fall back from
         throw new R2Exception(R2Common.EXIT_FAILED, String.valueOf(e.getCause()), e.getCause());
     }
 }
@@ -1413,15 +1447,26 @@ final class R2Cli {
                 Log.error(messageChain(r2));
                 return r2.exitCode;
             }
-            Log.error("unexpected error: " + messageChain(ex) + " (this is a bug; rerun with --debug for details)");
-            if (debug) {
-                StringWriter sw = new StringWriter();
-                ex.printStackTrace(new PrintWriter(sw));
-                c.getErr().println(Log.redact(sw.toString()));
-            }
-            return R2Common.EXIT_FAILED;
+            return unexpected(ex, c);
         });
-        return cmd.execute(args);
+        try {
+            return cmd.execute(args);
+        } catch (Error e) {
+            // picocli hands its handler exceptions only; an Error (an OutOfMemoryError) ends a command the same way.
+            return unexpected(e, cmd);
+        }
+    }
+
+    /** A bug, or the JVM in trouble: one line, the stack trace only under --debug, exit 1. */
+    private static int unexpected(Throwable ex, CommandLine c) {
+        Log.error("unexpected error: " + (ex instanceof Error ? ex.getClass().getSimpleName() + ": " : "") + messageChain(ex)
+                + " (this is a bug; rerun with --debug for details)");
+        if (debug) {
+            StringWriter sw = new StringWriter();
+            ex.printStackTrace(new PrintWriter(sw));
+            c.getErr().println(Log.redact(sw.toString()));
+        }
+        return R2Common.EXIT_FAILED;
     }
 
     /** The message chain joined by ": ", each cause added once. */

@@ -1,6 +1,6 @@
-// Git: a git directory's objects as a chain of packs, its refs, and a work tree's state (part of R2Common,
-// included with //SOURCES). Everything else in a git directory (HEAD, index, config, hooks, info/, logs/,
-// shallow, worktrees/) is archived as files by the town scan, so it comes back byte for byte.
+// Git: how this tool runs git (Git), a git directory's objects as a chain of packs, its refs, and a work tree's
+// state (part of R2Common, included with //SOURCES). Everything else in a git directory (HEAD, index, config,
+// hooks, info/, logs/, shallow, worktrees/) is archived as files by the town scan, so it comes back byte for byte.
 //
 // Why the objects are packed here and not by `git bundle create --all`: that command fetches every blob a
 // partial clone left on its promisor remote (or fails offline), and it carries neither the reflog (stash
@@ -17,6 +17,97 @@ import java.nio.file.*;
 import java.util.*;
 import java.util.stream.Collectors;
 import java.util.stream.Stream;
+
+/**
+ * The one way this tool runs git. A town's repository is data, never a program to run: its config, and every file
+ * that config includes (include, includeIf, config.worktree), can name programs git runs unasked (security.md):
+ * core.fsmonitor whenever the index is read, hooks, a filter driver on a file that is stat-dirty, diff drivers, a
+ * credential helper, askpass, ssh, or the upload-pack a partial clone's lazy fetch runs. Every git command gets
+ * settings at git's command-line level, which wins over every config file, that stop each of them; a command that
+ * may read a work tree's files through .gitattributes also gets every filter and diff driver the repository's
+ * config defines emptied, found by listing that config (a listing run the same way). The settings go in
+ * GIT_CONFIG_COUNT/KEY/VALUE rather than `-c`: a driver's name may hold a "=", which `-c` cannot carry.
+ */
+final class Git {
+    private Git() {}
+
+    /** Settings that stop every program a repository's config can name for the commands this tool runs. */
+    private static final List<Map.Entry<String, String>> HARDENING = List.of(
+            Map.entry("core.fsmonitor", "false"),
+            Map.entry("core.hooksPath", "/dev/null"),
+            Map.entry("credential.helper", ""),   // an empty value clears the list of helpers
+            Map.entry("core.askPass", ""),
+            Map.entry("core.sshCommand", "false"),
+            Map.entry("core.pager", "cat"),
+            Map.entry("core.editor", ":"),        // git's own "no editor"
+            Map.entry("gpg.program", "false"),
+            Map.entry("gpg.ssh.program", "false"),
+            Map.entry("gpg.x509.program", "false"));
+
+    /** Emptying these stops a driver (an empty command is no command); a required filter that did not run is fatal. */
+    private static final List<Map.Entry<String, String>> FILTER_OFF = List.of(Map.entry("clean", ""), Map.entry("smudge", ""),
+            Map.entry("process", ""), Map.entry("required", "false"));
+    private static final List<Map.Entry<String, String>> DIFF_OFF = List.of(Map.entry("textconv", ""), Map.entry("command", ""));
+
+    /** Commands that never read a work tree's file through .gitattributes: no driver can run, no listing needed. */
+    private static final Set<String> NO_DRIVERS = Set.of("cat-file", "config", "for-each-ref", "fsck", "bundle", "ls-files",
+            "pack-objects", "rev-parse", "symbolic-ref");
+
+    /**
+     * Runs `git {options} {command}`: options pick the repository (--git-dir=, --work-tree=; none: found from cwd)
+     * and carry settings of our own, command starts with the subcommand.
+     */
+    static ProcResult run(Path cwd, List<String> options, String... command) {
+        return Proc.run(cwd, Proc.DEFAULT_TIMEOUT, args(options, List.of(command)), env(cwd, options, command[0]));
+    }
+
+    /** Like run, but a non-zero exit is an error naming the command. */
+    static ProcResult check(Path cwd, List<String> options, String... command) {
+        return Proc.check(cwd, Proc.DEFAULT_TIMEOUT, args(options, List.of(command)), env(cwd, options, command[0]));
+    }
+
+    /** Feeds stdin and streams stdout into out (Proc.pipe). */
+    static void pipe(Path cwd, List<String> options, List<String> command, byte[] stdin, OutputStream out) {
+        Proc.pipe(cwd, args(options, command), env(cwd, options, command.get(0)), stdin, out);
+    }
+
+    private static List<String> args(List<String> options, List<String> command) {
+        List<String> args = new ArrayList<>(List.of("git"));
+        args.addAll(options);
+        args.addAll(command);
+        return args;
+    }
+
+    private static Map<String, String> env(Path cwd, List<String> options, String subcommand) {
+        List<Map.Entry<String, String>> settings = new ArrayList<>(HARDENING);
+        if (!NO_DRIVERS.contains(subcommand)) settings.addAll(driversOff(cwd, options));
+        Map<String, String> env = new HashMap<>();
+        env.put("GIT_CONFIG_COUNT", String.valueOf(settings.size()));
+        for (int i = 0; i < settings.size(); i++) {
+            env.put("GIT_CONFIG_KEY_" + i, settings.get(i).getKey());
+            env.put("GIT_CONFIG_VALUE_" + i, settings.get(i).getValue());
+        }
+        env.put("GIT_ALLOW_PROTOCOL", "");     // no transport at all: a lazy fetch runs what the remote's config names
+        env.put("GIT_OPTIONAL_LOCKS", "0");    // reading never rewrites an agent's index
+        env.put("GIT_TERMINAL_PROMPT", "0");
+        return env;
+    }
+
+    /** Settings that empty every filter and diff driver the repository's config defines, whichever file defines it. */
+    private static List<Map.Entry<String, String>> driversOff(Path cwd, List<String> options) {
+        ProcResult listing = run(cwd, options, "config", "-z", "--name-only", "--get-regexp", "^(filter|diff)\\.");
+        if (!listing.ok() && listing.exitCode() != 1)   // 1: no such key
+            throw new R2Exception(R2Common.EXIT_FAILED, "git config in " + cwd + ": exit " + listing.exitCode() + ": " + listing.tail());
+        List<Map.Entry<String, String>> off = new ArrayList<>();
+        Set<String> drivers = new LinkedHashSet<>();
+        for (String key : listing.stdout().split("\0"))   // "filter.<name>.clean" names driver "filter.<name>"; "diff.renames" none
+            if (key.indexOf('.') < key.lastIndexOf('.')) drivers.add(key.substring(0, key.lastIndexOf('.')));
+        for (String driver : drivers)
+            for (Map.Entry<String, String> setting : driver.startsWith("filter.") ? FILTER_OFF : DIFF_OFF)
+                off.add(Map.entry(driver + "." + setting.getKey(), setting.getValue()));
+        return off;
+    }
+}
 
 final class GitRepo {
     private GitRepo() {}
@@ -87,9 +178,9 @@ final class GitRepo {
         ByteArrayOutputStream checksum = new ByteArrayOutputStream();
         // Small pack windows: by default git maps whole packs, and a 300 MiB repo's pack then shows as 300 MiB
         // of RSS (70 MiB with these, as fast). One pack whatever the repo's pack.packSizeLimit, and no .rev file.
-        Proc.pipe(gitDir, List.of("git", "--git-dir=" + gitDir, "-c", "core.packedGitWindowSize=16m",
-                "-c", "core.packedGitLimit=64m", "-c", "pack.packSizeLimit=0", "-c", "pack.writeReverseIndex=false",
-                "pack-objects", "--quiet", "--revs", "--all", "--reflog", "--indexed-objects", "--missing=allow-promisor",
+        Git.pipe(gitDir, List.of("--git-dir=" + gitDir, "-c", "core.packedGitWindowSize=16m",
+                "-c", "core.packedGitLimit=64m", "-c", "pack.packSizeLimit=0", "-c", "pack.writeReverseIndex=false"),
+                List.of("pack-objects", "--quiet", "--revs", "--all", "--reflog", "--indexed-objects", "--missing=allow-promisor",
                 "--delta-base-offset", base.toString()), revs.getBytes(StandardCharsets.UTF_8), checksum);
         String written = checksum.toString(StandardCharsets.UTF_8).strip();
         if (!PACK_CHECKSUM.matcher(written).matches())
@@ -156,7 +247,7 @@ final class GitRepo {
         if (objects.isEmpty()) return true;
         String in = objects.stream().distinct().map(sha -> sha + "\n").collect(Collectors.joining());
         ByteArrayOutputStream out = new ByteArrayOutputStream();
-        Proc.pipe(gitDir, List.of("git", "--git-dir=" + gitDir, "cat-file", "--batch-check=%(objectname)"),
+        Git.pipe(gitDir, List.of("--git-dir=" + gitDir), List.of("cat-file", "--batch-check=%(objectname)"),
                 in.getBytes(StandardCharsets.UTF_8), out);
         return out.toString(StandardCharsets.UTF_8).lines().noneMatch(l -> l.endsWith(" missing"));
     }
@@ -189,7 +280,7 @@ final class GitRepo {
         if (objects.isEmpty()) return List.of();
         String in = objects.stream().distinct().map(sha -> sha + "^{commit}\n").collect(Collectors.joining());
         ByteArrayOutputStream out = new ByteArrayOutputStream();
-        Proc.pipe(gitDir, List.of("git", "--git-dir=" + gitDir, "cat-file", "--batch-check=%(objectname) %(objecttype)"),
+        Git.pipe(gitDir, List.of("--git-dir=" + gitDir), List.of("cat-file", "--batch-check=%(objectname) %(objecttype)"),
                 in.getBytes(StandardCharsets.UTF_8), out);
         return out.toString(StandardCharsets.UTF_8).lines().map(l -> l.split(" "))
                 .filter(f -> f.length == 2 && f[1].equals("commit")).map(f -> f[0]).distinct().sorted().collect(Collectors.toList());
@@ -206,21 +297,20 @@ final class GitRepo {
 
     /** The work tree's HEAD, branch and status. The work tree is found from cwd, or named by gitArgs. */
     static WorkTreeFacts inspect(String path, String gitDir, Path cwd, List<String> gitArgs) {
-        ProcResult branch = Proc.run(cwd, Proc.DEFAULT_TIMEOUT, gitCommand(gitArgs, "symbolic-ref", "-q", "HEAD"));
-        ProcResult head = Proc.run(cwd, Proc.DEFAULT_TIMEOUT, gitCommand(gitArgs, "rev-parse", "-q", "--verify", "HEAD"));
+        ProcResult branch = Git.run(cwd, gitArgs, "symbolic-ref", "-q", "HEAD");
+        ProcResult head = Git.run(cwd, gitArgs, "rev-parse", "-q", "--verify", "HEAD");
         Status s = status(cwd, gitArgs);
         return new WorkTreeFacts(path, gitDir, head.ok() ? head.stdout().strip() : null,
                 branch.ok() ? branch.stdout().strip() : null, s.staged(), s.modified(), s.untracked(), s.sha256());
     }
 
     /**
-     * `git status --porcelain=v2` as the operator reads it (an untracked directory is one entry). No optional
-     * locks: a backup never rewrites an agent's index. No fsmonitor: its hook is the town's, not ours to run.
+     * `git status --porcelain=v2` as the operator reads it (an untracked directory is one entry). A submodule counts
+     * by its commit alone: asking what its work tree holds starts a git in it, under its own config, whose drivers
+     * Git did not list. The submodule is a work tree of the town: its own status says what it holds.
      */
     static Status status(Path cwd, List<String> gitArgs) {
-        List<String> cmd = gitCommand(gitArgs, "--no-optional-locks", "-c", "core.fsmonitor=false", "status",
-                "--porcelain=v2", "-z");
-        String out = Proc.check(cwd, Proc.DEFAULT_TIMEOUT, cmd).stdout();
+        String out = Git.check(cwd, gitArgs, "status", "--porcelain=v2", "-z", "--ignore-submodules=dirty").stdout();
         int staged = 0, modified = 0, untracked = 0;
         String[] fields = out.split("\0");
         for (int i = 0; i < fields.length; i++) {
@@ -235,13 +325,6 @@ final class GitRepo {
             }
         }
         return new Status(staged, modified, untracked, Sha256.of(out.getBytes(StandardCharsets.UTF_8)));
-    }
-
-    private static List<String> gitCommand(List<String> gitArgs, String... args) {
-        List<String> cmd = new ArrayList<>(List.of("git"));
-        cmd.addAll(gitArgs);
-        cmd.addAll(List.of(args));
-        return cmd;
     }
 
     // --- restore ------------------------------------------------------------------------------------
@@ -271,9 +354,9 @@ final class GitRepo {
         Refs restored = refs(gitDir);
         if (!restored.refs().equals(repo.refs()) || !restored.symrefs().equals(repo.symrefs()))
             throw new SnapshotDamaged("repo " + repo.path() + " restored with refs that differ from the manifest");
-        List<String> fsckCommand = new ArrayList<>(List.of("git", "--git-dir=" + gitDir, "fsck", "--no-dangling", "--no-progress"));
+        List<String> fsckCommand = new ArrayList<>(List.of("fsck", "--no-dangling", "--no-progress"));
         if (check == Check.CONNECTIVITY) fsckCommand.add("--connectivity-only");
-        ProcResult fsck = Proc.run(gitDir, Proc.DEFAULT_TIMEOUT, fsckCommand);
+        ProcResult fsck = Git.run(gitDir, List.of("--git-dir=" + gitDir), fsckCommand.toArray(String[]::new));
         if (fsck.ok()) return;
         // A repo the sync could not read was carried over from an older snapshot: its objects are that
         // snapshot's, its files (reflogs, index) this one's, so they may name objects it lacks. Said, not fatal.
@@ -331,9 +414,7 @@ final class GitRepo {
 
     /** Runs git on a git directory and returns its stdout; a non-zero exit is an error naming the command. */
     static String git(Path gitDir, String... args) {
-        List<String> cmd = new ArrayList<>(List.of("git", "--git-dir=" + gitDir));
-        cmd.addAll(List.of(args));
-        return Proc.check(gitDir, Proc.DEFAULT_TIMEOUT, cmd).stdout();
+        return Git.check(gitDir, List.of("--git-dir=" + gitDir), args).stdout();
     }
 }
 

@@ -181,8 +181,9 @@ public class R2Restore implements Callable<Integer> {
             report(chosen, null, fallback, start);
             RestoreState.clearFailure(config, store);
             return R2Common.EXIT_OK;
-        } catch (IOException | RuntimeException e) {
-            // Whatever failed (an unexpected error included), a half-built staging dir is not left on the volume.
+        } catch (IOException | RuntimeException | Error e) {
+            // Whatever failed (an unexpected error, an OutOfMemoryError included), a half-built staging dir is not left
+            // on the volume, and the failure is reported and recorded like any other: never a reason to fall back.
             if (!RestoreState.moving(staging)) FileTrees.deleteQuietly(staging);
             R2Exception failure = e instanceof R2Exception r ? r : new R2Exception(R2Common.EXIT_FAILED, "restore: " + e, e);
             report(chosen, failure, fallback, start);
@@ -445,22 +446,14 @@ public class R2Restore implements Callable<Integer> {
     /**
      * Prints what each work tree holds, as `git status` sees it in staging, and warns where it differs
      * from the manifest (a file that changed while the sync ran): the operator sees in-progress work came back.
-     * A repository whose config names a filter driver is not asked: `git status` would run that program, and
-     * a restore never runs a program the backup names.
+     * `git status` runs no program the backup names (no filter driver, no fsmonitor: see Git).
      */
-    private void compareWorkTrees(Manifest manifest, Path townDir) throws IOException {
+    private void compareWorkTrees(Manifest manifest, Path townDir) {
         for (RepoFacts repo : manifest.repos()) {
-            Path config = townDir.resolve(repo.path()).resolve("config");
-            boolean filters = Files.isRegularFile(config) && FILTER_SECTION.matcher(Files.readString(config)).find();
             for (WorkTreeFacts wt : repo.workTrees()) {
                 if (Path.of(wt.gitDir()).isAbsolute()) {
                     Log.warn("restore: work tree " + Town.shown(wt.path()) + " belongs to " + wt.gitDir() + ", outside the town: its files "
                             + "are restored, its git directory is not");
-                    continue;
-                }
-                if (filters) {
-                    Log.info("restore: work tree " + wt.summary() + " when backed up (not compared: " + repo.path()
-                            + "/config names a filter driver, a program a restore does not run)");
                     continue;
                 }
                 GitRepo.Status now = GitRepo.status(townDir, List.of("--git-dir=" + townDir.resolve(wt.gitDir()),
@@ -473,8 +466,6 @@ public class R2Restore implements Callable<Integer> {
             }
         }
     }
-
-    private static final java.util.regex.Pattern FILTER_SECTION = java.util.regex.Pattern.compile("(?mi)^\\s*\\[filter\\b");
 
     /** --force: the existing content goes into .r2-aside-<time>/ on the same volume; nothing is deleted. */
     private void moveAside(Path root) throws IOException {

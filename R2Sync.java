@@ -176,10 +176,11 @@ public class R2Sync implements Callable<Integer> {
                 consecutiveFailures++;
                 Log.error("daemon: cycle failed (" + consecutiveFailures + " in a row), retrying in "
                         + DurationConverter.format(interval) + ": " + R2Cli.messageChain(e));
-            } catch (RuntimeException e) {
+            } catch (RuntimeException | Error e) {
                 if (stop.getCount() == 0) break;
                 consecutiveFailures++;
-                Log.error("daemon: cycle failed unexpectedly (" + consecutiveFailures + " in a row): " + R2Cli.messageChain(e));
+                Log.error("daemon: cycle failed unexpectedly (" + consecutiveFailures + " in a row): "
+                        + e.getClass().getSimpleName() + ": " + R2Cli.messageChain(e));
             }
             try {
                 if (stop.await(interval.toMillis(), TimeUnit.MILLISECONDS)) break;
@@ -220,6 +221,10 @@ public class R2Sync implements Callable<Integer> {
             throw fail(timestamp, start, new R2Exception(R2Common.EXIT_FAILED, "sync: " + e, e));
         } catch (R2Exception e) {
             throw fail(timestamp, start, e);
+        } catch (RuntimeException | Error e) {
+            // A bug, or the JVM out of memory: a failed sync all the same, reported as one; the caller says what it was.
+            fail(timestamp, start, new R2Exception(R2Common.EXIT_FAILED, "sync: " + e, e));
+            throw e;
         }
     }
 
@@ -238,7 +243,7 @@ public class R2Sync implements Callable<Integer> {
              })) {
             Town town = Town.scan(config.townRoot(), work.resolve("scan"));
             try (Background<Map<String, Object>> doltBackups = Background.start(() -> runDoltBackups(town));
-                 Background<Versions> versions = Background.start(R2Sync::versions)) {
+                 Background<Versions> versions = Background.start(() -> versions(work.resolve("version-probe")))) {
                 BucketState bucket = bucketRead.join();
                 refuseAfterFailedRestore(bucket);
                 String writer = writer(bucket.pointer());
@@ -721,11 +726,12 @@ public class R2Sync implements Callable<Integer> {
         }
     }
 
-    /** The versions of gt, dolt and git, for the manifest. */
-    private static Versions versions() {
-        String gt = Proc.versionOf("gt", "version");
-        String dolt = Proc.versionOf("dolt", "version").replaceFirst("^dolt version ", "");
-        String git = Proc.versionOf("git", "--version").replaceFirst("^git version ", "");
+    /** The versions of gt, dolt and git, for the manifest, asked in dir (a new directory of the work dir's, not the town). */
+    private static Versions versions(Path dir) throws IOException {
+        Files.createDirectories(dir);
+        String gt = Proc.versionOf(dir, "gt", "version");
+        String dolt = Proc.versionOf(dir, "dolt", "version").replaceFirst("^dolt version ", "");
+        String git = Proc.versionOf(dir, "git", "--version").replaceFirst("^git version ", "");
         return new Versions(gt, dolt, git);
     }
 

@@ -248,8 +248,8 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
         private static boolean trackedOrUntracked(Path workTree, Path gitDir, Path path, BasicFileAttributes attrs) {
             if (workTree == null || gitDir != null || !(attrs.isRegularFile() || attrs.isDirectory() || attrs.isSymbolicLink()))
                 return false;
-            ProcResult r = Proc.run(workTree, Proc.DEFAULT_TIMEOUT, List.of("git", "--no-optional-locks", "ls-files", "-z",
-                    "--cached", "--others", "--exclude-standard", "--", relative(workTree, path)));
+            ProcResult r = Git.run(workTree, List.of(), "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--",
+                    relative(workTree, path));
             return r.ok() && !r.stdout().isEmpty();
         }
 

@@ -91,7 +91,12 @@ final class Product {
     }
 
     TestTools.ProcResult run(String mainClass, String... args) {
-        return TestTools.run(command(mainClass, args), scratch, env, null, TIMEOUT);
+        return runIn(scratch, mainClass, args);
+    }
+
+    /** Runs a command with its working directory in cwd (an operator's shell may well be in the town). */
+    TestTools.ProcResult runIn(Path cwd, String mainClass, String... args) {
+        return TestTools.run(command(mainClass, args), cwd, env, null, TIMEOUT);
     }
 
     /** Starts a command in the background (the daemon); stderr goes to the returned log file. */

@@ -733,6 +733,40 @@ class R2RestoreTest {
     }
 
     @Test
+    void anErrorInARestoreIsAFailedRestoreNeverAFallback() throws Exception {
+        // A real OutOfMemoryError in the newest snapshot's restore, with an older good one there to fall back to:
+        // restored into another root, a linked worktree's gitdir file is read whole to point it at the new root, and
+        // one of 64 MiB (sparse in the town) does not fit a 48 MiB heap. An Error says nothing about the snapshot.
+        Path own = TestTools.tempDir("restore-error-");
+        TestTown t = TownBuilder.create().rigs("alpha").partial().build(own);
+        String bucket = s3.newBucket();
+        Product p = product(bucket, t.root());
+        p.sync("--immediate").assertOk();
+        String older = view(bucket).latest().orElseThrow().timestamp();
+        try (java.io.RandomAccessFile gitdir = new java.io.RandomAccessFile(
+                t.rig("alpha").resolve(".repo.git/worktrees/alpha/gitdir").toFile(), "rw")) {
+            gitdir.setLength(64L << 20);
+        }
+        p.sync("--immediate").assertOk();
+        assertNotEquals(older, view(bucket).latest().orElseThrow().timestamp());
+
+        Path volume = emptyVolume();
+        try (HeartbeatReceiver api = new HeartbeatReceiver()) {
+            Product restore = product(bucket, volume).with("GASTOWN_API_URL", api.baseUrl()).with("JAVA_TOOL_OPTIONS", "-Xmx48m");
+            TestTools.ProcResult r = restore.restore();
+            assertEquals(1, r.exitCode(), r.stderr());
+            assertTrue(r.stderr().contains("OutOfMemoryError"), r.stderr());
+            assertFalse(r.stderr().contains("FALLBACK") || r.stderr().contains("restored from snapshot"), r.stderr());
+            var body = R2Common.JSON.readTree(api.awaitRequests(1, Duration.ofSeconds(10)).get(0).body());
+            assertEquals("failed", body.path("status").asText(), body.toString());
+            assertTrue(body.path("error").asText().contains("OutOfMemoryError"), body.toString());
+            assertTrue(Files.exists(restore.stateDir().resolve(RestoreState.FAILED)), "the failure is recorded for the sync");
+        }
+        assertEquals(TreeHash.of(emptyVolume()), TreeHash.of(volume), "the volume is untouched");
+        TestTools.deleteRecursively(own);
+    }
+
+    @Test
     void listTellsTheTruthAsATableAndAsJson() throws Exception {
         Product p = product(pristine, emptyVolume());
         BucketView v = view(pristine);

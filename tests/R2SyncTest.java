@@ -603,6 +603,56 @@ class R2SyncTest {
     }
 
     @Test
+    void anErrorInASyncIsAFailedSyncAndTheDaemonGoesOn() throws Exception {
+        // A real OutOfMemoryError: a sync reads each linked worktree's commondir file whole, and one of 64 MiB (sparse,
+        // git reads it up to its first NUL) does not fit a 48 MiB heap, which holds the rest of this town's sync well.
+        Path own = TestTools.tempDir("sync-error-");
+        TestTown t = TownBuilder.create().rigs("alpha").partial().build(own);
+        Path commondir = t.rig("alpha").resolve(".repo.git/worktrees/alpha/commondir");
+        long size = Files.size(commondir);
+        String bucket = s3.newBucket();
+        BucketView view = BucketView.of(s3, bucket, "town-1");
+        try (HeartbeatReceiver api = new HeartbeatReceiver()) {
+            Product p = Product.of(t.root(), s3, bucket, "town-1").with("GASTOWN_API_URL", api.baseUrl())
+                    .with("JAVA_TOOL_OPTIONS", "-Xmx48m");
+            p.sync("--immediate").assertOk();
+            String published = view.latest().orElseThrow().timestamp();
+            resize(commondir, 64L << 20);
+
+            TestTools.ProcResult r = p.sync("--immediate");
+            assertEquals(1, r.exitCode(), r.stderr());
+            assertTrue(r.stderr().contains("OutOfMemoryError"), r.stderr());
+            var lastSync = R2Common.JSON.readTree(Files.readString(p.stateDir().resolve(RestoreState.LAST_SYNC)));
+            assertEquals("failed", lastSync.path("status").asText(), lastSync.toString());
+            assertTrue(lastSync.path("error").asText().contains("OutOfMemoryError"), lastSync.toString());
+            assertTrue(TestTools.await(() -> failedHeartbeats(api) == 1, Duration.ofSeconds(10), 100), api.requests().toString());
+            assertEquals(published, view.latest().orElseThrow().timestamp(), "nothing published");
+
+            // The daemon: a cycle fails the same way, and once the file is back to its size the next one publishes.
+            try (Product.Started daemon = p.start("R2Sync", "--interval", "1s")) {
+                assertTrue(TestTools.await(() -> failedHeartbeats(api) >= 2, Duration.ofSeconds(60), 200), daemon.output());
+                resize(commondir, size);
+                assertTrue(TestTools.await(() -> view.latest().orElseThrow().timestamp().compareTo(published) > 0,
+                        Duration.ofSeconds(60), 200), "the daemon went on:\n" + daemon.output());
+                assertTrue(daemon.process().isAlive(), daemon.output());
+                assertTrue(daemon.output().contains("cycle failed") && daemon.output().contains("OutOfMemoryError"), daemon.output());
+            }
+        }
+        TestTools.deleteRecursively(own);
+    }
+
+    private static long failedHeartbeats(HeartbeatReceiver api) {
+        return api.requests().stream().filter(r -> r.body().contains("\"failed\"")).count();
+    }
+
+    /** Grows a file (with a hole: no disk used) or cuts it back to its old size. */
+    private static void resize(Path file, long size) throws java.io.IOException {
+        try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(file.toFile(), "rw")) {
+            f.setLength(size);
+        }
+    }
+
+    @Test
     void aMissingOrInvalidSettingGivesExit2NamesItAndWritesNothing() {
         String bucket = s3.newBucket();
         BucketView view = BucketView.of(s3, bucket, "town-1");
