@@ -125,6 +125,11 @@ final class R2Options {
             description = "Bucket holding the backups (env R2_BUCKET).")
     String bucket;
 
+    @Option(names = "--region", defaultValue = "${env:R2_REGION:-auto}", paramLabel = "REGION",
+            description = "The region requests are signed for: auto for R2; an S3 server that refuses auto (versitygw, "
+                    + "AWS) wants its own, e.g. us-east-1 (env R2_REGION, default ${DEFAULT-VALUE}).")
+    String region;
+
     @Option(names = "--town-id", defaultValue = "${env:TOWN_ID}", paramLabel = "ID",
             description = "Town id; keys live under gastown/<id>/ (env TOWN_ID).")
     String townId;
@@ -153,6 +158,7 @@ final class R2Options {
 
     private static final Pattern TOWN_ID = Pattern.compile("[A-Za-z0-9][A-Za-z0-9._-]{0,127}");
     private static final Pattern BUCKET = Pattern.compile("[a-z0-9][a-z0-9.-]{1,62}");
+    private static final Pattern REGION = Pattern.compile("[a-z0-9][a-z0-9-]{0,63}");
 
     /** Validates every setting and returns the immutable config; a bad setting is a usage error (exit 2). */
     Config toConfig() {
@@ -173,6 +179,8 @@ final class R2Options {
             require(secret, "R2_SECRET_ACCESS_KEY", "--secret-access-key");
             if (!BUCKET.matcher(require(bucket, "R2_BUCKET", "--bucket")).matches())
                 throw usage("R2_BUCKET is not a valid bucket name: " + bucket);
+            if (!REGION.matcher(require(region, "R2_REGION", "--region")).matches())
+                throw usage("R2_REGION is not a region name (auto, us-east-1, ...): " + region);
         }
         if (!TOWN_ID.matcher(require(townId, "TOWN_ID", "--town-id")).matches())
             throw usage("TOWN_ID may hold only letters, digits, '.', '_' and '-': " + townId);
@@ -185,7 +193,7 @@ final class R2Options {
                 throw usage("GASTOWN_API_URL must be an http(s):// URL");
         }
         return new Config(endpointUri, localStore ? null : accessKeyId, localStore ? null : secret,
-                localStore ? "local" : bucket, townId, townRoot.toAbsolutePath().normalize(), api, token,
+                localStore ? "local" : bucket, localStore ? null : region.trim(), townId, townRoot.toAbsolutePath().normalize(), api, token,
                 stateDir.toAbsolutePath().normalize());
     }
 
@@ -222,7 +230,7 @@ final class R2Options {
 }
 
 /** Validated settings, passed along instead of the command objects. toString never shows secrets. */
-record Config(URI endpoint, String accessKeyId, String secretAccessKey, String bucket, String townId,
+record Config(URI endpoint, String accessKeyId, String secretAccessKey, String bucket, String region, String townId,
               Path townRoot, URI apiUrl, String apiToken, Path stateDir) {
     boolean localStore() {
         return "file".equals(endpoint.getScheme());
@@ -234,7 +242,7 @@ record Config(URI endpoint, String accessKeyId, String secretAccessKey, String b
 
     @Override
     public String toString() {
-        return "Config[endpoint=" + endpoint + ", bucket=" + bucket + ", townId=" + townId + ", townRoot=" + townRoot + "]";
+        return "Config[endpoint=" + endpoint + ", bucket=" + bucket + ", region=" + region + ", townId=" + townId + ", townRoot=" + townRoot + "]";
     }
 }
 

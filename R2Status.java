@@ -70,7 +70,8 @@ public class R2Status implements Callable<Integer> {
         Instant now = Instant.now();
         Latest latest = readLatest(config, now);
         Map<String, Object> lastSync = readState(config.stateDir().resolve(RestoreState.LAST_SYNC));
-        Map<String, Object> restoreFailed = readState(config.stateDir().resolve(RestoreState.FAILED));
+        Map<String, Object> restoreFailed = RestoreState.failure(config).map(R2Status::readState)
+                .orElse(latest.restoreFailed() ? Map.of("at", "(recorded in the bucket)", "error", "see " + config.keys().restoreFailed()) : null);
         Verdict verdict = judge(latest, restoreFailed, lastSync);
         Map<String, Object> status = status(config, now, latest, lastSync, restoreFailed, verdict);
         print(status, latest, lastSync, restoreFailed, verdict);
@@ -82,7 +83,11 @@ public class R2Status implements Callable<Integer> {
     // ---------------------------------------------------------------------------------------------
 
     /** What R2 says: the snapshot latest.json names and its manifest, or why that could not be read. */
-    record Latest(String timestamp, Duration age, Manifest manifest, String error) {
+    record Latest(String timestamp, Duration age, Manifest manifest, String error, String writer, Held held, boolean restoreFailed) {
+        Latest(String timestamp, Duration age, Manifest manifest, String error) {
+            this(timestamp, age, manifest, error, null, new Held(Map.of()), false);
+        }
+
         boolean present() {
             return timestamp != null;
         }
@@ -103,7 +108,8 @@ public class R2Status implements Callable<Integer> {
                 return new Latest(pointer.timestamp(), age, null, "manifest.json of " + pointer.timestamp()
                         + " is not the one latest.json pins (sha256 differs)");
             Manifest manifest = R2Common.fromJson(manifestJson, Manifest.class, "manifest.json of " + pointer.timestamp());
-            return new Latest(pointer.timestamp(), age, manifest, null);
+            return new Latest(pointer.timestamp(), age, manifest, null, pointer.writer(), Held.read(store, keys),
+                    store.get(keys.restoreFailed()).isPresent());
         } catch (R2Exception | IllegalArgumentException e) {
             return new Latest(null, null, null, "cannot read " + keys.latest() + ": " + R2Cli.messageChain(e));
         }
@@ -135,8 +141,10 @@ public class R2Status implements Callable<Integer> {
         if (lastSync != null && "failed".equals(lastSync.get("status")))
             warnings.add("the last sync on this machine failed at " + lastSync.get("finishedAt") + ": " + lastSync.get("error"));
         if (restoreFailed != null)
-            return new Verdict(false, "the restore on this machine failed (" + restoreFailed.get("at") + ": "
-                    + restoreFailed.get("error") + "); the sync refuses to run until it is fixed", warnings);
+            return new Verdict(false, "a restore of this town failed (" + restoreFailed.get("at") + ": "
+                    + restoreFailed.get("error") + "); the sync refuses to run until a restore succeeds or r2-restore --forget-failure", warnings);
+        latest.held().snapshots().forEach((ts, why) -> warnings.add("snapshot " + ts + " is held: " + why
+                + " (r2-restore --release-held lets the history policy remove it)"));
         if (latest.error() != null) return new Verdict(false, latest.error(), warnings);
         if (!latest.present()) return new Verdict(false, "no snapshot of this town exists yet", warnings);
         if (!latest.manifest().complete())
@@ -171,7 +179,9 @@ public class R2Status implements Callable<Integer> {
                 l.put("bytes", latest.manifest().totalBytes());
                 l.put("problems", latest.manifest().problems().stream().map(Problem::part).collect(Collectors.toList()));
             }
+            l.put("writer", latest.writer());
             status.put("latest", l);
+            status.put("heldSnapshots", latest.held().snapshots());
         }
         status.put("lastSync", lastSync);
         status.put("restoreFailed", restoreFailed);
@@ -191,7 +201,8 @@ public class R2Status implements Callable<Integer> {
         if (latest.present()) {
             String facts = latest.manifest() == null ? "" : ", " + (latest.manifest().complete() ? "complete" : "PARTIAL")
                     + ", " + latest.manifest().files().size() + " files, " + Log.bytes(latest.manifest().totalBytes());
-            out.printf("latest       %s, %s ago%s%n", latest.timestamp(), human(latest.age()), facts);
+            out.printf("latest       %s, %s ago%s%s%n", latest.timestamp(), human(latest.age()), facts,
+                    latest.writer() == null ? "" : ", written by " + latest.writer());
         } else {
             out.printf("latest       none%n");
         }

@@ -144,7 +144,7 @@ final class S3ObjectStore implements ObjectStore {
     private static S3Client build(Config config) {
         return S3Client.builder()
                 .endpointOverride(config.endpoint())
-                .region(Region.of("auto"))
+                .region(Region.of(config.region()))
                 .credentialsProvider(StaticCredentialsProvider.create(
                         AwsBasicCredentials.create(config.accessKeyId(), config.secretAccessKey())))
                 .serviceConfiguration(S3Configuration.builder()

@@ -729,11 +729,22 @@ class R2SyncTest {
     }
 
     @Test
+    void theSigningRegionIsASetting() {
+        // R2 signs for "auto"; versitygw and AWS refuse it and want their own. S3Proxy accepts either.
+        String bucket = s3.newBucket();
+        product(bucket).with("R2_REGION", "us-east-1").sync("--immediate").assertOk();
+        TestTools.ProcResult bad = product(bucket).with("R2_REGION", "Not A Region").sync("--immediate");
+        assertEquals(2, bad.exitCode(), bad.stderr());
+        assertTrue(bad.stderr().contains("R2_REGION"), bad.stderr());
+    }
+
+    @Test
     void helpExplainsEveryOptionWithItsEnvVarAndNoSecret() {
         Product p = product(s3.newBucket());
         TestTools.ProcResult r = p.sync("--help").assertOk();
         for (String env : List.of("R2_ENDPOINT", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_BUCKET", "TOWN_ID",
-                "GT_TOWN_ROOT", "GASTOWN_API_URL", "GASTOWN_API_TOKEN", "--immediate", "--interval", "Exit codes"))
+                "GT_TOWN_ROOT", "GASTOWN_API_URL", "GASTOWN_API_TOKEN", "R2_REGION", "--immediate", "--interval", "--take-over",
+                "Exit codes"))
             assertTrue(r.stdout().contains(env), env + " in --help");
         assertFalse(r.stdout().contains(p.env().get("R2_SECRET_ACCESS_KEY")), "secret printed by --help");
     }
