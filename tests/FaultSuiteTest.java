@@ -1,6 +1,5 @@
 //SOURCES FaultProxy.java
 //SOURCES FaultKit.java
-//SOURCES HostileTar.java
 
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -66,8 +65,10 @@ class FaultSuiteTest {
     static final Duration SYNC_TIMEOUT = Duration.ofMinutes(3);
     static final Duration POINT_TIMEOUT = Duration.ofSeconds(90);
     static final int KEEP = 3;
-    /** A pack's key holds the pack's name, files/<timestamp>-<n>.tar. */
-    static final String PACK = ".tar/";
+    /** A file pack's key: incremental/files/packs/{pack id}/{sha256}. */
+    static final String PACK = "/" + PackWriter.DIR;
+    /** A piece of the file index: incremental/files/index/{sha256}/{sha256}. */
+    static final String INDEX_PIECE = "/" + IndexWriter.DIR;
     /** A chain link's pack, not its index: incremental/git/{repo}.packs/{n}.pack/{sha256}. */
     static final Predicate<FaultProxy.Request> GIT_PACK_FILE = r -> r.key().contains(".pack/");
     /** Over four pieces (Pieces.SIZE), so its pack goes up as five objects, four at a time. */
@@ -264,7 +265,7 @@ class FaultSuiteTest {
         boolean await(FaultKit.Running run);
     }
 
-    /** How the town changes before a crash point: not at all, new git and dolt refs (new git packs and dolt backups), or refs and files (new tars). */
+    /** How the town changes before a crash point: not at all, new git and dolt refs (new git packs and dolt backups), or refs and files (a new file pack and index). */
     enum Touch { NONE, REFS, ALL }
 
     /**
@@ -277,7 +278,7 @@ class FaultSuiteTest {
     /** The dolt run that backs a database up (`dolt backup sync-url` is this procedure call). */
     private static final Predicate<String> DOLT_BACKUP = c -> c.contains("dolt_backup('sync-url'");
 
-    /** The local phases: dolt backup, git pack-objects, tar, version probe, and kills at time offsets. */
+    /** The local phases: dolt backup, git pack-objects, file packs, version probe, and kills at time offsets. */
     private static List<CrashPoint> localPhasePoints() {
         return List.of(
                 point("during dolt backup of the first database", Expect.BEFORE, Touch.REFS, child(DOLT_BACKUP, 1)),
@@ -300,7 +301,7 @@ class FaultSuiteTest {
                 point("during the upload of a dolt/alpha.backup file", Expect.BEFORE, Touch.REFS, holdRequest(FaultProxy.put("/dolt/alpha.backup/"))),
                 point("during the upload of a git/alpha.packs increment", Expect.BEFORE, Touch.REFS, holdRequest(FaultProxy.put("/git/alpha.packs/").and(GIT_PACK_FILE))),
                 point("during the upload of a file pack", Expect.BEFORE, Touch.ALL, holdRequest(FaultProxy.put(PACK))),
-                point("during the upload of the file index", Expect.BEFORE, Touch.ALL, holdRequest(FaultProxy.put("/files/index.json.gz/"))),
+                point("during the upload of the file index", Expect.BEFORE, Touch.ALL, holdRequest(FaultProxy.put(INDEX_PIECE))),
                 point("while listing the stored objects", Expect.BEFORE, Touch.NONE, holdRequest(FaultProxy.listObjects())),
                 point("during the upload of manifest.json", Expect.BEFORE, Touch.NONE, holdRequest(FaultProxy.put("/manifest.json"))),
                 point("between manifest.json and latest.json (pointer PUT held)", Expect.BEFORE, Touch.NONE,
@@ -316,7 +317,7 @@ class FaultSuiteTest {
     /** A 70 MB file in a rig's plugins/: packing it, and the uploads of its pack's five pieces. */
     private static List<CrashPoint> piecePoints() {
         return List.of(
-                point("while packing a 70 MB file", Expect.BEFORE, Touch.ALL, workFile("files")),
+                point("while packing a 70 MB file", Expect.BEFORE, Touch.ALL, workFileOver(PackWriter.DIR, 1 << 20)),
                 point("during the upload of a piece of its pack (three more in flight)", Expect.BEFORE, Touch.ALL,
                         holdRequest(FaultProxy.put(PACK))),
                 new CrashPoint("after a piece of its pack landed, before its answer", Expect.BEFORE, Touch.ALL, true, false,
@@ -469,10 +470,25 @@ class FaultSuiteTest {
         return lane -> run -> FaultKit.awaitWhileRunning(run, () -> run.stderr().contains(text), POINT_TIMEOUT);
     }
 
-    /** Kills as soon as a file of that name exists in the sync's work dir (it is being written). */
-    private static Function<Lane, Trigger> workFile(String name) {
-        return lane -> run -> FaultKit.awaitWhileRunning(run, () -> FaultKit.children(lane.workDir).stream()
-                .anyMatch(d -> Files.exists(lane.workDir.resolve(d).resolve(name))), POINT_TIMEOUT);
+    /**
+     * Kills as soon as a file in that dir of the sync's work dir holds more than {@code bytes}: a content that large
+     * is being written into it (a large file goes into a pack of its own).
+     */
+    private static Function<Lane, Trigger> workFileOver(String dir, long bytes) {
+        return lane -> run -> FaultKit.awaitWhileRunning(run, () -> FaultKit.children(lane.workDir).stream().anyMatch(d -> {
+            Path in = lane.workDir.resolve(d).resolve(dir);
+            try {
+                return FaultKit.children(in).stream().anyMatch(f -> {
+                    try {
+                        return Files.size(in.resolve(f)) > bytes;
+                    } catch (IOException e) {
+                        return false;   // moved or removed since listed
+                    }
+                });
+            } catch (UncheckedIOException e) {
+                return false;   // the work dir went away since listed
+            }
+        }), POINT_TIMEOUT);
     }
 
     /**
@@ -547,7 +563,7 @@ class FaultSuiteTest {
                 r -> r.fail(404, "NoSuchKey"), false);
         syncFault(g, lane, "3 s stall on GET latest.json", Want.COMPLETES, 1, FaultProxy.get("/latest.json"),
                 r -> r.stall(Duration.ofSeconds(3)), false);
-        syncFault(g, lane, "3 s stall on PUT of the file index", Want.COMPLETES, 1, FaultProxy.put("/files/index.json.gz/"),
+        syncFault(g, lane, "3 s stall on PUT of the file index", Want.COMPLETES, 1, FaultProxy.put(INDEX_PIECE),
                 r -> r.stall(Duration.ofSeconds(3)), true);
         syncFault(g, lane, "500 on every PUT of latest.json", Want.FAILS, 5, FaultProxy.put("/latest.json"),
                 r -> r.fail(500, "InternalError").always(), true);
@@ -657,7 +673,7 @@ class FaultSuiteTest {
         restoreFault(g, lane, "3 s stall on GET latest.json", Want.COMPLETES, false, FaultProxy.get("/latest.json"),
                 r -> r.stall(Duration.ofSeconds(3)));
         restoreFault(g, lane, "body of the file index cut short every time (--force over a town)", Want.FAILS, true,
-                FaultProxy.get("/files/index.json.gz/"), r -> r.cutResponse(100).always());
+                FaultProxy.get(INDEX_PIECE), r -> r.cutResponse(100).always());
         restoreFault(g, lane, "500 on every GET of latest.json", Want.FAILS, false, FaultProxy.get("/latest.json"),
                 r -> r.fail(500, "InternalError").always());
     }
@@ -708,8 +724,10 @@ class FaultSuiteTest {
     private void fullDisk(FaultKit.Group g, Lane lane) {
         diskSync(g, lane, "work dir fills up while packing files (6 MB filesystem)", "R2_WORK_DIR", "6m", "no space left");
         diskSync(g, lane, "state dir fills up during dolt backup (32 KB filesystem)", "R2_STATE_DIR", "32k", "no space left");
-        diskRestore(g, lane, "town volume fills up while downloading (6 MB filesystem)", "6m", false);
-        diskRestore(g, lane, "town volume fills up while extracting, --force over a town (20 MB filesystem)", "20m", true);
+        diskRestore(g, lane, "town volume fills up while downloading (6 MB filesystem)", "6m", false, "no space left");
+        // The downloads fit; the files would not: refused before anything is extracted.
+        diskRestore(g, lane, "town volume too small to extract into, --force over a town (20 MB filesystem)", "20m", true,
+                "make room or restore onto a larger volume");
         g.fault("disk: --verify with a full work dir", () -> {
             try (FaultKit.SmallFs fs = FaultKit.SmallFs.mount("6m")) {
                 SortedMap<String, String> before = FaultKit.tree(fs.dir());
@@ -738,11 +756,13 @@ class FaultSuiteTest {
                 assertMentions(r.stderr(), mention);
                 if (!lane.pointer().sameBytes(before)) throw new FaultKit.DataLoss("latest.json changed after a failed sync");
                 store.assertIntact(lane.bucket, lane.townId, before.timestamp(), before.manifestSha256());
-                // A state dir keeps dolt's identity, this machine's record of the failed sync, and the backup
+                // A state dir keeps dolt's identity, this machine's record of the failed sync, the backup
                 // directories of the databases dolt finished with the states they hold (the next sync adds to
-                // them); nothing else.
+                // them), and the published snapshot's file index pieces (the next sync checks each against its
+                // sha256 before using it); nothing else.
                 List<String> left = FaultKit.filesUnder(fs.dir()).stream().filter(f -> !f.startsWith("dolt-home")
-                        && !f.startsWith("dolt-backups") && !f.startsWith("dolt-backup-states") && !f.equals(RestoreState.LAST_SYNC))
+                        && !f.startsWith("dolt-backups") && !f.startsWith("dolt-backup-states") && !f.equals(RestoreState.LAST_SYNC)
+                        && !f.startsWith("file-index"))
                         .collect(Collectors.toList());
                 if (!left.isEmpty()) throw new AssertionError("the failed sync left files in its " + dirVar + ": " + left);
             }
@@ -754,7 +774,7 @@ class FaultSuiteTest {
         });
     }
 
-    private void diskRestore(FaultKit.Group g, Lane lane, String name, String size, boolean force) {
+    private void diskRestore(FaultKit.Group g, Lane lane, String name, String size, boolean force, String mention) {
         g.fault("disk: restore: " + name, () -> {
             try (FaultKit.SmallFs fs = FaultKit.SmallFs.mount(size)) {
                 Path root = fs.dir().resolve("town");
@@ -763,7 +783,7 @@ class FaultSuiteTest {
                 SortedMap<String, String> before = FaultKit.tree(fs.dir());
                 TestTools.ProcResult r = lane.restore(root, Map.of(), force ? new String[] {"--force"} : new String[0]);
                 if (r.exitCode() != 1) throw new AssertionError("exit " + r.exitCode() + " on a full disk\n" + TestTools.tail(r.stderr(), 3000));
-                assertMentions(r.stderr(), "no space left");
+                assertMentions(r.stderr(), mention);
                 FaultKit.assertUntouched("the volume after a failed restore", before, FaultKit.tree(fs.dir()));
             }
         });
@@ -879,20 +899,21 @@ class FaultSuiteTest {
 
     private void hostileBackups(FaultKit.Group g) {
         String snap = "snapshots/" + templateTs + "/";
+        String piece = fileIndexOf(templateObjects).get(0);
         hostile(g, "truncated object (a file pack cut in half)", "(truncated or replaced)", false,
                 o -> o.put(objectOf(o, packOf(o)), java.util.Arrays.copyOf(o.get(objectOf(o, packOf(o))), o.get(objectOf(o, packOf(o))).length / 2)));
         hostile(g, "corrupted object (one byte of a dolt/hq.backup table file flipped)", "does not match its sha256", true,
                 o -> o.get(objectOf(o, largestUnder(o, "dolt/hq.backup")))[100] ^= 0x5a);
-        hostile(g, "missing object (the file index deleted)", "files/index.json.gz", false,
-                o -> o.remove(objectOf(o, Keys.FILE_INDEX)));
+        hostile(g, "missing object (the first piece of the file index deleted)", piece, false,
+                o -> o.remove(objectOf(o, piece)));
         hostile(g, "manifest with a wrong checksum (an object under that hash holds other bytes)", "does not match its sha256", true,
                 o -> {
                     String pack = packOf(o);
                     o.put("incremental/" + pack + "/" + "0".repeat(64), o.get(objectOf(o, pack)));
                     editManifest(o, m -> fileEntry(m, pack).put("sha256", "0".repeat(64)));
                 });
-        hostile(g, "manifest with a wrong size", "the manifest says", false,
-                o -> editManifest(o, m -> fileEntry(m, Keys.FILE_INDEX).put("size", 12345)));
+        hostile(g, "manifest with a wrong size (of a piece of the file index)", "the manifest says", false,
+                o -> editManifest(o, m -> fileEntry(m, piece).put("size", 12345)));
         hostile(g, "malformed latest.json", "latest.json is not valid", true,
                 o -> o.put("latest.json", "{\"timestamp\": \"2026".getBytes(StandardCharsets.UTF_8)));
         hostile(g, "latest.json that is JSON but names no snapshot", "latest.json is not valid", false,
@@ -907,8 +928,14 @@ class FaultSuiteTest {
                     byte[] m = o.get(snap + "manifest.json");
                     o.put(snap + "manifest.json", (new String(m, StandardCharsets.UTF_8) + "\n").getBytes(StandardCharsets.UTF_8));
                 });
+        // A piece of the file index whose path climbs out, in the files and in fileIndex alike.
         hostile(g, "manifest listing a file outside the snapshot", "unsafe file path", true,
-                o -> editManifest(o, m -> fileEntry(m, Keys.FILE_INDEX).put("path", "../../other-town/index.json.gz")));
+                o -> editManifest(o, m -> {
+                    String outside = "../../other-town/" + piece;
+                    fileEntry(m, piece).put("path", outside);
+                    ArrayNode fileIndex = (ArrayNode) m.get("fileIndex");
+                    for (int i = 0; i < fileIndex.size(); i++) if (fileIndex.get(i).asText().equals(piece)) fileIndex.set(i, outside);
+                }));
         hostile(g, "latest.json naming a deleted snapshot (the only one)", "manifest.json of " + templateTs + " is missing", false,
                 o -> o.keySet().removeIf(k -> k.startsWith(snap)));
         g.fault("hostile: latest.json naming a deleted snapshot, an older one intact: refused, then a loud fallback", () -> {
@@ -930,36 +957,45 @@ class FaultSuiteTest {
         });
         hostile(g, "latest.json missing while a snapshot exists", "latest.json is missing although snapshots exist", true,
                 o -> o.remove("latest.json"));
-        // Packs with hostile content, named by the file index so a restore reads them; the index, the manifest
-        // and the pointer are fixed up, so only the content is hostile.
-        hostilePack(g, "entry with ../ climbing out", "unsafe path in the file index",
-                (t, c) -> t.file("../../../canary/pwned-dotdot", "pwned"));
-        hostilePack(g, "absolute path", "unsafe path in the file index", (t, c) -> t.file(c.resolve("pwned-absolute").toString(), "pwned"));
+        // File indexes with hostile entries (and a pack with their contents), which a restore reads; the manifest and
+        // the pointer are fixed up, so only the index is hostile. The canary dir beside the town must stay unchanged.
+        hostileIndex(g, "entry with ../ climbing out", "unsafe path in the file index",
+                c -> List.of(HostileIndex.file("../../../canary/pwned-dotdot", "pwned")));
+        hostileIndex(g, "absolute path", "unsafe path in the file index",
+                c -> List.of(HostileIndex.file(c.resolve("pwned-absolute").toString(), "pwned")));
         // A symlink is data and may point anywhere; writing through one is what is refused.
-        hostilePack(g, "symlink pointing outside (absolute), then a file through it", "passes through a symlink",
-                (t, c) -> t.symlink("settings/evil", c.toString()).file("settings/evil/pwned-symlink", "pwned"));
-        hostilePack(g, "symlink pointing outside (relative), then a file through it", "passes through a symlink",
-                (t, c) -> t.symlink("settings/evil", "../../../canary").file("settings/evil/pwned-symlink", "pwned"));
-        hostilePack(g, "write through a symlink inside the town", "passes through a symlink",
-                (t, c) -> t.symlink("settings/loop", ".").file("settings/loop/pwned-through", "pwned"));
-        hostilePack(g, "hard link to a file outside", "hard link to",
-                (t, c) -> t.hardlink("settings/hl", "../../../canary/secret.txt"));
-        hostilePack(g, "hard link to /etc/passwd", "hard link to", (t, c) -> t.hardlink("settings/passwd", "/etc/passwd"));
-        hostilePack(g, "character device node", "unsupported entry type", (t, c) -> t.charDevice("settings/null", 1, 3));
-        hostilePack(g, "block device node", "unsupported entry type", (t, c) -> t.blockDevice("settings/disk", 8, 0));
-        hostilePack(g, "fifo", "unsupported entry type", (t, c) -> t.fifo("settings/pipe"));
-        hostilePack(g, "oversized entry (a tar bomb claiming 7 GiB)", "more than the archive holds",
-                (t, c) -> t.bomb("plugins/bomb.bin", 7L << 30));
-        hostilePack(g, "entry appearing twice (overwrite)", "appears twice",
-                (t, c) -> t.file(".runtime/twice.json", "one").file(".runtime/twice.json", "two"));
+        hostileIndex(g, "symlink pointing outside (absolute), then a file through it", "is not a directory of the snapshot",
+                c -> List.of(HostileIndex.symlink("settings/evil", c.toString()), HostileIndex.file("settings/evil/pwned-symlink", "pwned")));
+        hostileIndex(g, "symlink pointing outside (relative), then a file through it", "is not a directory of the snapshot",
+                c -> List.of(HostileIndex.symlink("settings/evil", "../../../canary"), HostileIndex.file("settings/evil/pwned-symlink", "pwned")));
+        hostileIndex(g, "write through a symlink inside the town", "is not a directory of the snapshot",
+                c -> List.of(HostileIndex.symlink("settings/loop", "."), HostileIndex.file("settings/loop/pwned-through", "pwned")));
+        // A hard link target that climbs out does not parse; a file outside is reached through a symlink of the snapshot.
+        hostileIndex(g, "hard link to a file outside (a symlink to it)", "not a file of the snapshot",
+                c -> List.of(HostileIndex.symlink("settings/evil", c.resolve("secret.txt").toString()),
+                        HostileIndex.hardLink("settings/hl", "settings/evil")));
+        hostileIndex(g, "hard link to /etc/passwd", "unsafe hard link target", c -> List.of(HostileIndex.hardLink("settings/passwd", "/etc/passwd")));
+        // The index has no device nodes or fifos: an entry whose type byte says one (as tar and ls write them).
+        hostileIndex(g, "character device node", "unknown entry type", c -> List.of(HostileIndex.ofType("settings/null", 'c')));
+        hostileIndex(g, "block device node", "unknown entry type", c -> List.of(HostileIndex.ofType("settings/disk", 'b')));
+        hostileIndex(g, "fifo", "unknown entry type", c -> List.of(HostileIndex.ofType("settings/pipe", 'p')));
+        // 16 MiB of zeros in a frame of a few hundred bytes, listed as 4096 bytes: never more than that is written.
+        hostileIndex(g, "oversized entry (a bomb: 16 MiB unpacked from its pack, 4096 bytes listed)", "4096 bytes",
+                c -> List.of(HostileIndex.file("plugins/bomb.bin", new byte[16 << 20], 4096)));
+        hostileIndex(g, "entry appearing twice (overwrite)", "twice",
+                c -> List.of(HostileIndex.file(".runtime/twice.json", "one"), HostileIndex.file(".runtime/twice.json", "two")));
         hostile(g, "a dolt backup file named with ../", "unsafe file path", true,
                 o -> editManifest(o, m -> fileEntry(m, largestUnder(o, "dolt/hq.backup")).put("path", "dolt/hq.backup/../../../canary/pwned-dolt")));
         hostile(g, "a dolt backup whose manifest is not dolt's", "dolt backup restore hq failed", false,
                 o -> replaceFile(o, "dolt/hq.backup/manifest", "not a backup".getBytes(StandardCharsets.UTF_8)));
-        hostile(g, "pack cut short (hashes fixed up)", "truncated", false,
-                o -> replaceFile(o, packOf(o), java.util.Arrays.copyOf(o.get(objectOf(o, packOf(o))), 3000)));
-        hostile(g, "a pack the file index names that lacks a path", "lacks", true,
-                o -> replaceFile(o, packOf(o), new HostileTar().dir("settings/").bytes()));
+        hostile(g, "pack cut short (hashes fixed up)", "past the end of pack", false, o -> {
+            byte[] pack = o.get(objectOf(o, packOf(o)));
+            replaceFile(o, packOf(o), java.util.Arrays.copyOf(pack, Math.min(3000, pack.length / 2)));
+        });
+        // A pack holds contents, not paths (what a tar pack could lack): the content the index names for a path is not
+        // the one at its place in the pack.
+        hostileIndex(g, "content other than the one the file index names for a path", "does not match its sha256",
+                c -> List.of(HostileIndex.fileWithSha("settings/lie.json", "pwned", FaultKit.sha256("{}".getBytes(StandardCharsets.UTF_8)))));
         hostile(g, "a missing link of a chain of packs", ".packs/0.pack", false, o -> o.remove(objectOf(o, fileEntries(o).stream()
                 .map(f -> f.path("path").asText()).filter(p -> p.endsWith(".packs/0.pack")).findFirst().orElseThrow())));
         hostile(g, "a git pack with another pack's index (hashes fixed up)", "is not the index of its pack", false, o -> {
@@ -971,41 +1007,67 @@ class FaultSuiteTest {
     }
 
     /**
-     * A hostile pack: benign entries first, then what {@code content} adds, in a new pack the file index
-     * names every entry of (a well-behaved sync never writes such an index; written here as raw JSON).
+     * A hostile file index: the template's entries, a benign file, and what {@code content} adds (given the canary
+     * dir), in one piece written as raw bytes (a well-behaved sync never writes such an index), with the contents
+     * of the added files in one more pack; the manifest lists the piece as the whole index, and the pack.
      */
-    private void hostilePack(FaultKit.Group g, String name, String mention,
-                             java.util.function.BiFunction<HostileTar, Path, HostileTar> content) {
-        hostile(g, "a pack with " + name, mention, name.length() % 2 == 0, (o, canary) -> {
-            HostileTar t = content.apply(new HostileTar().dir("settings/").file("settings/ok.json", "{}"), canary);
-            byte[] tar = t.bytes();
-            String pack = "files/hostile.tar";
-            o.put("incremental/" + pack + "/" + FaultKit.sha256(tar), tar);
-            try {
-                ObjectNode index = (ObjectNode) FaultKit.JSON.readTree(new java.util.zip.GZIPInputStream(
-                        new java.io.ByteArrayInputStream(o.get(objectOf(o, Keys.FILE_INDEX)))));
-                com.fasterxml.jackson.databind.node.ArrayNode entries = (com.fasterxml.jackson.databind.node.ArrayNode) index.get("entries");
-                Set<String> named = t.names().stream().map(n -> n.replaceFirst("/$", "")).collect(Collectors.toCollection(java.util.LinkedHashSet::new));
-                for (int i = entries.size() - 1; i >= 0; i--)
-                    if (named.contains(entries.get(i).path("path").asText())) entries.remove(i);
-                for (String n : named) entries.addObject().put("path", n).put("pack", pack).put("size", 0).put("signature", "x");
-                java.io.ByteArrayOutputStream gz = new java.io.ByteArrayOutputStream();
-                try (var out = new java.util.zip.GZIPOutputStream(gz)) {
-                    out.write(FaultKit.JSON.writeValueAsBytes(index));
-                }
-                replaceFile(o, Keys.FILE_INDEX, gz.toByteArray());
-                editManifest(o, m -> ((com.fasterxml.jackson.databind.node.ArrayNode) m.get("files")).addObject()
-                        .put("path", pack).put("size", tar.length).put("sha256", FaultKit.sha256(tar)));
-            } catch (IOException e) {
-                throw new UncheckedIOException(e);
-            }
+    private void hostileIndex(FaultKit.Group g, String name, String mention, Function<Path, List<HostileIndex.Raw>> content) {
+        hostile(g, "an index with " + name, mention, name.length() % 2 == 0, (o, canary) -> {
+            List<HostileIndex.Raw> entries = new ArrayList<>(List.of(HostileIndex.file("settings/ok.json", "{}")));
+            entries.addAll(content.apply(canary));
+            HostileIndex index = new HostileIndex(indexEntriesOf(o), entries);
+            byte[] piece = index.piece();
+            byte[] pack = index.pack();
+            String piecePath = IndexWriter.DIR + FaultKit.sha256(piece);
+            String packPath = PackWriter.DIR + HostileIndex.PACK;
+            o.put("incremental/" + piecePath + "/" + FaultKit.sha256(piece), piece);
+            o.put("incremental/" + packPath + "/" + FaultKit.sha256(pack), pack);
+            List<String> before = fileIndexOf(o);
+            editManifest(o, m -> {
+                ArrayNode files = (ArrayNode) m.get("files");
+                for (int i = files.size() - 1; i >= 0; i--)
+                    if (before.contains(files.get(i).path("path").asText())) files.remove(i);
+                files.addObject().put("path", piecePath).put("size", piece.length).put("sha256", FaultKit.sha256(piece));
+                files.addObject().put("path", packPath).put("size", pack.length).put("sha256", FaultKit.sha256(pack));
+                m.putArray("fileIndex").add(piecePath);
+            });
         });
     }
 
     /** The template snapshot's first file pack (a path of its manifest). */
     private static String packOf(Map<String, byte[]> objects) {
-        return fileEntries(objects).stream().map(f -> f.path("path").asText()).filter(p -> p.matches("files/.*\\.tar"))
+        return fileEntries(objects).stream().map(f -> f.path("path").asText()).filter(p -> p.startsWith(PackWriter.DIR))
                 .findFirst().orElseThrow();
+    }
+
+    /** The pieces of the template snapshot's file index, in order (paths of its manifest). */
+    private static List<String> fileIndexOf(Map<String, byte[]> objects) {
+        List<String> pieces = new ArrayList<>();
+        manifestOf(objects).path("fileIndex").forEach(p -> pieces.add(p.asText()));
+        if (pieces.isEmpty()) throw new AssertionError("the template manifest has no fileIndex");
+        return pieces;
+    }
+
+    /** Every entry of the template snapshot's file index, in order, read as a restore reads it. */
+    private static List<TownEntry> indexEntriesOf(Map<String, byte[]> objects) {
+        Path dir = TestTools.tempDir("fault-index-");
+        try {
+            List<Path> pieces = new ArrayList<>();
+            for (String piece : fileIndexOf(objects)) {
+                Path local = dir.resolve(String.valueOf(pieces.size()));
+                Files.write(local, objects.get(objectOf(objects, piece)));
+                pieces.add(local);
+            }
+            List<TownEntry> entries = new ArrayList<>();
+            try (IndexReader index = IndexReader.index(pieces)) {
+                for (TownEntry e; (e = index.next()) != null; ) entries.add(e);
+            }
+            return entries;
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        } finally {
+            TestTools.deleteRecursively(dir);
+        }
     }
 
     /** The largest file under a dir of the template snapshot (a database's biggest table file). */
@@ -1022,11 +1084,16 @@ class FaultSuiteTest {
     }
 
     private static List<com.fasterxml.jackson.databind.JsonNode> fileEntries(Map<String, byte[]> objects) {
+        List<com.fasterxml.jackson.databind.JsonNode> files = new ArrayList<>();
+        manifestOf(objects).path("files").forEach(files::add);
+        return files;
+    }
+
+    /** The template snapshot's manifest (as the objects hold it now). */
+    private static JsonNode manifestOf(Map<String, byte[]> objects) {
         String key = objects.keySet().stream().filter(k -> k.startsWith("snapshots/") && k.endsWith("/manifest.json")).findFirst().orElseThrow();
         try {
-            List<com.fasterxml.jackson.databind.JsonNode> files = new ArrayList<>();
-            FaultKit.JSON.readTree(objects.get(key)).path("files").forEach(files::add);
-            return files;
+            return FaultKit.JSON.readTree(objects.get(key));
         } catch (IOException e) {
             throw new UncheckedIOException(e);
         }
@@ -1373,9 +1440,9 @@ class FaultSuiteTest {
             if (api.requests().stream().noneMatch(q -> ("Bearer " + token).equals(q.header("authorization"))))
                 throw new AssertionError("the token never reached the API, so the search would prove nothing");
             // The git configs go into the file packs with the credential cut out of the URL (the search below
-            // proves the secret itself is nowhere in the bucket).
-            String packs = store.keys(lane.bucket, "gastown/" + lane.townId + "/incremental/files/").stream().filter(k -> k.contains(".tar/"))
-                    .map(k -> new String(store.get(lane.bucket, k), StandardCharsets.ISO_8859_1)).collect(Collectors.joining());
+            // proves the secret itself is nowhere in the bucket). A pack holds zstd frames: read as they unpack.
+            String packs = store.keys(lane.bucket, "gastown/" + lane.townId + "/incremental/files/").stream().filter(k -> k.contains(PACK))
+                    .map(k -> new String(unpacked(store.get(lane.bucket, k)), StandardCharsets.ISO_8859_1)).collect(Collectors.joining());
             if (!packs.contains("https://***@git.example.invalid/alpha.git"))
                 throw new AssertionError("no file pack holds the git config with the (redacted) credential URL");
         });
@@ -1419,10 +1486,12 @@ class FaultSuiteTest {
             List<String> leaks = new ArrayList<>();
             for (HeartbeatReceiver.Request q : api.requests())
                 leaks.addAll(find(secrets, "heartbeat body " + q.path(), q.body().getBytes(StandardCharsets.UTF_8)));
-            for (String key : store.list(lane.bucket, "").keySet()) leaks.addAll(find(secrets, "object " + key, store.get(lane.bucket, key)));
+            // File packs and index pieces (in the bucket, and the index kept in the state dir) are zstd: searched as
+            // stored and as they unpack.
+            for (String key : store.list(lane.bucket, "").keySet()) leaks.addAll(find(secrets, "object " + key, unpacked(store.get(lane.bucket, key))));
             try (var s = Files.walk(lane.local)) {
                 for (Path p : s.filter(Files::isRegularFile).collect(Collectors.toList()))
-                    leaks.addAll(find(secrets, "local file " + lane.local.relativize(p), Files.readAllBytes(p)));
+                    leaks.addAll(find(secrets, "local file " + lane.local.relativize(p), unpacked(Files.readAllBytes(p))));
             }
             if (!leaks.isEmpty()) throw new AssertionError("secrets leaked:\n" + String.join("\n", leaks));
         });
@@ -1433,6 +1502,24 @@ class FaultSuiteTest {
         List<String> leaks = new ArrayList<>(find(secrets, what + " stdout", r.stdout().getBytes(StandardCharsets.UTF_8)));
         leaks.addAll(find(secrets, what + " stderr", r.stderr().getBytes(StandardCharsets.UTF_8)));
         if (!leaks.isEmpty()) throw new AssertionError("secrets leaked:\n" + String.join("\n", leaks));
+    }
+
+    /**
+     * The bytes as stored, followed (when they are zstd frames: a file pack, a piece of the file index) by what they
+     * unpack to, as far as they unpack: a secret compressed is still a secret.
+     */
+    private static byte[] unpacked(byte[] data) {
+        if (data.length < 4 || (data[0] & 0xff) != 0x28 || (data[1] & 0xff) != 0xb5 || (data[2] & 0xff) != 0x2f || (data[3] & 0xff) != 0xfd)
+            return data;
+        java.io.ByteArrayOutputStream out = new java.io.ByteArrayOutputStream();
+        out.writeBytes(data);
+        try (var in = new com.github.luben.zstd.ZstdInputStream(new java.io.ByteArrayInputStream(data))) {
+            byte[] buf = new byte[1 << 16];
+            for (int n; (n = in.read(buf)) > 0; ) out.write(buf, 0, n);
+        } catch (IOException e) {
+            // a piece of a larger pack: what unpacked so far is searched
+        }
+        return out.toByteArray();
     }
 
     private static List<String> find(List<String> secrets, String where, byte[] data) {
@@ -1624,7 +1711,7 @@ class FaultSuiteTest {
         /**
          * Changes the town so the next sync has new work: a new commit on a new branch in every git repository
          * (new git packs) and every database (new dolt backups), and, with files, a changed config and runtime
-         * file (new tars).
+         * file (a new file pack and file index).
          */
         void touch(boolean files) throws IOException {
             current = null;

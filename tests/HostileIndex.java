@@ -45,6 +45,11 @@ final class HostileIndex {
         return new Raw(path, TownEntry.HARDLINK, target, null, 0, null, null);
     }
 
+    /** An entry of a type the index has no such thing as (a device node 'c' or 'b', a fifo 'p'): its type byte only. */
+    static Raw ofType(String path, char type) {
+        return new Raw(path, type, null, null, 0, null, null);
+    }
+
     private final byte[] piece;
     private final byte[] pack;
 
@@ -100,7 +105,7 @@ final class HostileIndex {
             out.writeLong(pack.size());
             out.writeLong(frame.length);
             pack.write(frame);
-        } else {
+        } else if (h.type() == TownEntry.SYMLINK || h.type() == TownEntry.HARDLINK) {
             out.writeBoolean(true);
             out.writeUTF(h.target());
         }
