@@ -15,6 +15,8 @@
 //SOURCES R2Dolt.java
 //SOURCES R2Packs.java
 //SOURCES R2History.java
+//SOURCES R2Rebuild.java
+//SOURCES R2Verify.java
 
 // The shared vocabulary of R2Sync and R2Restore. Contents, in order:
 //   1. R2Common      version, exit codes, JSON mapper

@@ -81,9 +81,6 @@ public class R2Restore implements Callable<Integer> {
     Path workDir;
 
     static final String STAGING = ".r2-restore";
-    /** Downloads in flight at once, and repositories rebuilt at once (each a git process). */
-    static final int DOWNLOADS = 4;
-    static final int REBUILDS = 2;
 
     private Config config;
     private ObjectStore store;
@@ -149,8 +146,8 @@ public class R2Restore implements Callable<Integer> {
                 FileTrees.delete(staging);
                 Files.createDirectories(staging);
                 try {
-                    Prepared prepared = downloadAndVerify(candidate, staging.resolve("download"));
-                    buildTown(prepared, staging.resolve("town"), root, GitRepo.Check.CONNECTIVITY);
+                    Rebuild.Prepared prepared = Rebuild.download(store, config, latestPointer, candidate, staging.resolve("download"));
+                    Rebuild.build(prepared, staging.resolve("town"), root, GitRepo.Check.CONNECTIVITY);
                     chosen = candidate;
                     break;
                 } catch (R2Exception e) {
@@ -280,193 +277,6 @@ public class R2Restore implements Callable<Integer> {
                 .sorted(Comparator.reverseOrder()).collect(Collectors.toList());
     }
 
-    /** A snapshot downloaded into dir, every file checked against the manifest, the manifest against latest.json. */
-    record Prepared(String timestamp, Manifest manifest, Path dir) {
-        Path file(String path) {
-            return dir.resolve(path);
-        }
-    }
-
-    private Prepared downloadAndVerify(String timestamp, Path dir) throws IOException {
-        Instant t = Instant.now();
-        Keys keys = config.keys();
-        byte[] manifestJson = store.get(keys.object(timestamp, Keys.MANIFEST))
-                .orElseThrow(() -> new SnapshotDamaged("manifest.json of " + timestamp
-                        + " is missing (the snapshot was deleted or never finished)")).data();
-        checkAgainstPointer(timestamp, manifestJson);
-        int format = Manifest.formatOf(manifestJson);
-        if (!Manifest.reads(format) && format != -1)
-            throw new R2Exception(R2Common.EXIT_FAILED, "snapshot " + timestamp + ": " + new Manifest.UnreadableFormat(format).getMessage());
-        Manifest manifest;
-        try {
-            manifest = R2Common.fromJson(manifestJson, Manifest.class, "manifest.json of " + timestamp);
-        } catch (R2Exception e) {
-            throw new SnapshotDamaged(e.getMessage(), e);
-        }
-        if (!manifest.timestamp().equals(timestamp) || !manifest.townId().equals(config.townId()))
-            throw new SnapshotDamaged("manifest.json of " + timestamp + " belongs to "
-                    + manifest.townId() + "/" + manifest.timestamp());
-        Progress progress = new Progress("download", manifest.totalBytes());
-        List<Parallel.Task> downloads = new ArrayList<>();
-        for (FileEntry expected : manifest.files()) {
-            Path target = dir.resolve(expected.path());
-            Files.createDirectories(target.getParent());
-            downloads.addAll(store.downloads(keys, expected, target, timestamp, progress));
-        }
-        Parallel.run(DOWNLOADS, downloads);
-        progress.finish();
-        if (!manifest.problems().isEmpty())
-            Log.warn("restore: snapshot " + timestamp + " is PARTIAL; when it was taken these were not backed up: "
-                    + manifest.problems().stream().map(p -> p.part() + (p.carriedFrom() != null ? " (copy from " + p.carriedFrom() + ")" : ""))
-                    .collect(Collectors.joining(", ")));
-        Log.info("restore: snapshot " + timestamp + ": " + manifest.files().size() + " files, " + Log.bytes(manifest.totalBytes())
-                + " downloaded and verified in " + Log.seconds(Duration.between(t, Instant.now())));
-        return new Prepared(timestamp, manifest, dir);
-    }
-
-    /** When latest.json names this snapshot, the manifest must be the one it pins. */
-    private void checkAgainstPointer(String timestamp, byte[] manifestJson) {
-        if (latestPointer != null && latestPointer.timestamp().equals(timestamp) && latestPointer.manifestSha256() != null
-                && !latestPointer.manifestSha256().equals(Sha256.of(manifestJson)))
-            throw new SnapshotDamaged("manifest.json of " + timestamp
-                    + " is not the one latest.json pins (sha256 differs)");
-    }
-
-    /**
-     * Builds the whole town in townDir, in two lanes at once: the databases (each by `dolt backup restore` in
-     * a directory of its own: dolt, run in a directory, reads every database it finds there), and the files
-     * from the packs followed by every git directory from its chain of packs (its HEAD, config and index are
-     * files from the packs by then; repositories two at a time). Then the databases move into the town, the
-     * work trees' state is compared with the manifest, and last the directories get their modes and mtimes.
-     * Files hold the town's final paths (a worktree's .git file names the final root), so nothing needs
-     * rewriting after the move.
-     */
-    private void buildTown(Prepared prepared, Path townDir, Path finalRoot, GitRepo.Check gitCheck) throws IOException {
-        Instant t = Instant.now();
-        Manifest manifest = prepared.manifest();
-        Files.createDirectories(townDir);
-        Tars.DirMetadata dirs = new Tars.DirMetadata();   // formats 3 to 5 only
-        Path databases = prepared.dir().resolve("dolt-restore");
-        Parallel.run(2, List.of(
-                () -> {
-                    for (DatabaseFacts db : manifest.databases())
-                        DoltServer.restore(prepared.file(db.backup()), databases.resolve(db.path()), db);
-                },
-                () -> {
-                    restoreFiles(prepared, townDir, dirs);
-                    if (!finalRoot.toString().equals(manifest.townRoot())) relinkWorktrees(manifest, townDir, finalRoot);
-                    Parallel.run(REBUILDS, manifest.repos().stream().<Parallel.Task>map(repo -> () -> {
-                        Path gitDir = Town.requireInside(townDir, repo.path(), "repo");
-                        GitRepo.restore(gitDir, repo, prepared::file, gitCheck);
-                        warnAboutRedactedCredentials(repo, gitDir);
-                    }).collect(Collectors.toList()));
-                }));
-        for (DatabaseFacts db : manifest.databases())
-            moveInto(databases.resolve(db.path()).resolve(db.name()), Town.requireInside(townDir, db.path(), "database"));
-        compareWorkTrees(manifest, townDir);
-        if (manifest.contentPacks()) FilePacks.applyDirectories(indexPieces(prepared), townDir);
-        else dirs.apply();
-        Log.info("restore: snapshot " + prepared.timestamp() + ": " + manifest.databases().size() + " databases and "
-                + manifest.repos().size() + " git repositories rebuilt and verified in staging in "
-                + Log.seconds(Duration.between(t, Instant.now())));
-    }
-
-    /** The town's files from their packs, as the snapshot's format stores them. */
-    private static void restoreFiles(Prepared prepared, Path townDir, Tars.DirMetadata dirs) throws IOException {
-        Manifest manifest = prepared.manifest();
-        if (!manifest.contentPacks()) {
-            TarPacks.restore(TarIndex.read(prepared.file(Keys.FILE_INDEX)), prepared::file, townDir, dirs);
-            return;
-        }
-        Set<String> packs = manifest.filesUnder("files/packs").stream().map(f -> FilePacks.packId(f.path())).collect(Collectors.toSet());
-        FilePacks.restore(indexPieces(prepared), id -> {
-            if (!packs.contains(id))
-                throw new SnapshotDamaged("file index: names pack " + Log.escape(id) + ", which the manifest does not list");
-            return prepared.file(PackWriter.DIR + id);
-        }, townDir);
-    }
-
-    private static List<Path> indexPieces(Prepared prepared) {
-        return prepared.manifest().fileIndex().stream().map(prepared::file).collect(Collectors.toList());
-    }
-
-    /** Moves a restored database into the town; the packs may have made its directory already (its other files). */
-    private static void moveInto(Path restored, Path target) throws IOException {
-        Files.createDirectories(target.getParent());
-        if (!Files.exists(target, LinkOption.NOFOLLOW_LINKS)) {
-            Files.move(restored, target, StandardCopyOption.ATOMIC_MOVE);
-            return;
-        }
-        for (Path child : Town.sortedChildren(restored)) {
-            Path to = target.resolve(child.getFileName().toString());
-            if (Files.exists(to, LinkOption.NOFOLLOW_LINKS))
-                throw new SnapshotDamaged("restore: " + to + " comes both from the packs and from the database's backup");
-            Files.move(child, to, StandardCopyOption.ATOMIC_MOVE);
-        }
-    }
-
-    /**
-     * A town restored under another root (the volume mounted elsewhere): git's worktree links are absolute,
-     * so they are pointed at the new root, as `git worktree repair` would. Other absolute paths the town's
-     * own files hold (dolt's data_dir in .dolt-data/config.yaml) are the operator's to change: say so.
-     */
-    private void relinkWorktrees(Manifest manifest, Path townDir, Path finalRoot) throws IOException {
-        String from = manifest.townRoot() + "/";
-        String to = finalRoot + "/";
-        for (RepoFacts repo : manifest.repos())
-            for (WorkTreeFacts wt : repo.workTrees()) {
-                if (wt.path().isEmpty() || Path.of(wt.gitDir()).isAbsolute()) continue;
-                rewritePrefix(Town.requireInside(townDir, wt.path() + "/.git", "worktree link"), "gitdir: " + from, "gitdir: " + to);
-                rewritePrefix(Town.requireInside(townDir, wt.gitDir() + "/gitdir", "worktree link"), from, to);
-            }
-        Log.warn("restore: snapshot " + manifest.timestamp() + " was taken of " + manifest.townRoot() + " and is restored into "
-                + finalRoot + ": worktree links now name the new root, but files of the town that name the old one (such as "
-                + "data_dir in .dolt-data/config.yaml) must be changed by hand before `gt up`");
-    }
-
-    /** Replaces a file's leading prefix (a one-line link file), keeping its mtime. */
-    private static void rewritePrefix(Path file, String from, String to) throws IOException {
-        if (!Files.isRegularFile(file, LinkOption.NOFOLLOW_LINKS)) return;
-        String text = Files.readString(file);
-        if (!text.startsWith(from)) return;
-        var mtime = Files.getLastModifiedTime(file);
-        Files.writeString(file, to + text.substring(from.length()));
-        Files.setLastModifiedTime(file, mtime);
-    }
-
-    /** Backups never hold a credential from a remote URL; say where one must be set again. */
-    private static void warnAboutRedactedCredentials(RepoFacts repo, Path gitDir) throws IOException {
-        Path config = gitDir.resolve("config");
-        if (!Files.isRegularFile(config)) return;
-        for (String line : Files.readAllLines(config))
-            if (line.contains("***@"))
-                Log.warn("restore: " + repo.path() + "/config: " + line.strip() + " held a credential, which backups never store; set it again");
-    }
-
-    /**
-     * Prints what each work tree holds, as `git status` sees it in staging, and warns where it differs
-     * from the manifest (a file that changed while the sync ran): the operator sees in-progress work came back.
-     * `git status` runs no program the backup names (no filter driver, no fsmonitor: see Git).
-     */
-    private void compareWorkTrees(Manifest manifest, Path townDir) {
-        for (RepoFacts repo : manifest.repos()) {
-            for (WorkTreeFacts wt : repo.workTrees()) {
-                if (Path.of(wt.gitDir()).isAbsolute()) {
-                    Log.warn("restore: work tree " + Town.shown(wt.path()) + " belongs to " + wt.gitDir() + ", outside the town: its files "
-                            + "are restored, its git directory is not");
-                    continue;
-                }
-                GitRepo.Status now = GitRepo.status(townDir, List.of("--git-dir=" + townDir.resolve(wt.gitDir()),
-                        "--work-tree=" + townDir.resolve(wt.path())));
-                if (now.sha256().equals(wt.status()))
-                    Log.info("restore: work tree " + wt.summary() + ", as backed up");
-                else
-                    Log.warn("restore: work tree " + wt.summary() + " when backed up, but " + now.counts()
-                            + " now (a file changed while the sync ran?)");
-            }
-        }
-    }
-
     /** --force: the existing content goes into .r2-aside-<time>/ on the same volume; nothing is deleted. */
     private void moveAside(Path root) throws IOException {
         Path aside = root.resolve(".r2-aside-" + Keys.format(Instant.now()));
@@ -511,18 +321,11 @@ public class R2Restore implements Callable<Integer> {
         List<String> candidates = candidates();
         if (candidates.isEmpty()) throw new R2Exception(R2Common.EXIT_FAILED, "verify: town " + config.townId() + " has no snapshot");
         String timestamp = candidates.get(0);
-        Files.createDirectories(workDir);
-        Path trial = Files.createTempDirectory(workDir, "r2-verify-");
-        try {
-            Prepared prepared = downloadAndVerify(timestamp, trial.resolve("download"));
-            buildTown(prepared, trial.resolve("town"), config.townRoot(), GitRepo.Check.EVERY_OBJECT);
-            Log.info("verify: snapshot " + timestamp + " is complete and restores (" + prepared.manifest().files().size()
-                    + " files, " + prepared.manifest().databases().size() + " databases, " + prepared.manifest().repos().size() + " repos)"
-                    + (prepared.manifest().problems().isEmpty() ? "" : "; it is PARTIAL: " + prepared.manifest().problems().size() + " problem(s) recorded"));
-            return R2Common.EXIT_OK;
-        } finally {
-            FileTrees.delete(trial);
-        }
+        Manifest manifest = Rebuild.trial(store, config, latestPointer, timestamp, workDir);
+        Log.info("verify: snapshot " + timestamp + " is complete and restores (" + manifest.files().size()
+                + " files, " + manifest.databases().size() + " databases, " + manifest.repos().size() + " repos)"
+                + (manifest.problems().isEmpty() ? "" : "; it is PARTIAL: " + manifest.problems().size() + " problem(s) recorded"));
+        return R2Common.EXIT_OK;
     }
 
     /** --release-held: held.json is removed; the next sync's history policy decides about those snapshots again. */

@@ -72,9 +72,11 @@ public class R2Status implements Callable<Integer> {
         Map<String, Object> lastSync = readState(config.stateDir().resolve(RestoreState.LAST_SYNC));
         Map<String, Object> restoreFailed = RestoreState.failure(config).map(R2Status::readState)
                 .orElse(latest.restoreFailed() ? Map.of("at", "(recorded in the bucket)", "error", "see " + config.keys().restoreFailed()) : null);
-        Verdict verdict = judge(latest, restoreFailed, lastSync);
+        Optional<Verification.Result> verified = Verification.last(config.stateDir());
+        Verdict verdict = judge(latest, restoreFailed, lastSync, verified.orElse(null));
         Map<String, Object> status = status(config, now, latest, lastSync, restoreFailed, verdict);
-        print(status, latest, lastSync, restoreFailed, verdict);
+        status.put("lastVerify", verified.orElse(null));
+        print(status, latest, lastSync, restoreFailed, verified.orElse(null), verdict);
         return verdict.held() ? R2Common.EXIT_OK : R2Common.EXIT_FAILED;
     }
 
@@ -135,7 +137,7 @@ public class R2Status implements Callable<Integer> {
 
     record Verdict(boolean held, String reason, List<String> warnings) {}
 
-    private Verdict judge(Latest latest, Map<String, Object> restoreFailed, Map<String, Object> lastSync) {
+    private Verdict judge(Latest latest, Map<String, Object> restoreFailed, Map<String, Object> lastSync, Verification.Result verified) {
         Duration limit = interval.plus(slack);
         List<String> warnings = new ArrayList<>();
         if (lastSync != null && "failed".equals(lastSync.get("status")))
@@ -146,6 +148,9 @@ public class R2Status implements Callable<Integer> {
         latest.held().snapshots().forEach((ts, why) -> warnings.add("snapshot " + ts + " is held: " + why
                 + " (r2-restore --release-held lets the history policy remove it)"));
         if (latest.error() != null) return new Verdict(false, latest.error(), warnings);
+        if (verified != null && verified.failed())
+            return new Verdict(false, "the last verification (" + verified.at() + ") found the backup damaged or could not check it: "
+                    + verified.error(), warnings);
         if (!latest.present()) return new Verdict(false, "no snapshot of this town exists yet", warnings);
         if (!latest.manifest().complete())
             return new Verdict(false, "snapshot " + latest.timestamp() + " is partial; not backed up: "
@@ -189,7 +194,7 @@ public class R2Status implements Callable<Integer> {
     }
 
     private void print(Map<String, Object> status, Latest latest, Map<String, Object> lastSync,
-                       Map<String, Object> restoreFailed, Verdict verdict) {
+                       Map<String, Object> restoreFailed, Verification.Result verified, Verdict verdict) {
         PrintWriter out = spec.commandLine().getOut();
         if (json) {
             out.println(new String(R2Common.toJson(status), StandardCharsets.UTF_8));
@@ -213,6 +218,11 @@ public class R2Status implements Callable<Integer> {
             out.printf("last sync    none on this machine%n");
         out.printf("restore      %s%n", restoreFailed == null ? "no failure recorded"
                 : "FAILED at " + restoreFailed.get("at") + ": " + restoreFailed.get("error"));
+        if (verified != null)
+            out.printf("verify       %s %s at %s%s%n", verified.status(), Objects.toString(verified.snapshot(), "-"), verified.at(),
+                    verified.error() == null ? ", " + verified.objectsRead() + " stored objects read back" : ": " + verified.error());
+        else
+            out.printf("verify       none recorded on this machine%n");
         for (String warning : verdict.warnings()) out.printf("warning      %s%n", warning);
         out.flush();
     }

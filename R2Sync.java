@@ -78,6 +78,12 @@ public class R2Sync implements Callable<Integer> {
     @Mixin
     HistoryOptions history = new HistoryOptions();
 
+    @Option(names = "--verify-every", defaultValue = "${env:R2_VERIFY_EVERY:-24h}", converter = DurationConverter.class,
+            paramLabel = "DURATION", description = "How often the daemon checks, beside its syncs, that the latest snapshot "
+            + "restores (a trial restore, as r2-restore --verify) and reads back a seventh of every stored object (each is "
+            + "read again within a week); 0 turns it off (env R2_VERIFY_EVERY, default ${DEFAULT-VALUE}).")
+    Duration verifyEvery;
+
     @Option(names = "--take-over", description = "Make this volume the town's writer although latest.json was written by "
             + "another (after moving the town to a new machine by hand); without it such a sync refuses.")
     boolean takeOver;
@@ -102,6 +108,7 @@ public class R2Sync implements Callable<Integer> {
         config = r2.toConfig();
         history.policy();
         if (interval.isZero() || interval.isNegative()) throw R2Options.usage("--interval must be positive");
+        if (verifyEvery.isNegative()) throw R2Options.usage("--verify-every must not be negative (0 turns verification off)");
         if (immediate) Town.requireTown(config.townRoot());
         heartbeat = new Heartbeat(config);
         // However the JVM ends (SIGTERM, SIGINT), no dolt or git child outlives it.
@@ -148,8 +155,58 @@ public class R2Sync implements Callable<Integer> {
             }
             return syncOnce().exitCode();
         } finally {
+            verifier.shutdownNow();
             Log.info("daemon: stopped");
             stopped.countDown();
+        }
+    }
+
+    /** The daemon's scheduled verification: one at a time, beside the syncs (a trial restore of a large town takes minutes). */
+    private final java.util.concurrent.ExecutorService verifier = java.util.concurrent.Executors.newSingleThreadExecutor(r -> {
+        Thread t = new Thread(r, "r2-verify");
+        t.setDaemon(true);
+        return t;
+    });
+    private java.util.concurrent.Future<?> verifying;
+    private Instant lastVerify;
+
+    /** Starts a verification when one is due: verifyEvery after the last one (recorded in the state dir) or the daemon's start. */
+    private void verifyIfDue() {
+        if (verifyEvery.isZero() || (verifying != null && !verifying.isDone())) return;
+        if (lastVerify == null) lastVerify = lastVerification().orElse(Instant.now());
+        if (Instant.now().isBefore(lastVerify.plus(verifyEvery))) return;
+        lastVerify = Instant.now();
+        verifying = verifier.submit(this::verify);
+    }
+
+    private Optional<Instant> lastVerification() {
+        return Verification.last(config.stateDir()).map(r -> Instant.parse(r.at()));
+    }
+
+    /** One verification, reported loudly when it fails: in the log, the heartbeat and last-verify.json (R2Status reads it). */
+    private void verify() {
+        Log.info("verify: checking that the latest snapshot restores and reading back today's share of the stored objects");
+        Verification.Result r = Verification.run(store, config, workDir.resolve("verify"));
+        if (r.failed())
+            Log.error("verify: FAILED: the backup of town " + config.townId() + " is damaged or cannot be checked (" + r.snapshot() + "): "
+                    + r.error() + ". Run r2-restore --verify, and look at r2-restore --list");
+        else
+            Log.info("verify: " + r.status() + (r.snapshot() == null ? "" : ": snapshot " + r.snapshot() + " restores") + "; "
+                    + r.objectsRead() + " stored objects read back (" + Log.bytes(r.bytesRead()) + ") in " + Log.seconds(Duration.ofMillis(r.durationMs())));
+        Map<String, Object> body = new LinkedHashMap<>();
+        body.put("townId", config.townId());
+        body.put("event", "verify");
+        body.put("status", r.status());
+        body.put("snapshot", r.snapshot());
+        body.put("objectsRead", r.objectsRead());
+        body.put("bytesRead", r.bytesRead());
+        body.put("durationMs", r.durationMs());
+        if (r.error() != null) body.put("error", r.error());
+        heartbeat.send(body);
+        try {
+            FileTrees.writeAtomically(config.stateDir().resolve(Verification.LAST), R2Common.toJson(r));
+        } catch (IOException e) {
+            Log.warn("verify: cannot record the outcome in " + config.stateDir() + ": " + e.getMessage());
         }
     }
 
@@ -168,6 +225,7 @@ public class R2Sync implements Callable<Integer> {
                     if (notATownLogged) Log.info("daemon: " + config.townRoot() + " is a town now; syncing it");
                     notATownLogged = false;
                     syncOnce();
+                    verifyIfDue();
                     if (consecutiveFailures > 0) Log.info("daemon: recovered after " + consecutiveFailures + " failed cycle(s)");
                     consecutiveFailures = 0;
                 }
@@ -965,6 +1023,7 @@ public class R2Sync implements Callable<Integer> {
         state.put("snapshot", result.timestamp());
         state.put("durationMs", result.took().toMillis());
         if (failure != null) state.put("error", Log.redact(R2Cli.messageChain(failure)));
+        Verification.last(config.stateDir()).ifPresent(v -> state.put("lastVerify", v.at() + " " + v.status()));
         try {
             FileTrees.writeAtomically(config.stateDir().resolve(RestoreState.LAST_SYNC), R2Common.toJson(state));
         } catch (IOException e) {

@@ -24,6 +24,7 @@
 // Code under test (their own //DEPS come along; one version per artifact across all files):
 //SOURCES ../R2Sync.java
 //SOURCES ../R2Restore.java
+//SOURCES ../R2Status.java
 //SOURCES Product.java
 //SOURCES BucketView.java
 //SOURCES TreeHash.java

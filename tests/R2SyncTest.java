@@ -603,6 +603,52 @@ class R2SyncTest {
     }
 
     @Test
+    void theDaemonVerifiesTheBackupOnItsOwnScheduleAndSaysLoudlyWhenItIsDamaged() throws Exception {
+        Path own = TestTools.tempDir("verify-");
+        TestTown t = TownBuilder.create().rigs("alpha").build(own);
+        String bucket = s3.newBucket();
+        BucketView view = BucketView.of(s3, bucket, "town-1");
+        Product p = Product.of(t.root(), s3, bucket, "town-1");
+        try (HeartbeatReceiver api = new HeartbeatReceiver();
+             Product.Started daemon = p.with("GASTOWN_API_URL", api.baseUrl()).with("R2_VERIFY_EVERY", "2s")
+                     .start("R2Sync", "--interval", "1s")) {
+            assertTrue(TestTools.await(() -> verifications(api, "ok") > 0, Duration.ofSeconds(120), 200), daemon.output());
+            var ok = verification(api, "ok");
+            assertTrue(ok.path("objectsRead").asLong() > 0, "a share of the stored objects was read back: " + ok);
+            // One byte of a stored object flipped (the first piece of the file index, which every snapshot since uses).
+            String ts = view.latest().orElseThrow().timestamp();
+            String key = view.objectKey(ts, view.manifest(ts).fileIndex().get(0));
+            byte[] data = view.get(key);
+            data[data.length / 2] ^= 1;
+            view.put(key, data);
+            assertTrue(TestTools.await(() -> verifications(api, "failed") > 0, Duration.ofSeconds(120), 200), daemon.output());
+            assertTrue(daemon.output().contains("verify: FAILED"), daemon.output());
+            TestTools.ProcResult status = p.run("R2Status");
+            assertEquals(1, status.exitCode(), status.stdout());
+            assertTrue(status.stdout().contains("NOT HELD") && status.stdout().contains("verification"), status.stdout());
+            view.put(key, flip(data));
+        }
+        TestTools.deleteRecursively(own);
+    }
+
+    private static byte[] flip(byte[] data) {
+        data[data.length / 2] ^= 1;
+        return data;
+    }
+
+    private static long verifications(HeartbeatReceiver api, String status) {
+        return api.requests().stream().filter(r -> r.body().contains("\"verify\"") && r.body().contains("\"" + status + "\"")).count();
+    }
+
+    private static com.fasterxml.jackson.databind.JsonNode verification(HeartbeatReceiver api, String status) throws Exception {
+        for (var r : api.requests()) {
+            var body = R2Common.JSON.readTree(r.body());
+            if (body.path("event").asText().equals("verify") && body.path("status").asText().equals(status)) return body;
+        }
+        throw new AssertionError("no " + status + " verification");
+    }
+
+    @Test
     void anErrorInASyncIsAFailedSyncAndTheDaemonGoesOn() throws Exception {
         // A real OutOfMemoryError: a sync reads each linked worktree's commondir file whole, and one of 64 MiB (sparse,
         // git reads it up to its first NUL) does not fit a 48 MiB heap, which holds the rest of this town's sync well.
