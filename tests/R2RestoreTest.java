@@ -761,8 +761,8 @@ class R2RestoreTest {
             assertEquals("failed", body.path("status").asText(), body.toString());
             assertTrue(body.path("error").asText().contains("OutOfMemoryError"), body.toString());
             assertTrue(Files.exists(restore.stateDir().resolve(RestoreState.FAILED)), "the failure is recorded for the sync");
+            assertOnlyTheFailureRecorded(volume, r);
         }
-        assertEquals(TreeHash.of(emptyVolume()), TreeHash.of(volume), "the volume is untouched");
         TestTools.deleteRecursively(own);
     }
 
