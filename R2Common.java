@@ -388,9 +388,7 @@ record Held(Map<String, String> snapshots) {
  */
 record FileEntry(String path, long size, String sha256, Pieces pieces) {
     FileEntry {
-        if (path == null || path.isEmpty() || path.startsWith("/") || path.contains("\\")
-                || Arrays.asList(path.split("/")).contains("..") || path.contains("//"))
-            throw new IllegalArgumentException("unsafe file path in manifest: " + path);
+        Town.requireSafeRelative(path, "file path in manifest");
         if (size < 0) throw new IllegalArgumentException("negative size for " + path);
         if (sha256 == null || !Sha256.HEX.matcher(sha256).matches())
             throw new IllegalArgumentException("not a sha256 for " + path + ": " + sha256);
@@ -668,6 +666,16 @@ final class Sha256 {
 
     static String hex(byte[] digest) {
         return HexFormat.of().formatHex(digest);
+    }
+
+    /** What HEX matches, without a regex: a file index checks a sha256 per entry. */
+    static boolean isHex(String s) {
+        if (s == null || s.length() != 64) return false;
+        for (int i = 0; i < 64; i++) {
+            char c = s.charAt(i);
+            if (!(c >= '0' && c <= '9') && !(c >= 'a' && c <= 'f')) return false;
+        }
+        return true;
     }
 
     static String of(byte[] data) {

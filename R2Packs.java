@@ -78,7 +78,7 @@ record TownEntry(String path, char type, int mode, long mtime, long size, boolea
     /** A file's content: its sha256, and the pack, offset and compressed length it is stored at. */
     record Blob(String sha256, String pack, long offset, long length) {
         Blob {
-            if (sha256 == null || !Sha256.HEX.matcher(sha256).matches()) throw new IllegalArgumentException("not a sha256: " + sha256);
+            if (!Sha256.isHex(sha256)) throw new IllegalArgumentException("not a sha256: " + sha256);
             if (pack == null || !PACK_ID.matcher(pack).matches()) throw new IllegalArgumentException("not a pack id: " + pack);
             if (offset < 0 || length < 0) throw new IllegalArgumentException("negative offset or length in pack " + pack);
         }

@@ -308,6 +308,7 @@ class R2RestoreTest {
         Files.createDirectories(root.resolve("another"));
         writeFile(root.resolve("newthing/line\nbreak.txt"), "a newline in the name\n");
         writeFile(root.resolve("newthing/ünïcode ✓ name.md"), "unicode\n");
+        writeFile(root.resolve("newthing/back\\slash.txt"), "a backslash is a character of a name on Linux\n");
         writeFile(root.resolve("newthing/secret.key"), "k\n");
         Files.setPosixFilePermissions(root.resolve("newthing/secret.key"), java.nio.file.attribute.PosixFilePermissions.fromString("rw-------"));
         Files.setPosixFilePermissions(root.resolve("newthing/deep"), java.nio.file.attribute.PosixFilePermissions.fromString("rwx------"));
@@ -325,6 +326,7 @@ class R2RestoreTest {
         TestTools.ProcResult r = p.onNewMachine().restore().assertOk();
         TownState.assertSame(expected, TownState.capture(root));
         assertTrue(Files.isRegularFile(root.resolve("newthing/line\nbreak.txt")));
+        assertTrue(Files.isRegularFile(root.resolve("newthing/back\\slash.txt")));
         assertTrue(r.stderr().lines().noneMatch(l -> l.startsWith("break.txt")), "no name forges a log line:\n" + r.stderr());
         TestTools.deleteRecursively(own);
     }
