@@ -309,6 +309,7 @@ class R2RestoreTest {
         writeFile(root.resolve("newthing/line\nbreak.txt"), "a newline in the name\n");
         writeFile(root.resolve("newthing/ünïcode ✓ name.md"), "unicode\n");
         writeFile(root.resolve("newthing/back\\slash.txt"), "a backslash is a character of a name on Linux\n");
+        Files.createLink(root.resolve("newthing/second-name.txt"), root.resolve("newthing/deep/file"));
         writeFile(root.resolve("newthing/secret.key"), "k\n");
         Files.setPosixFilePermissions(root.resolve("newthing/secret.key"), java.nio.file.attribute.PosixFilePermissions.fromString("rw-------"));
         Files.setPosixFilePermissions(root.resolve("newthing/deep"), java.nio.file.attribute.PosixFilePermissions.fromString("rwx------"));
@@ -327,6 +328,8 @@ class R2RestoreTest {
         TownState.assertSame(expected, TownState.capture(root));
         assertTrue(Files.isRegularFile(root.resolve("newthing/line\nbreak.txt")));
         assertTrue(Files.isRegularFile(root.resolve("newthing/back\\slash.txt")));
+        assertEquals(Files.getAttribute(root.resolve("newthing/deep/file"), "unix:ino"),
+                Files.getAttribute(root.resolve("newthing/second-name.txt"), "unix:ino"), "a hard link comes back as one");
         assertTrue(r.stderr().lines().noneMatch(l -> l.startsWith("break.txt")), "no name forges a log line:\n" + r.stderr());
         TestTools.deleteRecursively(own);
     }
