@@ -870,7 +870,7 @@ final class FilePacks {
                 out.write(data);
             } else {
                 copyStreamed(e, new ZstdInputStream(new BufferedInputStream(Channels.newInputStream(in.position(blob.offset())), 1 << 16)),
-                        blob.length(), md, out);
+                        md, out);
             }
         }
         if (!Sha256.hex(md.digest()).equals(blob.sha256())) throw refuse(e.path(), "its content does not match its sha256");
@@ -893,7 +893,7 @@ final class FilePacks {
     }
 
     /** Copies exactly e.size() bytes; a content longer or shorter than its entry says is refused. */
-    private static void copyStreamed(TownEntry e, InputStream z, long compressed, MessageDigest md, OutputStream out) throws IOException {
+    private static void copyStreamed(TownEntry e, InputStream z, MessageDigest md, OutputStream out) throws IOException {
         byte[] buf = new byte[1 << 16];
         long left = e.size();
         try (InputStream in = z) {

@@ -176,8 +176,13 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
         private final List<GitDir> gitDirs = new ArrayList<>();
         private final List<WorkTree> workTrees = new ArrayList<>();
         private final Map<String, Integer> skipped = new TreeMap<>();
-        /** Files with more than one name, by inode, until each name was seen: the first name holds the content. */
+        /**
+         * Files with more than one name, by inode, until each name was seen: the first name holds the content. At
+         * most MAX_LINKED at once (a pnpm node_modules links every file to a store outside the town, whose names the
+         * scan never sees): past that, a file's other names are stored as files, their content still stored once.
+         */
         private final Map<Object, HardLinks> linked = new HashMap<>();
+        private static final int MAX_LINKED = 100_000;
         private long paths;
 
         private record HardLinks(String first, int[] left) {}
@@ -237,7 +242,7 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
             if (type == TownEntry.FILE && a.nlink() > 1 && !gitConfig) {
                 HardLinks seen = linked.get(a.fileKey());
                 if (seen == null) {
-                    linked.put(a.fileKey(), new HardLinks(rel, new int[]{a.nlink() - 1}));
+                    if (linked.size() < MAX_LINKED) linked.put(a.fileKey(), new HardLinks(rel, new int[]{a.nlink() - 1}));
                 } else {
                     type = TownEntry.HARDLINK;
                     target = seen.first();
