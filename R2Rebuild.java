@@ -103,7 +103,7 @@ final class Rebuild {
         Parallel.run(2, List.of(
                 () -> {
                     for (DatabaseFacts db : manifest.databases())
-                        DoltServer.restore(prepared.file(db.backup()), databases.resolve(db.path()), db);
+                        DoltServer.restore(prepared.file(db.backup()), databases.resolve(db.path()), db, gitCheck == GitRepo.Check.EVERY_OBJECT);
                 },
                 () -> {
                     restoreFiles(prepared, townDir, dirs);
