@@ -592,9 +592,14 @@ public class R2Sync implements Callable<Integer> {
         try (BlobCatalog catalog = catalog(base, previous, snapshot.dir());
              IndexReader before = previous == null ? null : IndexReader.index(previous)) {
             packed = FilePacks.pack(town, before, usable, catalog, snapshot.dir(), prefix);
-            Path kept = snapshot.dir().resolve("catalog");
-            catalog.finishInto(kept, packed.packsUsed()::contains);
-            snapshot.catalog = kept;
+            Path keptBefore = previous == null ? null : fileState("file-catalog").resolve(catalogName(base.fileIndex()));
+            boolean sameIndex = previous != null && packed.index().keySet().stream().map(FileEntry::path).toList().equals(base.fileIndex());
+            if (sameIndex && packed.written().isEmpty() && Files.isRegularFile(keptBefore)) {
+                snapshot.catalog = keptBefore;   // nothing changed: the catalog kept for that index is this one's (no rewrite)
+            } else {
+                snapshot.catalog = snapshot.dir().resolve("catalog");
+                catalog.finishInto(snapshot.catalog, packed.packsUsed()::contains);
+            }
             snapshot.liveBytes = packed.liveBytes();
         }
         packed.written().forEach(snapshot::add);
