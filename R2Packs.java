@@ -699,8 +699,12 @@ final class FilePacks {
                         if (c.isNew()) newBytes += entry.size();
                         else deduplicated++;
                     }
-                } catch (NoSuchFileException | NotLinkException e) {
-                    vanished.add(now.path());   // removed or replaced since the scan: the town no longer holds it
+                } catch (FileSystemException e) {
+                    // Removed, or replaced by another kind of path, since the scan: the town no longer holds what the
+                    // scan saw there (the next scan sees what is there now). Any other failure (a file we may not read)
+                    // fails the sync: a backup that silently left a file out would say it holds the town.
+                    if (!(e instanceof NoSuchFileException) && stillThere(source, now.type())) throw e;
+                    vanished.add(now.path());
                     continue;
                 }
                 index.add(entry);
@@ -713,6 +717,10 @@ final class FilePacks {
 
     private record Content(TownEntry entry, boolean isNew) {}
 
+    private static boolean stillThere(Path source, char type) {
+        return type == TownEntry.SYMLINK ? Files.isSymbolicLink(source) : Files.isRegularFile(source, LinkOption.NOFOLLOW_LINKS);
+    }
+
     /** A file's content: found where a usable pack holds it already, or stored now. */
     private static Content store(TownEntry now, Path source, boolean racy, Set<String> usable, BlobCatalog catalog,
                                  PackWriter packs) throws IOException {
@@ -720,10 +728,12 @@ final class FilePacks {
             byte[] data = read(source, now);
             String sha = Sha256.of(data);
             TownEntry.Blob found = usableBlob(catalog.find(sha), usable, packs);
-            if (found != null) return new Content(now.withContent(data.length, found, racy), false);
+            // A size other than the scan's: the file changed while it was read; the next cycle reads it again.
+            boolean moved = data.length != now.size();
+            if (found != null) return new Content(now.withContent(data.length, found, racy || moved), false);
             TownEntry.Blob stored = packs.add(data, sha);
             catalog.add(stored);
-            return new Content(now.withContent(data.length, stored, racy || data.length != now.size()), true);
+            return new Content(now.withContent(data.length, stored, racy || moved), true);
         }
         Hashed hashed = hash(source);
         TownEntry.Blob found = usableBlob(catalog.find(hashed.sha256()), usable, packs);
