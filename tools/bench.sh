@@ -634,6 +634,8 @@ bench_size() {
   GT_TOWN_ROOT="$dir/restore-ours" R2_STATE_DIR="$dir/restore-state" \
     measure "4 restore" ours "$OURS_BUCKET" "$repo/jbang" "$repo/R2Restore.java"
   restic_restore "4 restore" "$dir"
+  # The restore made its machine the town's writer (one writer per town); the bench's own town takes it back, untimed.
+  "$repo/jbang" "$repo/R2Sync.java" --immediate --take-over > "$LOGS/ours-take-over.log" 2>&1
   small_change "$GT_TOWN_ROOT" "$dir/scratch" $((++n))
   ours_sync "5 --immediate (flush)"
   local i
