@@ -355,6 +355,17 @@ final class PackWriter implements Closeable {
         this.prefix = prefix;
     }
 
+    /**
+     * Loads zstd's native library (60-170 ms in a new JVM: it is unpacked from its jar first), for a caller to run beside
+     * work that does not need it yet.
+     */
+    static Void loadZstd() {
+        try (ZstdCompressCtx ctx = new ZstdCompressCtx()) {
+            ctx.compress(new byte[1]);
+        }
+        return null;
+    }
+
     /** Stores content held in memory; returns where. */
     TownEntry.Blob add(byte[] data, String sha256) throws IOException {
         byte[] frame = zstd.compress(data);

@@ -66,7 +66,10 @@ final class Rebuild {
             Files.createDirectories(target.getParent());
             downloads.addAll(store.downloads(keys, expected, target, timestamp, progress));
         }
-        Parallel.run(DOWNLOADS, downloads);
+        try (Background<Void> zstd = Background.start(PackWriter::loadZstd)) {   // beside the downloads, for the files after them
+            Parallel.run(DOWNLOADS, downloads);
+            zstd.join();
+        }
         progress.finish();
         if (!manifest.problems().isEmpty())
             Log.warn("restore: snapshot " + timestamp + " is PARTIAL; when it was taken these were not backed up: "

@@ -299,7 +299,11 @@ public class R2Sync implements Callable<Integer> {
                  bucketRead.join();   // not to slow down the reads the packing waits for
                  return readHistory();
              })) {
-            Town town = Town.scan(config.townRoot(), work.resolve("scan"));
+            Town town;
+            try (Background<Void> zstd = Background.start(PackWriter::loadZstd)) {   // beside the scan, which does not need it
+                town = Town.scan(config.townRoot(), work.resolve("scan"));
+                zstd.join();
+            }
             try (Background<Map<String, Object>> doltBackups = Background.start(() -> runDoltBackups(town));
                  Background<Versions> versions = Background.start(() -> versions(work.resolve("version-probe")))) {
                 BucketState bucket = bucketRead.join();
