@@ -303,14 +303,15 @@ final class FaultKit {
     // The bucket, seen through an independent S3 client (never through the proxy)
     // ---------------------------------------------------------------------------------------------
 
-    /** latest.json as stored: its raw bytes and the snapshot it names. */
-    record Pointer(byte[] raw, String timestamp, String manifestSha256) {
+    /** latest.json as stored: its raw bytes, the snapshot it names, and the machine that wrote it (its writer id). */
+    record Pointer(byte[] raw, String timestamp, String manifestSha256, String writer) {
         static Pointer parse(byte[] raw) {
             try {
                 JsonNode n = JSON.readTree(raw);
-                return new Pointer(raw, n.path("timestamp").asText(null), n.path("manifestSha256").asText(null));
+                return new Pointer(raw, n.path("timestamp").asText(null), n.path("manifestSha256").asText(null),
+                        n.path("writer").asText(null));
             } catch (IOException e) {
-                return new Pointer(raw, null, null);
+                return new Pointer(raw, null, null, null);
             }
         }
 

@@ -76,6 +76,9 @@ class FaultSuiteTest {
     /** Enough to fill the small filesystems of the full-disk faults (and cheaper to move than BIG_FILE). */
     static final int MEDIUM_FILE = 12 * 1000 * 1000;
 
+    /** The second machine of the two-writer group (FLY_MACHINE_ID: the writer id is made of it and the town root). */
+    static final String OTHER_MACHINE = "fault-other-machine";
+
     /** Lanes (independent towns and buckets) run this many at a time: some wait on holds, stalls and backoff. */
     static final int LANES = 4;
 
@@ -132,7 +135,15 @@ class FaultSuiteTest {
         return groups.computeIfAbsent(name, tally::group);
     }
 
+    /**
+     * FAULT_GROUPS (comma-separated group names, e.g. "two-writers,hostile") runs only those groups' lanes, for
+     * iterating on a group: the lanes all start from @BeforeAll whichever test method is selected. Unset: all.
+     */
+    private static final Set<String> ONLY = System.getenv("FAULT_GROUPS") == null || System.getenv("FAULT_GROUPS").isBlank()
+            ? null : Set.of(System.getenv("FAULT_GROUPS").split("\\s*,\\s*"));
+
     private void submit(FaultKit.Body body, String... groupNames) {
+        if (ONLY != null && java.util.Arrays.stream(groupNames).noneMatch(ONLY::contains)) return;
         CompletableFuture<Void> task = CompletableFuture.runAsync(() -> {
             try {
                 body.run();
@@ -145,6 +156,8 @@ class FaultSuiteTest {
 
     /** Waits for the group's lane and fails with every fault the group did not survive. */
     private void check(String groupName) {
+        if (!tasks.containsKey(groupName))
+            org.junit.jupiter.api.Assumptions.abort(groupName + " not run: FAULT_GROUPS=" + System.getenv("FAULT_GROUPS"));
         tasks.get(groupName).join();
         group(groupName).check();
     }
@@ -684,6 +697,7 @@ class FaultSuiteTest {
             FaultKit.Pointer latest = lane.pointer();
             Path base = TestTools.tempDir("fault-restore-");
             Path root = base.resolve("town");
+            Path state = TestTools.tempDir("fault-restore-state-");   // the restoring machine's, outside the volume
             try {
                 if (force) writeSentinelTown(root);
                 else Files.createDirectories(root);
@@ -693,7 +707,7 @@ class FaultSuiteTest {
                 arm.accept(rule);
                 TestTools.ProcResult r;
                 try {
-                    r = lane.restore(root, Map.of("R2_ENDPOINT", lane.proxy.endpoint()), force ? new String[] {"--force"} : new String[0]);
+                    r = lane.restore(root, state, Map.of("R2_ENDPOINT", lane.proxy.endpoint()), force ? new String[] {"--force"} : new String[0]);
                 } finally {
                     lane.proxy.clearRules();
                 }
@@ -704,17 +718,79 @@ class FaultSuiteTest {
                     String diff = lane.states.get(latest.timestamp()).diff(TownState.capture(root));
                     if (!diff.isEmpty()) throw new FaultKit.DataLoss("restored town differs:\n" + diff);
                 } else {
-                    FaultKit.assertUntouched("the volume after a failed restore", before, FaultKit.tree(base));
+                    assertUntouchedAfterFailedRestore("the volume after a failed restore", before, base, root, state, lane.bucket, lane.townId);
                     if (r.stderr().contains("\tat ")) throw new AssertionError("stack trace in a failed restore:\n" + r.stderr());
                 }
                 Want got = r.exitCode() == 0 ? Want.COMPLETES : Want.FAILS;
                 if (got != want || (r.exitCode() != 0 && r.exitCode() != 1))
                     throw new AssertionError("expected the restore to " + want + " but it " + got + " (exit " + r.exitCode() + ")\n"
                             + TestTools.tail(r.stderr(), 2500) + "\n--- requests ---\n" + TestTools.tail(lane.proxy.logText(), 2000));
+                if (r.exitCode() != 0) {
+                    // The storage is back and the next start restores again, onto the same volume with the same state dir:
+                    // it succeeds and removes the three markers, so the town's syncs are no longer held back.
+                    TestTools.ProcResult again = lane.restore(root, state, Map.of("R2_ENDPOINT", lane.proxy.endpoint()),
+                            force ? new String[] {"--force"} : new String[0]);
+                    if (again.exitCode() != 0 || again.stderr().contains("FALLBACK"))
+                        throw new AssertionError("the restore retried after the fault did not restore (exit " + again.exitCode() + ")\n"
+                                + TestTools.tail(again.stderr(), 2500));
+                    if (force) {
+                        // --force again: the town that was there is moved aside whole (nothing deleted), then put away by
+                        // the operator, so that what is compared is the restored town.
+                        List<String> aside = FaultKit.children(root).stream().filter(n -> n.startsWith(Town.ASIDE_PREFIX)).toList();
+                        if (aside.size() != 1) throw new FaultKit.DataLoss("the town that was on the volume is not kept aside: " + aside);
+                        String town = base.relativize(root) + "/";
+                        SortedMap<String, String> was = new TreeMap<>();
+                        before.forEach((k, v) -> { if (k.startsWith(town) && !k.equals(town)) was.put(k.substring(town.length()), v); });
+                        SortedMap<String, String> kept = FaultKit.tree(root.resolve(aside.get(0)));
+                        kept.remove("/");
+                        FaultKit.assertUntouched("the town that was on the volume, moved aside", was, kept);
+                        TestTools.deleteRecursively(root.resolve(aside.get(0)));
+                    }
+                    String diff = lane.states.get(latest.timestamp()).diff(TownState.capture(root));
+                    if (!diff.isEmpty()) throw new FaultKit.DataLoss("the town restored after the fault differs:\n" + diff);
+                    assertFailureCleared(root, state, lane.bucket, lane.townId);
+                }
             } finally {
                 TestTools.deleteRecursively(base);
+                TestTools.deleteRecursively(state);
             }
         });
+    }
+
+    /**
+     * After a failed restore: nothing under base changed but the failure marker the restore must leave at the root it
+     * restored into (`.r2-restore-failed.json`, naming the town: the next container on the volume sees it), which is
+     * taken out of the comparison and checked instead; the failure is recorded in the state dir and in the bucket too
+     * (every machine of the town sees it). A change is data lost, checked first; a missing marker is a failure.
+     */
+    private void assertUntouchedAfterFailedRestore(String what, SortedMap<String, String> before, Path base, Path root, Path stateDir,
+                                                   String bucket, String townId) {
+        SortedMap<String, String> after = FaultKit.tree(base);
+        Path marker = root.resolve(RestoreState.FAILED_ON_VOLUME);
+        String entry = after.remove(base.relativize(marker).toString());
+        FaultKit.assertUntouched(what, before, after);
+        if (entry == null || !entry.startsWith("file "))
+            throw new AssertionError("no " + RestoreState.FAILED_ON_VOLUME + " file at the root after a failed restore ("
+                    + (entry == null ? "missing" : entry) + "): the next container on this volume would not know");
+        try {
+            String named = FaultKit.JSON.readTree(Files.readAllBytes(marker)).path("townId").asText();
+            if (!townId.equals(named)) throw new AssertionError(marker + " names town " + named + ", not " + townId);
+        } catch (IOException e) {
+            throw new AssertionError(marker + " does not parse: " + e);
+        }
+        if (!Files.isRegularFile(stateDir.resolve(RestoreState.FAILED)))
+            throw new AssertionError("no " + RestoreState.FAILED + " in the state dir after a failed restore");
+        if (store.get(bucket, new Keys(townId).restoreFailed()) == null)
+            throw new AssertionError("no " + new Keys(townId).restoreFailed() + " in the bucket after a failed restore");
+    }
+
+    /** After a successful restore, or r2-restore --forget-failure: none of the three failure markers is left. */
+    private void assertFailureCleared(Path root, Path stateDir, String bucket, String townId) {
+        List<String> left = new ArrayList<>();
+        if (root != null && Files.exists(root.resolve(RestoreState.FAILED_ON_VOLUME))) left.add(root.resolve(RestoreState.FAILED_ON_VOLUME).toString());
+        if (stateDir != null && Files.exists(stateDir.resolve(RestoreState.FAILED))) left.add(stateDir.resolve(RestoreState.FAILED).toString());
+        if (store.get(bucket, new Keys(townId).restoreFailed()) != null) left.add(new Keys(townId).restoreFailed() + " in the bucket");
+        if (!left.isEmpty()) throw new AssertionError("failed-restore markers left: " + left);
     }
 
     // =============================================================================================
@@ -737,6 +813,12 @@ class FaultSuiteTest {
                 assertMentions(r.stderr(), "no space left");
                 FaultKit.assertUntouched("the work dir filesystem", before, FaultKit.tree(fs.dir()));
             }
+        });
+        // The failed restores of this lane were retried or forgotten: its town is backed up again.
+        g.step("the lane's town backs up after the failed restores were dealt with", () -> {
+            lane.touch(true);
+            lane.syncAndRecord();
+            assertCleanAfterSync(lane, null, false);
         });
     }
 
@@ -764,7 +846,8 @@ class FaultSuiteTest {
                         && !f.startsWith("dolt-backups") && !f.startsWith("dolt-backup-states") && !f.equals(RestoreState.LAST_SYNC)
                         && !f.startsWith("file-index"))
                         .collect(Collectors.toList());
-                if (!left.isEmpty()) throw new AssertionError("the failed sync left files in its " + dirVar + ": " + left);
+                if (!left.isEmpty()) throw new AssertionError("the failed sync left files in its " + dirVar + ": " + left + "\n"
+                        + TestTools.tail(r.stderr(), 2000));
             }
             FaultKit.assertUntouched("the town after a failed sync", townBefore, FaultKit.tree(lane.town.root(), dbDirs));
             String diff = doltBefore.diff(TownState.capture(lane.town.root()).only("dolt:"));
@@ -776,16 +859,24 @@ class FaultSuiteTest {
 
     private void diskRestore(FaultKit.Group g, Lane lane, String name, String size, boolean force, String mention) {
         g.fault("disk: restore: " + name, () -> {
+            Path state = TestTools.tempDir("fault-restore-state-");   // the restoring machine's, outside the volume
             try (FaultKit.SmallFs fs = FaultKit.SmallFs.mount(size)) {
                 Path root = fs.dir().resolve("town");
                 if (force) writeSentinelTown(root);
                 else Files.createDirectories(root);
                 SortedMap<String, String> before = FaultKit.tree(fs.dir());
-                TestTools.ProcResult r = lane.restore(root, Map.of(), force ? new String[] {"--force"} : new String[0]);
+                TestTools.ProcResult r = lane.restore(root, state, Map.of(), force ? new String[] {"--force"} : new String[0]);
                 if (r.exitCode() != 1) throw new AssertionError("exit " + r.exitCode() + " on a full disk\n" + TestTools.tail(r.stderr(), 3000));
                 assertMentions(r.stderr(), mention);
-                FaultKit.assertUntouched("the volume after a failed restore", before, FaultKit.tree(fs.dir()));
+                assertUntouchedAfterFailedRestore("the volume after a failed restore", before, fs.dir(), root, state, lane.bucket, lane.townId);
+            } finally {
+                TestTools.deleteRecursively(state);
             }
+            // The bucket's marker holds back every machine of the town, the lane's too. The volume too small is given
+            // up; the lane's town is the one to keep: the operator's decision, r2-restore --forget-failure on its machine.
+            TestTools.ProcResult forget = lane.forgetFailure();
+            if (forget.exitCode() != 0) throw new AssertionError("r2-restore --forget-failure: exit " + forget.exitCode() + "\n" + forget.stderr());
+            assertFailureCleared(null, null, lane.bucket, lane.townId);
         });
     }
 
@@ -793,6 +884,16 @@ class FaultSuiteTest {
     // 5. Two writers for one town
     // =============================================================================================
 
+    /**
+     * Two machines on one town (the second one: another FLY_MACHINE_ID, its own lock, work and state dirs). One writer
+     * per town: while latest.json names the first machine, the second one's sync is refused and publishes nothing. An
+     * operator moves the town with --take-over: the second machine's syncs pass it only there, never blindly. A sync of
+     * the first machine still running then loses at the pointer, never replacing the newer snapshot, and the first
+     * machine's later syncs are refused. (The lane's own syncs take the town back after the suite's check restores and
+     * the second machine's take-overs: Lane.writerMovedBy.) What would be lost is counted as data lost, checked before
+     * anything else: latest.json not naming the newest snapshot published, or naming one of a machine the writer rule
+     * refused.
+     */
     private void twoWriters(FaultKit.Group g) {
         Lane lane = lane("writers", TownBuilder.create().rigs("alpha"));
         lane.firstSync(false);
@@ -806,22 +907,31 @@ class FaultSuiteTest {
                 if (!FaultKit.awaitWhileRunning(a, held::isHeld, POINT_TIMEOUT))
                     throw new AssertionError("writer A never reached its pointer update\n" + a.stderr());
                 String tsA = startedTimestamp(a.stderr());
-                TestTools.ProcResult b = lane.sync(otherHost);
+                // B, a second machine, while latest.json names A's machine: refused, nothing of it published.
+                String machineB = assertRefusedAsAnotherMachine(lane, "the second machine", () -> lane.sync(otherHost));
+                // The operator moves the town to B (--take-over) while A's sync still runs.
+                TestTools.ProcResult b = lane.sync(otherHost, "--take-over");
                 if (b.exitCode() != 0) throw new AssertionError("writer B failed: " + b.stderr());
                 String tsB = lane.pointer().timestamp();
                 lane.states.put(tsB, state);
+                lane.writerMoved("the second machine's --take-over");
+                assertWriter(lane, machineB, "after the second machine's --take-over");
                 held.release(true);
                 TestTools.ProcResult ra = a.await(SYNC_TIMEOUT);
+                // What would be lost, first: the older writer must not have replaced the newer pointer.
+                if (!lane.pointer().timestamp().equals(tsB))
+                    throw new FaultKit.DataLoss("latest.json names " + lane.pointer().timestamp() + ", not the newer " + tsB
+                            + " (writer A exited " + ra.exitCode() + ")\n" + TestTools.tail(ra.stderr(), 2000));
                 if (ra.exitCode() == 0) throw new AssertionError("writer A exited 0 although writer B published " + tsB + " meanwhile");
                 assertMentions(ra.stderr(), "conflict");
                 assertMentions(ra.stderr(), tsB);
-                if (!lane.pointer().timestamp().equals(tsB))
-                    throw new FaultKit.DataLoss("latest.json names " + lane.pointer().timestamp() + ", not the newer " + tsB);
                 if (store.snapshots(lane.bucket, lane.townId).containsKey(tsA))
                     throw new AssertionError("the loser's snapshot " + tsA + " was not discarded");
             } finally {
                 lane.proxy.clearRules();
             }
+            // The town is B's now: the first machine's next sync is refused (asked as it is, without --take-over).
+            assertRefusedAsAnotherMachine(lane, "the first machine after the take-over", () -> lane.syncAsAsked(Map.of()));
             assertLatestRestores(lane);
         });
 
@@ -829,13 +939,15 @@ class FaultSuiteTest {
             lane.touch(true);
             TownState state = lane.currentState();
             FaultProxy.Rule aFirstUpload = lane.proxy.on("writer A", FaultProxy.put("/dolt/alpha.backup")).hold();
+            // A: the lane's machine (taking the town back after the check restore). B: the second machine, moved to by
+            // an operator (--take-over) while A's sync runs.
             try (FaultProxy proxyB = new FaultProxy(s3.endpoint());
                  FaultKit.Running a = lane.startSync()) {
                 if (!FaultKit.awaitWhileRunning(a, aFirstUpload::isHeld, POINT_TIMEOUT))
                     throw new AssertionError("writer A never reached its first upload\n" + a.stderr());
                 String tsA = startedTimestamp(a.stderr());
                 FaultProxy.Rule bPointer = proxyB.on("writer B", FaultProxy.put("/latest.json")).hold();
-                try (FaultKit.Running b = lane.startSync(FaultKit.env(otherHost, "R2_ENDPOINT", proxyB.endpoint()))) {
+                try (FaultKit.Running b = lane.startSync(FaultKit.env(otherHost, "R2_ENDPOINT", proxyB.endpoint()), "--take-over")) {
                     if (!FaultKit.awaitWhileRunning(b, bPointer::isHeld, POINT_TIMEOUT))
                         throw new AssertionError("writer B never reached its pointer update\n" + b.stderr());
                     String tsB = startedTimestamp(b.stderr());
@@ -845,12 +957,16 @@ class FaultSuiteTest {
                     if (ra.exitCode() != 0) throw new AssertionError("writer A failed: " + ra.stderr());
                     bPointer.release(true);
                     TestTools.ProcResult rb = b.await(SYNC_TIMEOUT);
-                    if (rb.exitCode() != 0) throw new AssertionError("writer B failed: " + rb.stderr());
-                    assertMentions(rb.stderr(), "older than ours");
                     lane.states.put(tsB, state);
                     lane.states.put(tsA, state);
+                    // What would be lost, first: the newest snapshot must be the one latest.json names.
                     if (!lane.pointer().timestamp().equals(tsB))
-                        throw new FaultKit.DataLoss("latest.json names " + lane.pointer().timestamp() + ", not the newest " + tsB);
+                        throw new FaultKit.DataLoss("latest.json names " + lane.pointer().timestamp() + ", not the newest " + tsB
+                                + " (writer B exited " + rb.exitCode() + ")\n" + TestTools.tail(rb.stderr(), 2000));
+                    if (rb.exitCode() != 0) throw new AssertionError("writer B failed: " + rb.stderr());
+                    assertMentions(rb.stderr(), "older than ours");
+                    lane.writerMoved("the second machine's --take-over");
+                    assertWriter(lane, machineIdIn(rb.stderr()), "after the second machine's --take-over");
                 }
             } finally {
                 lane.proxy.clearRules();
@@ -861,29 +977,88 @@ class FaultSuiteTest {
         g.fault("writers: two syncs started at once both end, the newest snapshot wins", () -> {
             lane.touch(true);
             TownState state = lane.currentState();
-            try (FaultKit.Running a = lane.startSync(); FaultKit.Running b = lane.startSync(otherHost)) {
+            // A: the lane's machine (taking the town back after the check restore). B: the second machine, moved to by
+            // an operator (--take-over) as A's sync starts. Both pass the writer check; the pointer's conditional write decides.
+            try (FaultKit.Running a = lane.startSync(); FaultKit.Running b = lane.startSync(otherHost, "--take-over")) {
                 TestTools.ProcResult ra = a.await(SYNC_TIMEOUT);
                 TestTools.ProcResult rb = b.await(SYNC_TIMEOUT);
-                String tsA = publishedTimestamp(ra.stderr());
-                String tsB = publishedTimestamp(rb.stderr());
+                String tsA = publishedTimestampOrNull(ra.stderr());
+                String tsB = publishedTimestampOrNull(rb.stderr());
+                String newest = tsA == null ? tsB : tsB == null ? tsA : tsA.compareTo(tsB) > 0 ? tsA : tsB;
+                if (newest != null) {
+                    lane.states.put(newest, state);
+                    // What would be lost, first: the newest snapshot must be the one latest.json names.
+                    if (!lane.pointer().timestamp().equals(newest))
+                        throw new FaultKit.DataLoss("latest.json names " + lane.pointer().timestamp() + ", not the newest " + newest
+                                + " (A: " + tsA + ", exit " + ra.exitCode() + "; B: " + tsB + ", exit " + rb.exitCode() + ")");
+                }
+                tsA = publishedTimestamp(ra.stderr());
+                tsB = publishedTimestamp(rb.stderr());
                 if (tsA.equals(tsB)) throw new AssertionError("both writers created a manifest as " + tsA);
-                String newest = tsA.compareTo(tsB) > 0 ? tsA : tsB;
-                lane.states.put(newest, state);
                 for (TestTools.ProcResult r : List.of(ra, rb)) {
                     if (r.exitCode() != 0 && r.exitCode() != 1) throw new AssertionError("exit " + r.exitCode() + "\n" + r.stderr());
                     if (r.exitCode() == 1) assertMentions(r.stderr(), "conflict");
                 }
-                if (!lane.pointer().timestamp().equals(newest))
-                    throw new FaultKit.DataLoss("latest.json names " + lane.pointer().timestamp() + ", not the newest " + newest);
+                // latest.json names the machine whose snapshot it is.
+                if (newest.equals(tsB)) lane.writerMoved("the second machine's --take-over");
+                assertWriter(lane, newest.equals(tsA) ? lane.ownWriter : machineIdIn(rb.stderr()), "after both syncs");
             }
             assertLatestRestores(lane);
         });
     }
 
+    /**
+     * A sync refused by the writer rule: latest.json names another machine. Exit 1, one line saying so (naming that
+     * writer, and --take-over), no stack trace, latest.json and the snapshot prefixes as they were. latest.json moved is
+     * data lost: the town's snapshot would be buried under a machine's that is not the town's writer. Returns the
+     * refused machine's writer id, as its refusal names it.
+     */
+    private String assertRefusedAsAnotherMachine(Lane lane, String who, java.util.function.Supplier<TestTools.ProcResult> sync) {
+        FaultKit.Pointer before = lane.pointer();
+        Set<String> prefixes = store.snapshots(lane.bucket, lane.townId).keySet();
+        TestTools.ProcResult r = sync.get();
+        FaultKit.Pointer after = lane.pointer();
+        if (!after.sameBytes(before))
+            throw new FaultKit.DataLoss(who + ", not the town's writer, moved latest.json from " + before.timestamp() + " (writer "
+                    + before.writer() + ") to " + after.timestamp() + " (writer " + after.writer() + "), exit " + r.exitCode() + "\n"
+                    + TestTools.tail(r.stderr(), 2000));
+        if (r.exitCode() != 1)
+            throw new AssertionError(who + ": exit " + r.exitCode() + ", expected 1 (latest.json was written by another machine)\n"
+                    + TestTools.tail(r.stderr(), 2000));
+        assertMentions(r.stderr(), "written by another machine");
+        assertMentions(r.stderr(), "writer " + before.writer());
+        assertMentions(r.stderr(), "--take-over");
+        if (r.stderr().contains("\tat ")) throw new AssertionError("stack trace in a refused sync:\n" + r.stderr());
+        Set<String> now = store.snapshots(lane.bucket, lane.townId).keySet();
+        if (!now.equals(prefixes)) throw new AssertionError(who + "'s refused sync changed the snapshots: " + prefixes + " -> " + now);
+        java.util.regex.Matcher m = java.util.regex.Pattern.compile("this one is ([0-9a-f-]{36})").matcher(r.stderr());
+        if (!m.find()) throw new AssertionError("the refusal does not name the refused machine's writer id:\n" + r.stderr());
+        if (m.group(1).equals(before.writer())) throw new AssertionError("refused although its writer id is latest.json's: " + r.stderr());
+        return m.group(1);
+    }
+
+    /** The writer id a sync that took the town over names itself by ("--take-over: this machine (id) is the writer"). */
+    private static String machineIdIn(String log) {
+        java.util.regex.Matcher m = java.util.regex.Pattern.compile("this machine \\(([0-9a-f-]{36})\\) is the writer").matcher(log);
+        if (!m.find()) throw new AssertionError("the sync with --take-over does not say it took the town over:\n" + TestTools.tail(log, 2000));
+        return m.group(1);
+    }
+
+    private void assertWriter(Lane lane, String expected, String when) {
+        String writer = lane.pointer().writer();
+        if (!expected.equals(writer)) throw new AssertionError(when + ", latest.json names writer " + writer + ", not " + expected);
+    }
+
     /** The timestamp a sync created its manifest under: the one it published, or lost a conflict with. */
     private static String publishedTimestamp(String log) {
+        String ts = publishedTimestampOrNull(log);
+        if (ts == null) throw new AssertionError("no published or conflicting snapshot in:\n" + log);
+        return ts;
+    }
+
+    private static String publishedTimestampOrNull(String log) {
         java.util.regex.Matcher m = java.util.regex.Pattern.compile("latest\\.json now names (\\d{8}T\\d{6}Z)|sync (\\d{8}T\\d{6}Z): conflict").matcher(log);
-        if (!m.find()) throw new AssertionError("no published or conflicting snapshot in:\n" + log);
+        if (!m.find()) return null;
         return m.group(1) != null ? m.group(1) : m.group(2);
     }
 
@@ -1127,7 +1302,13 @@ class FaultSuiteTest {
                 SortedMap<String, String> before = FaultKit.tree(base);
                 Path state = TestTools.tempDir("fault-state-");
                 TestTools.ProcResult r = template.restoreFrom(bucket, root, state, force ? new String[] {"--force"} : new String[0]);
-                FaultKit.assertUntouched("the town and its surroundings", before, FaultKit.tree(base));
+                if (r.exitCode() == 0) {
+                    // A restore that went through: whatever it wrote is compared in full (no failure marker to expect).
+                    FaultKit.assertUntouched("the town and its surroundings", before, FaultKit.tree(base));
+                    throw new AssertionError("a hostile backup was not refused (exit 0)\n" + TestTools.tail(r.stderr(), 2500));
+                }
+                // Refused: nothing changed but the failure recorded at the town root (and in the state dir and the bucket).
+                assertUntouchedAfterFailedRestore("the town and its surroundings", before, base, root, state, bucket, template.townId);
                 if (r.exitCode() != 1)
                     throw new AssertionError("a hostile backup was not refused (exit " + r.exitCode() + ")\n" + TestTools.tail(r.stderr(), 2500));
                 assertMentions(r.stderr(), mention);
@@ -1564,6 +1745,17 @@ class FaultSuiteTest {
         final Path lockFile;
         private final Map<String, String> directEnv;
         private Map<String, String> syncEnv;
+        /** This machine's writer id for the lane's town (the product's rule: the host name and the town root). */
+        final String ownWriter;
+        /**
+         * Why the lane's machine is not the town's writer just now, when the suite itself moved the town: a check
+         * restore of a snapshot into another root (a successful restore makes its root the writer), or a second
+         * machine's --take-over in the two-writer group. The lane's town is the town's machine, and those moves are
+         * the suite's checks, not a machine taking the town over: the lane's next sync of its own town takes it back
+         * with --take-over (said in its log). Null while the lane is the writer: its syncs then run without it, and
+         * are refused like any other machine's would be.
+         */
+        private volatile String writerMovedBy;
         final Map<String, TownState> states = new ConcurrentHashMap<>();
         volatile Duration lastSyncTook = Duration.ofSeconds(3);
         /** The town's state as last captured; touch() forgets it (syncs never change what it describes). */
@@ -1594,16 +1786,31 @@ class FaultSuiteTest {
             // The history policy keeps the last KEEP only: a suite that crosses an hour keeps the same count.
             directEnv = FaultKit.env(product.env(), "R2_KEEP_HOURLY", "0", "R2_KEEP_DAILY", "0");
             syncEnv = FaultKit.env(directEnv, "R2_ENDPOINT", proxy.endpoint());
+            ownWriter = Writer.of(town.root());
+        }
+
+        /** The suite moved the town to another writer on purpose (see writerMovedBy). */
+        void writerMoved(String by) {
+            writerMovedBy = by;
+        }
+
+        /** A sync of the lane's own town by the lane's machine into the lane's bucket (not a second machine's, not another bucket). */
+        boolean ownMachine(Map<String, String> env) {
+            return bucket.equals(env.get("R2_BUCKET")) && !OTHER_MACHINE.equals(env.get("FLY_MACHINE_ID"))
+                    && town.root().toString().equals(env.get("GT_TOWN_ROOT"));
         }
 
         void setSyncEnv(String... kv) {
             syncEnv = FaultKit.env(syncEnv, kv);
         }
 
-        /** The env of a second machine syncing the same town: its own lock, work and state dirs. */
+        /**
+         * The env of a second machine syncing the same town: another machine id (FLY_MACHINE_ID, which the writer id
+         * is made of), its own lock, work and state dirs.
+         */
         Map<String, String> otherMachine() {
             Path other = local.resolve("other-machine");
-            return FaultKit.env(syncEnv, "R2_SYNC_LOCK", other.resolve("r2-sync.lock").toString(),
+            return FaultKit.env(syncEnv, "FLY_MACHINE_ID", OTHER_MACHINE, "R2_SYNC_LOCK", other.resolve("r2-sync.lock").toString(),
                     "R2_WORK_DIR", other.resolve("work").toString(), "R2_STATE_DIR", other.resolve("state").toString());
         }
 
@@ -1611,9 +1818,15 @@ class FaultSuiteTest {
             return startSync(syncEnv, args);
         }
 
+        /** A sync; the lane's own takes the town back with --take-over after the suite moved it (writerMovedBy). */
         FaultKit.Running startSync(Map<String, String> env, String... args) {
+            return startSync(env, true, args);
+        }
+
+        private FaultKit.Running startSync(Map<String, String> env, boolean takeBack, String... args) {
             List<String> a = new ArrayList<>(List.of("--immediate"));
             a.addAll(List.of(args));
+            if (takeBack && writerMovedBy != null && ownMachine(env) && !a.contains("--take-over")) a.add("--take-over");
             return FaultKit.Running.start(FaultKit.jvm("R2Sync", a, false), env, local.resolve("runs"));
         }
 
@@ -1622,13 +1835,31 @@ class FaultSuiteTest {
         }
 
         TestTools.ProcResult sync(Map<String, String> extraEnv, String... args) {
+            return sync(extraEnv, true, args);
+        }
+
+        /** A sync of the lane's machine exactly as asked: never --take-over unless args say so (what a refusal needs). */
+        TestTools.ProcResult syncAsAsked(Map<String, String> extraEnv, String... args) {
+            return sync(extraEnv, false, args);
+        }
+
+        private TestTools.ProcResult sync(Map<String, String> extraEnv, boolean takeBack, String... args) {
             Map<String, String> env = FaultKit.copy(syncEnv);
             env.putAll(extraEnv);
-            try (FaultKit.Running r = startSync(env, args)) {
-                TestTools.ProcResult res = r.await(SYNC_TIMEOUT);
+            TestTools.ProcResult res;
+            try (FaultKit.Running r = startSync(env, takeBack, args)) {
+                res = r.await(SYNC_TIMEOUT);
                 if (res.exitCode() == 0) lastSyncTook = Duration.ofNanos(System.nanoTime() - r.startNanos);
-                return res;
             }
+            if ((res.exitCode() == 0 || res.exitCode() == 3) && ownMachine(env)) {
+                // A published snapshot names the machine that wrote it: the lane's, whether it took the town back or not.
+                FaultKit.Pointer p = pointer();
+                if (p == null || !ownWriter.equals(p.writer()))
+                    throw new AssertionError("the lane's sync published (exit " + res.exitCode() + ") but latest.json names writer "
+                            + (p == null ? "(no latest.json)" : p.writer()) + ", not this machine's " + ownWriter + "\n" + TestTools.tail(res.stderr(), 2000));
+                writerMovedBy = null;
+            }
+            return res;
         }
 
         /** Captures the town, syncs (exit 0 required) and records the state for the new snapshot. */
@@ -1661,16 +1892,57 @@ class FaultSuiteTest {
         /** r2-restore straight to S3 (not through the proxy unless extraEnv says so), own state and work dirs. */
         TestTools.ProcResult restore(Path root, Map<String, String> extraEnv, String... args) {
             Path scratch = TestTools.tempDir("fault-restore-local-");
+            try {
+                return restore(root, scratch.resolve("state"), extraEnv, args);
+            } finally {
+                TestTools.deleteRecursively(scratch);
+            }
+        }
+
+        /**
+         * r2-restore of the lane's bucket with the given state dir (a machine's, kept between restores). A successful
+         * restore makes its root the town's writer (the product's promise, checked here); the lane's next sync takes
+         * the town back (writerMovedBy).
+         */
+        TestTools.ProcResult restore(Path root, Path stateDir, Map<String, String> extraEnv, String... args) {
+            Path scratch = TestTools.tempDir("fault-restore-local-");
             Map<String, String> env = FaultKit.env(directEnv, "GT_TOWN_ROOT", root.toString(),
-                    "R2_STATE_DIR", scratch.resolve("state").toString(), "R2_WORK_DIR", scratch.resolve("work").toString());
+                    "R2_STATE_DIR", stateDir.toString(), "R2_WORK_DIR", scratch.resolve("work").toString());
             env.putAll(extraEnv);
+            TestTools.ProcResult res;
             try {
                 try (FaultKit.Running r = FaultKit.Running.start(FaultKit.jvm("R2Restore", List.of(args), false), env, scratch.resolve("runs"))) {
-                    return r.await(SYNC_TIMEOUT);
+                    res = r.await(SYNC_TIMEOUT);
                 }
             } finally {
                 TestTools.deleteRecursively(scratch);
             }
+            boolean restores = args.length == 0 || List.of(args).equals(List.of("--force"));
+            if (res.exitCode() == 0 && restores && bucket.equals(env.get("R2_BUCKET"))) {
+                FaultKit.Pointer p = pointer();
+                String restorer = Writer.of(root);
+                if (p == null || !restorer.equals(p.writer()))
+                    throw new AssertionError("a successful restore into " + root + " did not make it the town's writer: latest.json names "
+                            + (p == null ? "(no latest.json)" : p.writer()) + ", not " + restorer + "\n" + TestTools.tail(res.stderr(), 2000));
+                writerMovedBy = "the restore into " + root;
+            }
+            return res;
+        }
+
+        /** r2-restore --forget-failure on the lane's machine for its town: an operator's decision that the town as it is is the one to keep. */
+        TestTools.ProcResult forgetFailure() {
+            Path scratch = TestTools.tempDir("fault-forget-");
+            try (FaultKit.Running r = FaultKit.Running.start(FaultKit.jvm("R2Restore", List.of("--forget-failure"), false), directEnv,
+                    scratch.resolve("runs"))) {
+                return r.await(SYNC_TIMEOUT);
+            } finally {
+                TestTools.deleteRecursively(scratch);
+            }
+        }
+
+        /** The failed-restore marker of the lane's town in its bucket (gastown/TOWN_ID/restore-failed.json), or null. */
+        byte[] bucketFailureMarker() {
+            return store.get(bucket, new Keys(townId).restoreFailed());
         }
 
         /** r2-restore of this lane's town id from another bucket, with the given state dir. */
