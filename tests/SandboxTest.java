@@ -249,7 +249,7 @@ class SandboxTest {
                 "{\"townId\":\"" + TOWN_ID + "\",\"at\":\"2026-01-01T00:00:00Z\",\"error\":\"restore: boom\"}");
         TestTools.ProcResult failed = status(env, "--json");
         assertEquals(1, failed.exitCode(), failed.stdout());
-        assertTrue(R2Common.JSON.readTree(failed.stdout()).path("reason").asText().contains("restore on this machine failed"),
+        assertTrue(R2Common.JSON.readTree(failed.stdout()).path("reason").asText().contains("a restore of this town failed"),
                 failed.stdout());
         Files.delete(m.state().resolve("restore-failed.json"));
 
