@@ -10,8 +10,6 @@ import org.apache.commons.compress.archivers.tar.TarConstants;
 
 import java.io.*;
 import java.nio.file.*;
-import java.nio.file.attribute.PosixFilePermission;
-import java.nio.file.attribute.PosixFilePermissions;
 import java.util.*;
 import java.util.zip.GZIPInputStream;
 
@@ -29,7 +27,7 @@ final class Tars {
         void apply() throws IOException {
             for (Map.Entry<Path, TarArchiveEntry> d : dirs.entrySet()) {
                 if (!Files.isDirectory(d.getKey(), LinkOption.NOFOLLOW_LINKS)) continue;
-                Files.setPosixFilePermissions(d.getKey(), perms(d.getValue().getMode() & 0777));
+                Files.setPosixFilePermissions(d.getKey(), FilePacks.permissions(d.getValue().getMode() & 0777));
                 Files.setLastModifiedTime(d.getKey(), d.getValue().getLastModifiedTime());
             }
         }
@@ -121,7 +119,7 @@ final class Tars {
             throw refuse(archive, e.getName(), "appears twice");
         }
         if (written != e.getSize()) throw new SnapshotDamaged(archive + ": truncated at entry " + e.getName());
-        Files.setPosixFilePermissions(target, perms(e.getMode() & 0777));
+        Files.setPosixFilePermissions(target, FilePacks.permissions(e.getMode() & 0777));
         Files.setLastModifiedTime(target, e.getLastModifiedTime());
     }
 
@@ -152,13 +150,6 @@ final class Tars {
         while (s.startsWith("./")) s = s.substring(2);
         while (s.endsWith("/")) s = s.substring(0, s.length() - 1);
         return s;
-    }
-
-    private static Set<PosixFilePermission> perms(int mode) {
-        StringBuilder sb = new StringBuilder();
-        String rwx = "rwxrwxrwx";
-        for (int i = 0; i < 9; i++) sb.append((mode & (1 << (8 - i))) != 0 ? rwx.charAt(i) : '-');
-        return PosixFilePermissions.fromString(sb.toString());
     }
 
     private static R2Exception refuse(String archive, String entry, String why) {
