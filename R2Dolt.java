@@ -9,6 +9,7 @@ import java.nio.file.*;
 import java.time.Duration;
 import java.time.Instant;
 import java.util.*;
+import java.util.stream.Collectors;
 
 /**
  * HOME is not on the volume, and gt sets dolt's identity only at `gt install`, which a restored town never
@@ -148,7 +149,7 @@ final class DoltServer {
         if (fields.length < 5 || fields.length % 2 == 0) throw new IOException("unexpected dolt backup manifest in " + backupDir);
         List<String> files = new ArrayList<>(List.of("manifest"));
         for (int i = 5; i + 1 < fields.length; i += 2) {
-            String name = Town.requireSafeName(fields[i], "dolt table file");
+            String name = SafePath.requireName(fields[i], "dolt table file");
             if (Files.isRegularFile(backupDir.resolve(name))) files.add(name);
             else if (Files.isRegularFile(backupDir.resolve(name + ".darc"))) files.add(name + ".darc");
             else throw new IOException("the dolt backup in " + backupDir + " lacks table file " + name);
@@ -158,7 +159,7 @@ final class DoltServer {
 
     /** Removes what earlier syncs left in a backup directory and its manifest no longer names. */
     private static void prune(Path backupDir, List<String> live) throws IOException {
-        for (Path p : Town.sortedChildren(backupDir))
+        for (Path p : FileTrees.sortedChildren(backupDir))
             if (Files.isRegularFile(p) && !live.contains(p.getFileName().toString()) && !p.getFileName().toString().equals("LOCK"))
                 Files.delete(p);
     }
@@ -266,5 +267,83 @@ final class DoltServer {
         cmd.addAll(List.of(args));
         ProcResult r = Proc.run(cwd, Proc.DEFAULT_TIMEOUT, cmd);
         if (!r.ok()) throw new R2Exception(R2Common.EXIT_FAILED, what + " failed: " + r.tail());
+    }
+}
+
+/**
+ * How the town's Dolt databases get into a snapshot: each through `dolt backup` into a directory of the state dir
+ * that persists between syncs, then the backup's files (table files named by their content) added to the snapshot.
+ */
+final class DoltCapture {
+    private DoltCapture() {}
+
+    /**
+     * Each database through `dolt backup` into a directory that persists between syncs (dolt then writes only
+     * the table files it lacks); maps each database's path to its DoltBackup or its failure. The dolt
+     * commands of two databases run at once: each is mostly a process starting.
+     */
+    static Map<String, Object> runDoltBackups(Config config, Town town) throws IOException {
+        Map<String, Object> done = new java.util.concurrent.ConcurrentHashMap<>();
+        Parallel.run(2, town.databases().stream().<Parallel.Task>map(db -> () -> {
+            try {
+                done.put(db.path(), doltBackup(config, town, db));
+            } catch (IOException | RuntimeException e) {
+                done.put(db.path(), e);
+            }
+        }).collect(Collectors.toList()));
+        return done;
+    }
+
+    /**
+     * The files each database's backup manifest names, or its failure as a problem; table files are named by
+     * their content, so one the previous snapshot holds is not read again.
+     */
+    static void addDatabases(Town town, Snapshot snapshot, Manifest base, Map<String, Object> done) throws IOException {
+        boolean serverRunning = DoltServer.running(town.root());
+        for (Town.DoltDatabase db : town.databases()) {
+            String dir = Keys.doltBackup(db.name(), db.path());
+            snapshot.attempt("database " + db.path(), base == null ? List.of() : base.filesUnder(dir),
+                    base == null ? null : base.database(db.path()).orElse(null), null, () -> {
+                Object result = done.get(db.path());
+                if (result instanceof IOException e) throw e;
+                if (result instanceof RuntimeException e) throw e;
+                DoltBackup backup = (DoltBackup) result;
+                long newBytes = 0;
+                int newFiles = 0;
+                for (String name : backup.files()) {
+                    String path = dir + "/" + name;
+                    Path local = backup.dir().resolve(name);
+                    Optional<FileEntry> before = base == null ? Optional.empty() : base.file(path);
+                    if (!name.equals("manifest") && before.isPresent() && before.get().size() == Files.size(local) && snapshot.stored(before.get())) {
+                        snapshot.reuse(before.get());
+                    } else {
+                        FileEntry entry = Sha256.ofFile(local, path);
+                        snapshot.add(entry, local);
+                        if (!snapshot.stored(entry)) {
+                            newBytes += entry.size();
+                            newFiles++;
+                        }
+                    }
+                }
+                snapshot.databases().add(new DatabaseFacts(db.name(), db.path(), dir, serverRunning, backup.branches(), backup.root()));
+                Log.info("sync " + snapshot.timestamp() + ": dolt " + db.path() + ": " + (backup.synced() ? "" : "unchanged since its last backup, ")
+                        + newFiles + " new of " + backup.files().size() + " backup files (" + Log.bytes(newBytes) + ") in "
+                        + Log.seconds(backup.took()));
+            });
+        }
+    }
+
+    record DoltBackup(Path dir, List<String> files, Map<String, String> branches, String root, boolean synced, Duration took) {}
+
+    /** One database's backup directory brought up to date (`dolt backup sync-url`, skipped when nothing changed). */
+    private static DoltBackup doltBackup(Config config, Town town, Town.DoltDatabase db) throws IOException {
+        Instant t = Instant.now();
+        Path dbDir = town.root().resolve(db.path());
+        Path backupDir = config.stateDir().resolve("dolt-backups").resolve(config.townId()).resolve(db.path());
+        Path syncedAt = config.stateDir().resolve("dolt-backup-states").resolve(config.townId()).resolve(db.path());
+        Files.createDirectories(backupDir.getParent());
+        DoltServer.Backup backup = DoltServer.backup(dbDir, backupDir, syncedAt);
+        return new DoltBackup(backupDir, backup.files(), backup.state().branches(), DoltServer.backupRoot(backupDir), backup.synced(),
+                Duration.between(t, Instant.now()));
     }
 }

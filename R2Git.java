@@ -1,6 +1,7 @@
-// Git: how this tool runs git (Git), a git directory's objects as a chain of packs, its refs, and a work tree's
-// state (part of R2Common, included with //SOURCES). Everything else in a git directory (HEAD, index, config,
-// hooks, info/, logs/, shallow, worktrees/) is archived as files by the town scan, so it comes back byte for byte.
+// Git: how a git directory is captured (GitCapture) and restored (GitRepo): its objects as a chain of packs, its
+// refs, and a work tree's state (part of R2Common, included with //SOURCES; git itself runs through Git, in
+// R2Proc.java). Everything else in a git directory (HEAD, index, config, hooks, info/, logs/, shallow, worktrees/)
+// is archived as files by the town scan, so it comes back byte for byte.
 //
 // Why the objects are packed here and not by `git bundle create --all`: that command fetches every blob a
 // partial clone left on its promisor remote (or fails offline), and it carries neither the reflog (stash
@@ -17,97 +18,8 @@ import java.nio.file.*;
 import java.util.*;
 import java.util.stream.Collectors;
 import java.util.stream.Stream;
-
-/**
- * The one way this tool runs git. A town's repository is data, never a program to run: its config, and every file
- * that config includes (include, includeIf, config.worktree), can name programs git runs unasked (security.md):
- * core.fsmonitor whenever the index is read, hooks, a filter driver on a file that is stat-dirty, diff drivers, a
- * credential helper, askpass, ssh, or the upload-pack a partial clone's lazy fetch runs. Every git command gets
- * settings at git's command-line level, which wins over every config file, that stop each of them; a command that
- * may read a work tree's files through .gitattributes also gets every filter and diff driver the repository's
- * config defines emptied, found by listing that config (a listing run the same way). The settings go in
- * GIT_CONFIG_COUNT/KEY/VALUE rather than `-c`: a driver's name may hold a "=", which `-c` cannot carry.
- */
-final class Git {
-    private Git() {}
-
-    /** Settings that stop every program a repository's config can name for the commands this tool runs. */
-    private static final List<Map.Entry<String, String>> HARDENING = List.of(
-            Map.entry("core.fsmonitor", "false"),
-            Map.entry("core.hooksPath", "/dev/null"),
-            Map.entry("credential.helper", ""),   // an empty value clears the list of helpers
-            Map.entry("core.askPass", ""),
-            Map.entry("core.sshCommand", "false"),
-            Map.entry("core.pager", "cat"),
-            Map.entry("core.editor", ":"),        // git's own "no editor"
-            Map.entry("gpg.program", "false"),
-            Map.entry("gpg.ssh.program", "false"),
-            Map.entry("gpg.x509.program", "false"));
-
-    /** Emptying these stops a driver (an empty command is no command); a required filter that did not run is fatal. */
-    private static final List<Map.Entry<String, String>> FILTER_OFF = List.of(Map.entry("clean", ""), Map.entry("smudge", ""),
-            Map.entry("process", ""), Map.entry("required", "false"));
-    private static final List<Map.Entry<String, String>> DIFF_OFF = List.of(Map.entry("textconv", ""), Map.entry("command", ""));
-
-    /** Commands that never read a work tree's file through .gitattributes: no driver can run, no listing needed. */
-    private static final Set<String> NO_DRIVERS = Set.of("cat-file", "config", "for-each-ref", "fsck", "bundle", "ls-files",
-            "pack-objects", "rev-parse", "symbolic-ref");
-
-    /**
-     * Runs `git {options} {command}`: options pick the repository (--git-dir=, --work-tree=; none: found from cwd)
-     * and carry settings of our own, command starts with the subcommand.
-     */
-    static ProcResult run(Path cwd, List<String> options, String... command) {
-        return Proc.run(cwd, Proc.DEFAULT_TIMEOUT, args(options, List.of(command)), env(cwd, options, command[0]));
-    }
-
-    /** Like run, but a non-zero exit is an error naming the command. */
-    static ProcResult check(Path cwd, List<String> options, String... command) {
-        return Proc.check(cwd, Proc.DEFAULT_TIMEOUT, args(options, List.of(command)), env(cwd, options, command[0]));
-    }
-
-    /** Feeds stdin and streams stdout into out (Proc.pipe). */
-    static void pipe(Path cwd, List<String> options, List<String> command, byte[] stdin, OutputStream out) {
-        Proc.pipe(cwd, args(options, command), env(cwd, options, command.get(0)), stdin, out);
-    }
-
-    private static List<String> args(List<String> options, List<String> command) {
-        List<String> args = new ArrayList<>(List.of("git"));
-        args.addAll(options);
-        args.addAll(command);
-        return args;
-    }
-
-    private static Map<String, String> env(Path cwd, List<String> options, String subcommand) {
-        List<Map.Entry<String, String>> settings = new ArrayList<>(HARDENING);
-        if (!NO_DRIVERS.contains(subcommand)) settings.addAll(driversOff(cwd, options));
-        Map<String, String> env = new HashMap<>();
-        env.put("GIT_CONFIG_COUNT", String.valueOf(settings.size()));
-        for (int i = 0; i < settings.size(); i++) {
-            env.put("GIT_CONFIG_KEY_" + i, settings.get(i).getKey());
-            env.put("GIT_CONFIG_VALUE_" + i, settings.get(i).getValue());
-        }
-        env.put("GIT_ALLOW_PROTOCOL", "");     // no transport at all: a lazy fetch runs what the remote's config names
-        env.put("GIT_OPTIONAL_LOCKS", "0");    // reading never rewrites an agent's index
-        env.put("GIT_TERMINAL_PROMPT", "0");
-        return env;
-    }
-
-    /** Settings that empty every filter and diff driver the repository's config defines, whichever file defines it. */
-    private static List<Map.Entry<String, String>> driversOff(Path cwd, List<String> options) {
-        ProcResult listing = run(cwd, options, "config", "-z", "--name-only", "--get-regexp", "^(filter|diff)\\.");
-        if (!listing.ok() && listing.exitCode() != 1)   // 1: no such key
-            throw new R2Exception(R2Common.EXIT_FAILED, "git config in " + cwd + ": exit " + listing.exitCode() + ": " + listing.tail());
-        List<Map.Entry<String, String>> off = new ArrayList<>();
-        Set<String> drivers = new LinkedHashSet<>();
-        for (String key : listing.stdout().split("\0"))   // "filter.<name>.clean" names driver "filter.<name>"; "diff.renames" none
-            if (key.indexOf('.') < key.lastIndexOf('.')) drivers.add(key.substring(0, key.lastIndexOf('.')));
-        for (String driver : drivers)
-            for (Map.Entry<String, String> setting : driver.startsWith("filter.") ? FILTER_OFF : DIFF_OFF)
-                off.add(Map.entry(driver + "." + setting.getKey(), setting.getValue()));
-        return off;
-    }
-}
+import java.time.Duration;
+import java.time.Instant;
 
 final class GitRepo {
     private GitRepo() {}
@@ -147,7 +59,7 @@ final class GitRepo {
                 gitDir.resolve("logs/refs/stash")));
         Path worktrees = gitDir.resolve("worktrees");
         if (Files.isDirectory(worktrees))
-            for (Path wt : Town.sortedChildren(worktrees)) parts.addAll(List.of(wt.resolve("HEAD"), wt.resolve("index")));
+            for (Path wt : FileTrees.sortedChildren(worktrees)) parts.addAll(List.of(wt.resolve("HEAD"), wt.resolve("index")));
         for (Path p : parts) {
             md.update((gitDir.relativize(p) + "\0").getBytes(StandardCharsets.UTF_8));
             if (Files.isRegularFile(p)) {
@@ -341,7 +253,7 @@ final class GitRepo {
             throws IOException {
         // The git directory's other files came from the file index: none of what is written here may be a symlink.
         for (String dir : List.of("objects/pack", "objects/info", "refs/heads", "refs/tags"))
-            Files.createDirectories(Town.requireInside(gitDir, dir, "git directory part"));
+            Files.createDirectories(SafePath.requireInside(gitDir, dir, "git directory part"));
         // A pack and its index end with checksums as long as the repo's object ids (SHA-1 or SHA-256).
         int hashBytes = repo.chain().stream().allMatch(ChainLink::bundle) ? 0
                 : git(gitDir, "rev-parse", "--show-object-format").strip().equals("sha256") ? 32 : 20;
@@ -395,16 +307,16 @@ final class GitRepo {
         repo.refs().forEach((name, object) -> {
             if (!repo.symrefs().containsKey(name)) packed.append(object).append(' ').append(name).append('\n');
         });
-        Files.writeString(Town.requireInside(gitDir, "packed-refs", "packed-refs"), packed.toString(), StandardCharsets.UTF_8);
+        Files.writeString(SafePath.requireInside(gitDir, "packed-refs", "packed-refs"), packed.toString(), StandardCharsets.UTF_8);
         for (Map.Entry<String, String> symref : repo.symrefs().entrySet()) {
-            Path file = Town.requireInside(gitDir, symref.getKey(), "ref");
+            Path file = SafePath.requireInside(gitDir, symref.getKey(), "ref");
             Files.createDirectories(file.getParent());
             Files.writeString(file, "ref: " + symref.getValue() + "\n", StandardCharsets.UTF_8);
         }
     }
 
     private static void markPromisorPacks(Path gitDir) throws IOException {
-        for (Path pack : Town.sortedChildren(gitDir.resolve("objects/pack"))) {
+        for (Path pack : FileTrees.sortedChildren(gitDir.resolve("objects/pack"))) {
             String name = pack.getFileName().toString();
             if (!name.endsWith(".pack")) continue;
             Path marker = pack.resolveSibling(name.substring(0, name.length() - ".pack".length()) + ".promisor");
@@ -443,5 +355,115 @@ final class PackChain {
         List<String> tips = chain.subList(0, keep).stream().flatMap(l -> l.tips().stream()).collect(Collectors.toList());
         List<String> prerequisites = GitRepo.commitsPresent(gitDir, tips);
         return prerequisites.isEmpty() ? new Plan(0, List.of()) : new Plan(keep, prerequisites);
+    }
+}
+
+/**
+ * How a git directory gets into a snapshot: its objects and refs as a chain of packs (PackChain), and what each of
+ * its work trees holds that no commit does, recorded beside it. (Its other files, HEAD, config, index, hooks, are in
+ * the file packs; GitRepo.restore rebuilds it, and Rebuild compares its work trees.)
+ */
+final class GitCapture {
+    private GitCapture() {}
+
+    /**
+     * What each work tree holds that no commit does (staged, modified, untracked files), by the git directory
+     * its .git leads to. Read just before the files are packed, so the counts describe the packs.
+     */
+    static Map<Path, List<WorkTreeFacts>> inspectWorkTrees(Town town, Snapshot snapshot) {
+        Map<Path, List<WorkTreeFacts>> byRepo = new HashMap<>();
+        for (Town.WorkTree wt : town.workTrees()) {
+            Path dir = town.root().resolve(wt.path());
+            try {
+                if (wt.gitDir() == null || !Files.isDirectory(wt.gitDir()))
+                    throw new IOException("its .git leads to " + (wt.gitDir() == null ? "nothing readable" : wt.gitDir()) + ", which is missing");
+                Path common = commonDir(wt.gitDir());
+                byRepo.computeIfAbsent(common, k -> new ArrayList<>()).add(GitRepo.inspect(wt.path(), town.named(wt.gitDir()), dir, List.of()));
+            } catch (IOException | R2Exception e) {
+                // Its files are packed all the same; only the record of its git state is missing.
+                Log.warn("sync " + snapshot.timestamp() + ": work tree " + SafePath.shown(wt.path()) + ": git state not recorded: " + R2Cli.messageChain(e));
+            }
+        }
+        return byRepo;
+    }
+
+    /** A linked worktree's git directory names the repository it belongs to in commondir. */
+    private static Path commonDir(Path gitDir) throws IOException {
+        Path commondir = gitDir.resolve("commondir");
+        if (!Files.isRegularFile(commondir)) return gitDir.toRealPath();
+        return gitDir.resolve(Files.readString(commondir).strip()).normalize().toRealPath();
+    }
+
+    /**
+     * Every git directory's objects and refs as a chain of packs: unchanged, the previous snapshot's chain;
+     * changed, that chain plus a pack of what is new since (PackChain says when to start over).
+     */
+    static void packRepos(Town town, Map<Path, List<WorkTreeFacts>> workTrees, Snapshot snapshot, Manifest base) {
+        for (Town.GitDir gitDir : town.gitDirs()) {
+            String repoPath = gitDir.path();
+            RepoFacts before = base == null ? null : base.repo(repoPath).orElse(null);
+            List<FileEntry> beforeFiles = before == null ? List.of()
+                    : before.chain().stream().flatMap(l -> base.filesOf(l).stream()).collect(Collectors.toList());
+            snapshot.attempt("repo " + repoPath, beforeFiles, null, before, () -> {
+                Instant t = Instant.now();
+                Path dir = town.root().resolve(repoPath);
+                GitRepo.Refs refs = GitRepo.refs(dir);
+                String fingerprint = GitRepo.fingerprint(dir, refs);
+                List<WorkTreeFacts> trees = workTrees.getOrDefault(dir.toRealPath(), List.of());
+                boolean chainStored = before != null && beforeFiles.stream().allMatch(snapshot::stored);
+                List<ChainLink> links;
+                if (!hasObjects(dir)) {
+                    links = List.of();
+                    Log.info("sync " + snapshot.timestamp() + ": git " + repoPath + " has no objects yet; recorded");
+                } else if (chainStored && !before.empty() && fingerprint.equals(before.fingerprint())) {
+                    links = before.chain();
+                    beforeFiles.forEach(snapshot::reuse);
+                    Log.info("sync " + snapshot.timestamp() + ": git " + repoPath + " unchanged since " + base.timestamp());
+                } else {
+                    links = extendChain(dir, repoPath, refs, chainStored ? before.chain() : List.of(), base, snapshot);
+                    Log.info("sync " + snapshot.timestamp() + ": git " + repoPath + " " + refs.refs().size() + " refs, chain of "
+                            + links.size() + " packs, in " + Log.seconds(Duration.between(t, Instant.now())));
+                }
+                snapshot.repos().add(new RepoFacts(repoPath, links, refs.refs(), refs.symrefs(), GitRepo.promisor(dir),
+                        fingerprint, trees, null));
+            });
+        }
+    }
+
+    /**
+     * The chain after this cycle: the kept part of the previous one (base's), and a pack of what it lacks (if
+     * anything). A chain started afresh from a repo that keeps everything in one pack begins with that pack.
+     */
+    private static List<ChainLink> extendChain(Path dir, String repoPath, GitRepo.Refs refs, List<ChainLink> chain, Manifest base,
+                                        Snapshot snapshot) throws IOException {
+        List<Long> sizes = chain.stream().map(l -> base.filesOf(l).stream().mapToLong(FileEntry::size).sum())
+                .collect(Collectors.toList());
+        PackChain.Plan plan = PackChain.plan(dir, chain, sizes);
+        List<ChainLink> links = new ArrayList<>(chain.subList(0, plan.keep()));
+        links.forEach(l -> base.filesOf(l).forEach(snapshot::reuse));
+        String name = Keys.gitPacks(repoPath) + "/" + links.size();
+        Optional<GitRepo.Pack> own = plan.prerequisites().isEmpty() ? GitRepo.onlyPack(dir, refs.refs().values(), name) : Optional.empty();
+        if (own.isPresent())
+            Log.info("sync " + snapshot.timestamp() + ": git " + repoPath + " keeps every object in one pack: that pack goes up as it is");
+        GitRepo.Pack pack = own.isPresent() ? own.get()
+                : GitRepo.writePack(dir, refs.refs().values(), plan.prerequisites(), snapshot.dir().resolve(name), name);
+        if (own.isEmpty() && pack.objects() == 0 && plan.keep() == chain.size() && !chain.isEmpty()) {
+            // only refs moved: the chain holds every object, the manifest the refs
+            Files.delete(pack.packFile());
+            Files.delete(pack.indexFile());
+            return links;
+        }
+        snapshot.add(pack.pack(), pack.packFile());
+        snapshot.add(pack.index(), pack.indexFile());
+        links.add(new ChainLink(pack.pack().path(), pack.index().path(), plan.prerequisites(),
+                GitRepo.commitsPresent(dir, refs.refs().values())));
+        return links;
+    }
+
+    /** False for a git directory that holds no object yet (`git init` and nothing since). */
+    private static boolean hasObjects(Path gitDir) throws IOException {
+        try (Stream<Path> s = Files.walk(gitDir.resolve("objects"), 2)) {
+            return s.anyMatch(p -> Files.isRegularFile(p) && !p.getParent().getFileName().toString().equals("info"));
+        }
     }
 }

@@ -3,11 +3,12 @@
 // snapshot of each of the last H hours and D days that have one. Objects are shared between snapshots, so
 // a kept snapshot costs only what changed since the one before it.
 //   HistoryOptions   the picocli mixin (--keep, --keep-hourly, --keep-daily, --gc-grace)
-//   HistoryPolicy    which snapshots a policy keeps, and why
+//   Retention        which snapshots a policy (HistoryPolicy, R2Format) keeps, and why
 //   GarbageCollector deletes objects no kept snapshot names, once they are older than the grace period
 
 import picocli.CommandLine.Option;
 
+import java.io.IOException;
 import java.time.Duration;
 import java.time.Instant;
 import java.util.*;
@@ -42,18 +43,21 @@ final class HistoryOptions {
     }
 }
 
-record HistoryPolicy(int last, int hourly, int daily) {
+/** Which snapshots a history policy keeps: restic's `forget`. */
+final class Retention {
+    private Retention() {}
+
     /**
      * The snapshots kept, each with why (e.g. "last, hourly"), of the given timestamps; the rest are to go.
      * A snapshot counts for the hour and day (UTC) its timestamp names.
      */
-    Map<String, String> keep(Collection<String> timestamps) {
+    static Map<String, String> keep(HistoryPolicy policy, Collection<String> timestamps) {
         List<String> newestFirst = timestamps.stream().sorted(Comparator.reverseOrder()).collect(Collectors.toList());
         Map<String, List<String>> reasons = new LinkedHashMap<>();
-        for (int i = 0; i < Math.min(last, newestFirst.size()); i++)
+        for (int i = 0; i < Math.min(policy.last(), newestFirst.size()); i++)
             reasons.computeIfAbsent(newestFirst.get(i), k -> new ArrayList<>()).add("last");
-        newestOfEach(newestFirst, "yyyyMMddTHH".length(), hourly, "hourly", reasons);
-        newestOfEach(newestFirst, "yyyyMMdd".length(), daily, "daily", reasons);
+        newestOfEach(newestFirst, "yyyyMMddTHH".length(), policy.hourly(), "hourly", reasons);
+        newestOfEach(newestFirst, "yyyyMMdd".length(), policy.daily(), "daily", reasons);
         Map<String, String> kept = new TreeMap<>(Comparator.reverseOrder());
         reasons.forEach((ts, why) -> kept.put(ts, String.join(", ", why)));
         return kept;
@@ -65,10 +69,6 @@ record HistoryPolicy(int last, int hourly, int daily) {
             if (seen.size() >= periods) return;
             if (seen.add(ts.substring(0, periodChars))) reasons.computeIfAbsent(ts, k -> new ArrayList<>()).add(why);
         }
-    }
-
-    String describe() {
-        return "the last " + last + ", hourly for " + hourly + " hours, daily for " + daily + " days";
     }
 }
 
@@ -103,5 +103,95 @@ final class GarbageCollector {
         for (PendingUpload u : pending)
             if (u.initiated() == null || u.initiated().isBefore(cutoff)) store.abort(u);
         return new Collected(doomed.size(), bytes, young, youngBytes);
+    }
+}
+
+/**
+ * The history policy and garbage collection as a sync applies them once its snapshot is published: which snapshots
+ * go (Retention, held.json, older formats, unfinished prefixes), then which objects no remaining snapshot uses.
+ */
+final class History {
+    private final Snapshots snapshots;
+    private final HistoryOptions history;
+
+    History(Snapshots snapshots, HistoryOptions history) {
+        this.snapshots = snapshots;
+        this.history = history;
+    }
+
+    /**
+     * What the history policy and garbage collection look at: every snapshot (by timestamp), each complete one's
+     * manifest (read four at a time into the cache, so that the policy, once the snapshot is published, waits for
+     * no request), and what multipart uploads older versions left. Read at the start, it misses only snapshots
+     * published meanwhile, by another writer: those are left to the next sync.
+     */
+    record HistoryState(Map<String, List<StoredObject>> snapshots, List<PendingUpload> pendingUploads, Held held) {}
+
+    static HistoryState read(Snapshots snapshots) throws IOException {
+        Map<String, List<StoredObject>> byTimestamp = snapshots.byTimestamp();
+        Parallel.run(Snapshots.TRANSFERS, byTimestamp.entrySet().stream()
+                .filter(e -> snapshots.hasManifest(e.getKey(), e.getValue()))
+                .<Parallel.Task>map(e -> () -> snapshots.formatOf(e.getKey())).collect(Collectors.toList()));
+        return new HistoryState(byTimestamp, snapshots.store().pendingUploads(snapshots.keys().objects()), snapshots.held());
+    }
+
+    /**
+     * Applies the history policy to the snapshots up to ours, then collects the objects no remaining snapshot
+     * uses. Never touches ours (the one latest.json names) or anything newer (another writer's). Snapshots of
+     * an older format stay until --keep snapshots of this one exist: until then they may be the only copy the
+     * previous version of this tool can restore. A prefix without a manifest is the leftover of an older
+     * version's interrupted sync.
+     */
+    void apply(String current, HistoryState listed, Collection<StoredObject> objects) {
+        Map<String, List<StoredObject>> byTimestamp = new TreeMap<>(Comparator.reverseOrder());
+        byTimestamp.putAll(listed.snapshots());
+        byTimestamp.putIfAbsent(current, List.of());   // published after the listing
+        List<String> ours = new ArrayList<>();
+        List<String> olderFormat = new ArrayList<>();
+        List<String> unfinished = new ArrayList<>();
+        for (Map.Entry<String, List<StoredObject>> e : byTimestamp.entrySet()) {
+            String ts = e.getKey();
+            if (ts.compareTo(current) > 0) continue;
+            boolean complete = ts.equals(current) || snapshots.hasManifest(ts, e.getValue());
+            int format = complete ? snapshots.formatOf(ts) : -1;
+            if (!complete) unfinished.add(ts);
+            else if (Manifest.reads(format)) ours.add(ts);
+            else if (format > 0 && format < Manifest.OLDEST_READ) olderFormat.add(ts);
+            // else unreadable now, or a newer version's: never removed by this one
+        }
+        Map<String, String> kept = Retention.keep(history.policy(), ours);
+        List<String> removed = ours.stream().filter(ts -> !kept.containsKey(ts) && !ts.equals(current)
+                && !listed.held().snapshots().containsKey(ts)).collect(Collectors.toList());
+        int keptCount = ours.size() - removed.size();
+        if (keptCount >= history.last) removed.addAll(olderFormat);
+        removed.addAll(unfinished);
+        snapshots.remove(byTimestamp, removed);
+        if (!removed.isEmpty()) Log.info("sync " + current + ": history policy (" + history.policy().describe() + ") removed "
+                + removed.size() + " snapshot(s) " + removed + "; " + keptCount + " kept");
+        collectGarbage(current, byTimestamp.keySet().stream().filter(ts -> !removed.contains(ts)).collect(Collectors.toList()),
+                objects, listed.pendingUploads());
+    }
+
+    /** Deletes the objects none of the remaining snapshots uses, once they are older than the grace period. */
+    private void collectGarbage(String current, List<String> remaining, Collection<StoredObject> objects, List<PendingUpload> pending) {
+        Keys keys = snapshots.keys();
+        Set<String> used = new HashSet<>();
+        for (String ts : remaining) {
+            int format = snapshots.formatOf(ts);
+            if (format > 0 && format < Manifest.OLDEST_READ) continue;   // an older format keeps its files under its own prefix
+            Manifest m = Manifest.reads(format) ? snapshots.manifest(ts) : null;
+            if (m == null) {
+                // Unreadable, or written by a newer version: what it uses is unknown, so nothing may go.
+                Log.warn("sync " + current + ": garbage collection skipped: the manifest of " + ts + " cannot be read"
+                        + (format > Manifest.FORMAT ? " (format " + format + ", newer than this tool's)" : ""));
+                return;
+            }
+            m.objects().forEach(o -> used.add(keys.object(o)));
+        }
+        GarbageCollector.Collected c = GarbageCollector.collect(snapshots.store(), objects, pending, used, history.gcGrace, Instant.now());
+        if (c.deleted() > 0 || c.young() > 0)
+            Log.info("sync " + current + ": garbage collection removed " + c.deleted() + " unused object(s) (" + Log.bytes(c.bytes())
+                    + "); " + c.young() + " unused but younger than " + DurationConverter.format(history.gcGrace) + " kept ("
+                    + Log.bytes(c.youngBytes()) + ")");
     }
 }

@@ -33,168 +33,10 @@ import java.util.concurrent.atomic.AtomicReference;
 import java.util.function.Function;
 import java.util.function.Predicate;
 import java.util.regex.Pattern;
-
-/**
- * The order of town paths: as a walk that lists a directory's sorted children right after it gives them. It
- * is string order with '/' before every other character, so "a", "a/b", "a.txt".
- */
-final class PathOrder {
-    private PathOrder() {}
-
-    static int compare(String a, String b) {
-        int n = Math.min(a.length(), b.length());
-        for (int i = 0; i < n; i++) {
-            char x = a.charAt(i);
-            char y = b.charAt(i);
-            if (x != y) {
-                if (x == '/') return -1;
-                if (y == '/') return 1;
-                return x - y;
-            }
-        }
-        return a.length() - b.length();
-    }
-
-    static String parent(String path) {
-        int slash = path.lastIndexOf('/');
-        return slash < 0 ? "" : path.substring(0, slash);
-    }
-}
-
-/**
- * One path of the town. type: FILE, DIR, SYMLINK, or HARDLINK (a second name of a file listed earlier: target).
- * mode: the permission bits; mtime in nanoseconds; size of a file's content. racy: changed so close to its scan
- * that it may change again within the same mtime, so the next cycle reads it again. gitConfig (scan only): a git
- * directory's config, stored with URL credentials removed. blob: where a file's content is stored.
- */
-record TownEntry(String path, char type, int mode, long mtime, long size, boolean racy, boolean gitConfig, String target,
-                 Blob blob) {
-    static final char FILE = 'f';
-    static final char DIR = 'd';
-    static final char SYMLINK = 'l';
-    static final char HARDLINK = 'h';
-    private static final Pattern PACK_ID = Pattern.compile("[0-9A-Za-z][0-9A-Za-z-]{0,63}");
-
-    /** A file's content: its sha256, and the pack, offset and compressed length it is stored at. */
-    record Blob(String sha256, String pack, long offset, long length) {
-        Blob {
-            if (!Sha256.isHex(sha256)) throw new IllegalArgumentException("not a sha256: " + sha256);
-            if (pack == null || !PACK_ID.matcher(pack).matches()) throw new IllegalArgumentException("not a pack id: " + pack);
-            if (offset < 0 || length < 0) throw new IllegalArgumentException("negative offset or length in pack " + pack);
-        }
-    }
-
-    TownEntry {
-        Town.requireSafeRelative(path, "path in the file index");
-        if (type != FILE && type != DIR && type != SYMLINK && type != HARDLINK)
-            throw new IllegalArgumentException("unknown entry type '" + type + "' for " + path);
-        if (mode < 0 || mode > 0777) throw new IllegalArgumentException("mode " + Integer.toOctalString(mode) + " for " + path);
-        if (size < 0) throw new IllegalArgumentException("negative size for " + path);
-        if (type == HARDLINK) Town.requireSafeRelative(target, "hard link target of " + path);
-        if (type == SYMLINK && target != null && (target.isEmpty() || target.indexOf('\0') >= 0))
-            throw new IllegalArgumentException("empty symlink target for " + path);
-    }
-
-    /**
-     * True when the scan saw the path as it was when this entry was made: its content need not be read again. (A git
-     * config is stored with credentials removed, so its entry's size is not the file's: its mtime tells.)
-     */
-    boolean unchangedFrom(TownEntry scanned) {
-        return !racy && type == scanned.type && mode == scanned.mode && mtime == scanned.mtime
-                && (size == scanned.size || scanned.gitConfig) && (type != HARDLINK || target.equals(scanned.target));
-    }
-
-    TownEntry withContent(long contentSize, Blob stored, boolean racyNow) {
-        return new TownEntry(path, type, mode, mtime, contentSize, racyNow, false, null, stored);
-    }
-
-    TownEntry withTarget(String linkTarget, boolean racyNow) {
-        return new TownEntry(path, type, mode, mtime, size, racyNow, false, linkTarget, null);
-    }
-
-    TownEntry racy(boolean racyNow) {
-        return new TownEntry(path, type, mode, mtime, size, racyNow, false, target, blob);
-    }
-
-    /** Checks what only a complete index entry must hold (a scan's entries have no content yet). */
-    TownEntry requireComplete() {
-        if (type == FILE && blob == null) throw new IllegalArgumentException("file " + path + " has no content");
-        if (type == SYMLINK && target == null) throw new IllegalArgumentException("symlink " + path + " has no target");
-        return this;
-    }
-
-    void write(DataOutputStream out) throws IOException {
-        out.writeUTF(path);
-        out.writeByte(type);
-        out.writeShort(mode);
-        out.writeLong(mtime);
-        out.writeLong(size);
-        out.writeByte((racy ? 1 : 0) | (gitConfig ? 2 : 0));
-        if (type == FILE && blob != null) {
-            out.writeBoolean(true);
-            out.write(HexFormat.of().parseHex(blob.sha256()));
-            out.writeUTF(blob.pack());
-            out.writeLong(blob.offset());
-            out.writeLong(blob.length());
-        } else if (type == FILE) {
-            out.writeBoolean(false);
-        } else if (type == SYMLINK || type == HARDLINK) {
-            out.writeBoolean(target != null);
-            if (target != null) out.writeUTF(target);
-        }
-    }
-
-    /** The next entry, or null at the end marker. */
-    static TownEntry read(DataInputStream in) throws IOException {
-        String path = in.readUTF();
-        if (path.isEmpty()) return null;
-        char type = (char) in.readUnsignedByte();
-        int mode = in.readUnsignedShort();
-        long mtime = in.readLong();
-        long size = in.readLong();
-        int flags = in.readUnsignedByte();
-        String target = null;
-        Blob blob = null;
-        if (type == FILE) {
-            if (in.readBoolean()) {
-                byte[] sha = new byte[32];
-                in.readFully(sha);
-                blob = new Blob(HexFormat.of().formatHex(sha), in.readUTF(), in.readLong(), in.readLong());
-            }
-        } else if (type == SYMLINK || type == HARDLINK) {
-            if (in.readBoolean()) target = in.readUTF();
-        }
-        return new TownEntry(path, type, mode, mtime, size, (flags & 1) != 0, (flags & 2) != 0, target, blob);
-    }
-}
-
-/** Entries as a stream in a file: a header, the entries, an end marker (so a cut file is told from a whole one). */
-final class EntryFiles {
-    private static final int MAGIC = 0x47545232;   // "GTR2"
-    static final int VERSION = 1;
-
-    private EntryFiles() {}
-
-    static DataOutputStream write(OutputStream out) throws IOException {
-        DataOutputStream data = new DataOutputStream(new BufferedOutputStream(out, 1 << 16));
-        data.writeInt(MAGIC);
-        data.writeByte(VERSION);
-        return data;
-    }
-
-    static void end(DataOutputStream out) throws IOException {
-        out.writeUTF("");
-        out.flush();
-    }
-
-    static DataInputStream read(InputStream in, String source) throws IOException {
-        DataInputStream data = new DataInputStream(new BufferedInputStream(in, 1 << 16));
-        if (data.readInt() != MAGIC) throw new IOException(source + " is not a gastown-r2 entry file");
-        int version = data.readUnsignedByte();
-        if (version != VERSION) throw new IOException(source + " is in entry format " + version + ", not " + VERSION);
-        return data;
-    }
-}
+import java.util.stream.Collectors;
+import java.util.stream.Stream;
+import java.time.Duration;
+import java.time.Instant;
 
 /**
  * Writes the file index as pieces of zstd-compressed entries. A piece ends after a path whose hash picks it (about
@@ -941,8 +783,8 @@ final class FilePacks {
                 Path target;
                 Path link;
                 try {
-                    target = Town.requireInside(root, e.target(), "hard link target");
-                    link = Town.requireInside(root, e.path(), "hard link");
+                    target = SafePath.requireInside(root, e.target(), "hard link target");
+                    link = SafePath.requireInside(root, e.path(), "hard link");
                 } catch (R2Exception ex) {
                     throw refuse(e.path(), "hard link to " + Log.escape(e.target()) + ", which is not a file of the snapshot: " + ex.getMessage());
                 }
@@ -1002,5 +844,161 @@ final class FilePacks {
 
     private static R2Exception refuse(String path, String why) {
         return new SnapshotDamaged("file index: refusing " + Log.escape(path) + ": " + why);
+    }
+}
+
+/**
+ * One cycle of the town's files: the scan merged with the previous snapshot's file index (FilePacks.pack), what
+ * changed packed anew. This machine keeps the last published index (its pieces) and the catalog of stored contents
+ * in the state dir, for the next cycle; a new machine downloads the index and makes the catalog from it.
+ */
+final class FileCapture {
+    private final Config config;
+    private final ObjectStore store;
+
+    FileCapture(Config config, ObjectStore store) {
+        this.config = config;
+        this.store = store;
+    }
+
+    /**
+     * Every path of the town outside the skip list: what changed since the previous snapshot's file index into new
+     * packs (a content some pack holds already is not stored again), the rest as that index had it.
+     */
+    void pack(Town town, Snapshot snapshot, Manifest base) throws IOException {
+        Instant t = Instant.now();
+        List<Path> previous = previousIndex(base, snapshot);
+        Map<String, FileEntry> basePacks = new HashMap<>();
+        if (previous != null) base.filesUnder("files/packs").forEach(f -> basePacks.put(FilePacks.packId(f.path()), f));
+        Set<String> merging = FilePacks.packsToMerge(basePacks.values(), previous == null ? Map.of() : liveBytes(base));
+        Set<String> usable = basePacks.entrySet().stream().filter(e -> !merging.contains(e.getKey()) && snapshot.stored(e.getValue()))
+                .map(Map.Entry::getKey).collect(Collectors.toSet());
+        String prefix = snapshot.timestamp() + "-" + HexFormat.of().toHexDigits(new java.security.SecureRandom().nextInt());
+        FilePacks.Packed packed;
+        try (BlobCatalog catalog = catalog(base, previous, snapshot.dir());
+             IndexReader before = previous == null ? null : IndexReader.index(previous)) {
+            packed = FilePacks.pack(town, before, usable, catalog, snapshot.dir(), prefix);
+            Path keptBefore = previous == null ? null : fileState("file-catalog").resolve(catalogName(base.fileIndex()));
+            boolean sameIndex = previous != null && packed.index().keySet().stream().map(FileEntry::path).toList().equals(base.fileIndex());
+            if (sameIndex && packed.written().isEmpty() && Files.isRegularFile(keptBefore)) {
+                snapshot.catalog = keptBefore;   // nothing changed: the catalog kept for that index is this one's (no rewrite)
+            } else {
+                snapshot.catalog = snapshot.dir().resolve("catalog");
+                catalog.finishInto(snapshot.catalog, packed.packsUsed()::contains);
+            }
+            snapshot.liveBytes = packed.liveBytes();
+        }
+        packed.written().forEach(snapshot::add);
+        basePacks.forEach((id, f) -> {
+            if (packed.packsUsed().contains(id)) snapshot.reuse(f);
+        });
+        packed.index().forEach(snapshot::add);
+        snapshot.fileIndex = packed.index();
+        Log.info("sync " + snapshot.timestamp() + ": files: " + packed.paths() + " paths, " + packed.changed() + " read again ("
+                + packed.deduplicated() + " of them held by a pack already), " + Log.bytes(packed.newBytes()) + " of new content in "
+                + packed.written().size() + " new packs (" + Log.bytes(packed.written().keySet().stream().mapToLong(FileEntry::size).sum())
+                + ")" + (merging.isEmpty() ? "" : ", " + merging.size() + " small or mostly dead packs merged") + ", in "
+                + Log.seconds(Duration.between(t, Instant.now())));
+        if (!town.skipped().isEmpty())
+            Log.info("sync " + snapshot.timestamp() + ": left out by the skip list: " + town.skipped().entrySet().stream()
+                    .map(e -> e.getValue() + " x " + e.getKey()).collect(Collectors.joining("; ")));
+    }
+
+    /** Where this machine keeps the last published file index (its pieces) and catalog, for the next sync. */
+    private Path fileState(String what) {
+        return config.stateDir().resolve(what).resolve(config.townId());
+    }
+
+    /**
+     * The previous snapshot's file index pieces, in order: kept in the state dir by the sync that published it (each
+     * checked against its sha256), else downloaded there; null packs everything (no previous snapshot, one of an
+     * older format, or an index that cannot be had).
+     */
+    private List<Path> previousIndex(Manifest base, Snapshot snapshot) {
+        if (base == null) return null;
+        if (!base.contentPacks()) {
+            Log.info("sync " + snapshot.timestamp() + ": the previous snapshot " + base.timestamp() + " keeps its files in format "
+                    + base.formatVersion() + " tar packs; this one stores every file anew, in content packs");
+            return null;
+        }
+        try {
+            Path dir = Files.createDirectories(fileState("file-index"));
+            List<Path> pieces = new ArrayList<>();
+            List<Parallel.Task> downloads = new ArrayList<>();
+            for (String path : base.fileIndex()) {
+                FileEntry piece = base.file(path).orElseThrow();
+                Path local = dir.resolve(piece.sha256());
+                pieces.add(local);
+                if (Files.isRegularFile(local) && Sha256.ofFile(local, path).equals(piece)) continue;
+                Files.deleteIfExists(local);
+                downloads.addAll(store.downloads(Keys.of(config), piece, local, base.timestamp(), null));
+            }
+            Parallel.run(Snapshots.TRANSFERS, downloads);
+            return pieces;
+        } catch (R2Exception | IOException | java.util.NoSuchElementException e) {
+            Log.warn("sync " + snapshot.timestamp() + ": the file index of " + base.timestamp() + " is unusable, reading every "
+                    + "file again: " + e.getMessage());
+            return null;
+        }
+    }
+
+    /**
+     * Where each stored content is: the catalog this machine kept for the previous snapshot's index, or one made
+     * from that index now (a new machine, or the first sync after a restore).
+     */
+    private BlobCatalog catalog(Manifest base, List<Path> previous, Path work) throws IOException {
+        if (previous == null) return BlobCatalog.open(null, work.resolve("catalog-work"));
+        Path kept = fileState("file-catalog").resolve(catalogName(base.fileIndex()));
+        if (Files.isRegularFile(kept)) return BlobCatalog.open(kept, work.resolve("catalog-work"));
+        try (IndexReader index = IndexReader.index(previous)) {
+            return BlobCatalog.of(index, work.resolve("catalog-work"));
+        }
+    }
+
+    private static String catalogName(List<String> fileIndex) {
+        return Sha256.of(String.join("\n", fileIndex).getBytes(StandardCharsets.UTF_8)) + ".catalog";
+    }
+
+    /** How much of each pack the previous snapshot's index points at, as its sync counted; empty when not kept here. */
+    @SuppressWarnings("unchecked")
+    private Map<String, Long> liveBytes(Manifest base) {
+        Path file = fileState("file-catalog").resolve(catalogName(base.fileIndex()) + ".live");
+        try {
+            if (!Files.isRegularFile(file)) return Map.of();
+            Map<String, Number> read = R2Common.JSON.readValue(file.toFile(), Map.class);
+            Map<String, Long> live = new HashMap<>();
+            read.forEach((pack, bytes) -> live.put(pack, bytes.longValue()));
+            return live;
+        } catch (IOException | RuntimeException e) {
+            Log.warn("sync: " + file + " is unreadable, no pack is merged for being mostly dead this time: " + e.getMessage());
+            return Map.of();
+        }
+    }
+
+    /** Once published, the snapshot's file index and catalog stay in the state dir for the next sync; older ones go. */
+    void keep(Snapshot snapshot) {
+        try {
+            Path indexDir = Files.createDirectories(fileState("file-index"));
+            Set<String> names = new HashSet<>();
+            for (Map.Entry<FileEntry, Path> piece : snapshot.fileIndex.entrySet()) {
+                names.add(piece.getKey().sha256());
+                Files.move(piece.getValue(), indexDir.resolve(piece.getKey().sha256()), StandardCopyOption.REPLACE_EXISTING);
+            }
+            removeAllBut(indexDir, names);
+            Path catalogDir = Files.createDirectories(fileState("file-catalog"));
+            String name = catalogName(snapshot.fileIndex.keySet().stream().map(FileEntry::path).toList());
+            Files.move(snapshot.catalog, catalogDir.resolve(name), StandardCopyOption.REPLACE_EXISTING);
+            FileTrees.writeAtomically(catalogDir.resolve(name + ".live"), R2Common.toJson(snapshot.liveBytes));
+            removeAllBut(catalogDir, Set.of(name, name + ".live"));
+        } catch (IOException e) {
+            Log.warn("sync " + snapshot.timestamp() + ": cannot keep the file index in " + config.stateDir() + " (the next sync "
+                    + "downloads it): " + e.getMessage());
+        }
+    }
+
+    private static void removeAllBut(Path dir, Set<String> names) throws IOException {
+        try (Stream<Path> s = Files.list(dir)) {
+            for (Path p : s.filter(p -> !names.contains(p.getFileName().toString())).toList()) Files.deleteIfExists(p);
+        }
     }
 }

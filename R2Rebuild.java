@@ -11,8 +11,7 @@ import java.util.*;
 import java.util.stream.Collectors;
 
 final class Rebuild {
-    /** Downloads in flight at once, and repositories rebuilt at once (each a git process). */
-    static final int DOWNLOADS = 4;
+    /** Repositories rebuilt at once (each a git process). */
     static final int REBUILDS = 2;
 
     private Rebuild() {}
@@ -21,11 +20,11 @@ final class Rebuild {
      * A full trial restore of a snapshot in a temporary directory of workDir, every git object hashed again, removed
      * afterwards: what --verify and the daemon's scheduled verification run. Returns the snapshot's manifest.
      */
-    static Manifest trial(ObjectStore store, Config config, Pointer latestPointer, String timestamp, Path workDir) throws IOException {
+    static Manifest trial(Snapshots snapshots, Config config, Pointer latestPointer, String timestamp, Path workDir) throws IOException {
         Files.createDirectories(workDir);
         Path trial = Files.createTempDirectory(workDir, "r2-verify-");
         try {
-            Prepared prepared = download(store, config, latestPointer, timestamp, trial.resolve("download"));
+            Snapshots.Downloaded prepared = download(snapshots, latestPointer, timestamp, trial.resolve("download"));
             build(prepared, trial.resolve("town"), config.townRoot(), GitRepo.Check.EVERY_OBJECT);
             return prepared.manifest();
         } finally {
@@ -33,59 +32,13 @@ final class Rebuild {
         }
     }
 
-    /** A snapshot downloaded into dir, every file checked against the manifest, the manifest against latest.json. */
-    record Prepared(String timestamp, Manifest manifest, Path dir) {
-        Path file(String path) {
-            return dir.resolve(path);
-        }
-    }
-
-    static Prepared download(ObjectStore store, Config config, Pointer latestPointer, String timestamp, Path dir) throws IOException {
-        Instant t = Instant.now();
-        Keys keys = config.keys();
-        byte[] manifestJson = store.get(keys.object(timestamp, Keys.MANIFEST))
-                .orElseThrow(() -> new SnapshotDamaged("manifest.json of " + timestamp
-                        + " is missing (the snapshot was deleted or never finished)")).data();
-        checkAgainstPointer(latestPointer, timestamp, manifestJson);
-        int format = Manifest.formatOf(manifestJson);
-        if (!Manifest.reads(format) && format != -1)
-            throw new R2Exception(R2Common.EXIT_FAILED, "snapshot " + timestamp + ": " + new Manifest.UnreadableFormat(format).getMessage());
-        Manifest manifest;
-        try {
-            manifest = R2Common.fromJson(manifestJson, Manifest.class, "manifest.json of " + timestamp);
-        } catch (R2Exception e) {
-            throw new SnapshotDamaged(e.getMessage(), e);
-        }
-        if (!manifest.timestamp().equals(timestamp) || !manifest.townId().equals(config.townId()))
-            throw new SnapshotDamaged("manifest.json of " + timestamp + " belongs to "
-                    + manifest.townId() + "/" + manifest.timestamp());
-        Progress progress = new Progress("download", manifest.totalBytes());
-        List<Parallel.Task> downloads = new ArrayList<>();
-        for (FileEntry expected : manifest.files()) {
-            Path target = dir.resolve(expected.path());
-            Files.createDirectories(target.getParent());
-            downloads.addAll(store.downloads(keys, expected, target, timestamp, progress));
-        }
-        try (Background<Void> zstd = Background.start(PackWriter::loadZstd)) {   // beside the downloads, for the files after them
-            Parallel.run(DOWNLOADS, downloads);
+    /** The snapshot downloaded and checked (Snapshots.download), zstd's native library loaded beside it for the files. */
+    static Snapshots.Downloaded download(Snapshots snapshots, Pointer latest, String timestamp, Path dir) throws IOException {
+        try (Background<Void> zstd = Background.start(PackWriter::loadZstd)) {
+            Snapshots.Downloaded downloaded = snapshots.download(latest, timestamp, dir);
             zstd.join();
+            return downloaded;
         }
-        progress.finish();
-        if (!manifest.problems().isEmpty())
-            Log.warn("restore: snapshot " + timestamp + " is PARTIAL; when it was taken these were not backed up: "
-                    + manifest.problems().stream().map(p -> p.part() + (p.carriedFrom() != null ? " (copy from " + p.carriedFrom() + ")" : ""))
-                    .collect(Collectors.joining(", ")));
-        Log.info("restore: snapshot " + timestamp + ": " + manifest.files().size() + " files, " + Log.bytes(manifest.totalBytes())
-                + " downloaded and verified in " + Log.seconds(Duration.between(t, Instant.now())));
-        return new Prepared(timestamp, manifest, dir);
-    }
-
-    /** When latest.json names this snapshot, the manifest must be the one it pins. */
-    private static void checkAgainstPointer(Pointer latestPointer, String timestamp, byte[] manifestJson) {
-        if (latestPointer != null && latestPointer.timestamp().equals(timestamp) && latestPointer.manifestSha256() != null
-                && !latestPointer.manifestSha256().equals(Sha256.of(manifestJson)))
-            throw new SnapshotDamaged("manifest.json of " + timestamp
-                    + " is not the one latest.json pins (sha256 differs)");
     }
 
     /**
@@ -97,7 +50,7 @@ final class Rebuild {
      * Files hold the town's final paths (a worktree's .git file names the final root), so nothing needs
      * rewriting after the move.
      */
-    static void build(Prepared prepared, Path townDir, Path finalRoot, GitRepo.Check gitCheck) throws IOException {
+    static void build(Snapshots.Downloaded prepared, Path townDir, Path finalRoot, GitRepo.Check gitCheck) throws IOException {
         Instant t = Instant.now();
         Manifest manifest = prepared.manifest();
         Files.createDirectories(townDir);
@@ -112,13 +65,13 @@ final class Rebuild {
                     restoreFiles(prepared, townDir, dirs);
                     if (!finalRoot.toString().equals(manifest.townRoot())) relinkWorktrees(manifest, townDir, finalRoot);
                     Parallel.run(REBUILDS, manifest.repos().stream().<Parallel.Task>map(repo -> () -> {
-                        Path gitDir = Town.requireInside(townDir, repo.path(), "repo");
+                        Path gitDir = SafePath.requireInside(townDir, repo.path(), "repo");
                         GitRepo.restore(gitDir, repo, prepared::file, gitCheck);
                         warnAboutRedactedCredentials(repo, gitDir);
                     }).collect(Collectors.toList()));
                 }));
         for (DatabaseFacts db : manifest.databases())
-            moveInto(databases.resolve(db.path()).resolve(db.name()), Town.requireInside(townDir, db.path(), "database"));
+            moveInto(databases.resolve(db.path()).resolve(db.name()), SafePath.requireInside(townDir, db.path(), "database"));
         compareWorkTrees(manifest, townDir);
         if (manifest.contentPacks()) FilePacks.applyDirectories(indexPieces(prepared), townDir);
         else dirs.apply();
@@ -128,7 +81,7 @@ final class Rebuild {
     }
 
     /** The town's files from their packs, as the snapshot's format stores them. */
-    private static void restoreFiles(Prepared prepared, Path townDir, Tars.DirMetadata dirs) throws IOException {
+    private static void restoreFiles(Snapshots.Downloaded prepared, Path townDir, Tars.DirMetadata dirs) throws IOException {
         Manifest manifest = prepared.manifest();
         if (!manifest.contentPacks()) {
             TarPacks.restore(TarIndex.read(prepared.file(Keys.FILE_INDEX)), prepared::file, townDir, dirs);
@@ -142,7 +95,7 @@ final class Rebuild {
         }, townDir);
     }
 
-    private static List<Path> indexPieces(Prepared prepared) {
+    private static List<Path> indexPieces(Snapshots.Downloaded prepared) {
         return prepared.manifest().fileIndex().stream().map(prepared::file).collect(Collectors.toList());
     }
 
@@ -153,7 +106,7 @@ final class Rebuild {
             Files.move(restored, target, StandardCopyOption.ATOMIC_MOVE);
             return;
         }
-        for (Path child : Town.sortedChildren(restored)) {
+        for (Path child : FileTrees.sortedChildren(restored)) {
             Path to = target.resolve(child.getFileName().toString());
             if (Files.exists(to, LinkOption.NOFOLLOW_LINKS))
                 throw new SnapshotDamaged("restore: " + to + " comes both from the packs and from the database's backup");
@@ -172,8 +125,8 @@ final class Rebuild {
         for (RepoFacts repo : manifest.repos())
             for (WorkTreeFacts wt : repo.workTrees()) {
                 if (wt.path().isEmpty() || Path.of(wt.gitDir()).isAbsolute()) continue;
-                rewritePrefix(Town.requireInside(townDir, wt.path() + "/.git", "worktree link"), "gitdir: " + from, "gitdir: " + to);
-                rewritePrefix(Town.requireInside(townDir, wt.gitDir() + "/gitdir", "worktree link"), from, to);
+                rewritePrefix(SafePath.requireInside(townDir, wt.path() + "/.git", "worktree link"), "gitdir: " + from, "gitdir: " + to);
+                rewritePrefix(SafePath.requireInside(townDir, wt.gitDir() + "/gitdir", "worktree link"), from, to);
             }
         Log.warn("restore: snapshot " + manifest.timestamp() + " was taken of " + manifest.townRoot() + " and is restored into "
                 + finalRoot + ": worktree links now name the new root, but files of the town that name the old one (such as "
@@ -208,7 +161,7 @@ final class Rebuild {
         for (RepoFacts repo : manifest.repos()) {
             for (WorkTreeFacts wt : repo.workTrees()) {
                 if (Path.of(wt.gitDir()).isAbsolute()) {
-                    Log.warn("restore: work tree " + Town.shown(wt.path()) + " belongs to " + wt.gitDir() + ", outside the town: its files "
+                    Log.warn("restore: work tree " + SafePath.shown(wt.path()) + " belongs to " + wt.gitDir() + ", outside the town: its files "
                             + "are restored, its git directory is not");
                     continue;
                 }

@@ -84,6 +84,7 @@ public class R2Restore implements Callable<Integer> {
 
     private Config config;
     private ObjectStore store;
+    private Snapshots snapshots;
     /** latest.json as candidates() read it; its manifest hash is checked against what is downloaded. */
     private Pointer latestPointer;
 
@@ -99,6 +100,7 @@ public class R2Restore implements Callable<Integer> {
             throw R2Options.usage("--snapshot must look like 20260217T120000Z, not " + snapshot);
         try (ObjectStore opened = ObjectStore.open(config)) {
             store = opened;
+            snapshots = new Snapshots(store, config);
             if (mode.list) return listSnapshots();
             if (mode.releaseHeld) return releaseHeld();
             if (mode.forgetFailure) {
@@ -146,7 +148,7 @@ public class R2Restore implements Callable<Integer> {
                 FileTrees.delete(staging);
                 Files.createDirectories(staging);
                 try {
-                    Rebuild.Prepared prepared = Rebuild.download(store, config, latestPointer, candidate, staging.resolve("download"));
+                    Snapshots.Downloaded prepared = Rebuild.download(snapshots, latestPointer, candidate, staging.resolve("download"));
                     Rebuild.build(prepared, staging.resolve("town"), root, GitRepo.Check.CONNECTIVITY);
                     chosen = candidate;
                     break;
@@ -174,7 +176,7 @@ public class R2Restore implements Callable<Integer> {
             moveIntoPlace(staging, chosen);
             Log.info("restore: town " + config.townId() + " restored from snapshot " + chosen + " in "
                     + Log.seconds(Duration.between(start, Instant.now())));
-            claimWriter();
+            snapshots.claimWriter();
             report(chosen, null, fallback, start);
             RestoreState.clearFailure(config, store);
             return R2Common.EXIT_OK;
@@ -190,34 +192,13 @@ public class R2Restore implements Callable<Integer> {
     }
 
     /**
-     * The restoring machine becomes the town's writer: latest.json names it (a conditional write; a pointer moved
-     * meanwhile is left as it is, said). A machine that wrote before, still running, is then refused.
-     */
-    private void claimWriter() {
-        String id = Writer.of(config.townRoot());
-        Optional<Versioned> latest = store.get(config.keys().latest());
-        if (latest.isEmpty()) return;
-        try {
-            Pointer p = R2Common.fromJson(latest.get().data(), Pointer.class, "latest.json");
-            store.putIfMatch(config.keys().latest(), R2Common.toJson(new Pointer(p.timestamp(), p.manifestSha256(), id)), latest.get().etag());
-            Log.info("restore: this machine is the writer of town " + config.townId() + " now (" + id + ")");
-        } catch (R2Exception e) {
-            Log.warn("restore: latest.json could not name this volume as the writer (" + e.getMessage() + "); the first sync "
-                    + "will refuse until r2-sync --take-over");
-        }
-    }
-
-    /**
      * The snapshots a fallback passed over stay in the bucket whatever the history policy says (held.json), until an
      * operator releases them (--release-held): what they hold may still be recovered by hand.
      */
     private void holdNewer(List<String> passedOver, List<String> why) {
         try {
-            Held held = Held.read(store, config.keys());
-            for (int i = 0; i < passedOver.size(); i++)
-                held = held.with(passedOver.get(i), "passed over by a fallback restore at " + Instant.now() + ": "
-                        + (i < why.size() ? Log.redact(why.get(i)) : "unusable"));
-            store.putBytes(config.keys().held(), R2Common.toJson(held));
+            String at = "passed over by a fallback restore at " + Instant.now() + ": ";
+            snapshots.hold(passedOver, why.stream().map(w -> at + Log.redact(w)).collect(Collectors.toList()));
             Log.warn("restore: " + passedOver + " stay kept (held.json) until an operator releases them with r2-restore --release-held");
         } catch (R2Exception e) {
             Log.error("restore: cannot record in held.json that " + passedOver + " must be kept: " + e.getMessage()
@@ -231,57 +212,48 @@ public class R2Restore implements Callable<Integer> {
         String ts = RestoreState.movingSnapshot(staging);
         Log.warn("restore: a restore of snapshot " + ts + " was interrupted while moving into place; finishing it");
         moveIntoPlace(staging, ts);
-        claimWriter();
+        snapshots.claimWriter();
         RestoreState.clearFailure(config, store);
         return true;
     }
 
     /** The snapshots to try, best first: --snapshot alone, or latest.json's then the older complete ones. */
     private List<String> candidates() {
-        Optional<Versioned> latest = store.get(config.keys().latest());
         if (snapshot != null) {
             // The pointer only pins a manifest here; an unreadable one is no reason to refuse a chosen snapshot.
             try {
-                latestPointer = latest.map(v -> R2Common.fromJson(v.data(), Pointer.class, "latest.json")).orElse(null);
+                latestPointer = snapshots.pointer().orElse(null);
             } catch (R2Exception e) {
                 Log.warn("restore: " + e.getMessage() + "; restoring the chosen snapshot " + snapshot + " anyway");
             }
             return List.of(snapshot);
         }
-        List<String> complete = completeSnapshots();
+        List<String> complete = snapshots.complete();
+        Optional<Pointer> latest;
+        try {
+            latest = snapshots.pointer();
+        } catch (R2Exception e) {
+            throw new R2Exception(R2Common.EXIT_FAILED, "restore: " + e.getMessage()
+                    + "; not guessing which snapshot is current: choose one with --snapshot (see --list)");
+        }
         if (latest.isEmpty()) {
             if (!complete.isEmpty())
                 throw new R2Exception(R2Common.EXIT_FAILED, "restore: latest.json is missing although snapshots exist ("
                         + complete.get(0) + " is the newest); choose one with --snapshot (see --list)");
             return List.of();
         }
-        Pointer pointer;
-        try {
-            pointer = R2Common.fromJson(latest.get().data(), Pointer.class, "latest.json");
-        } catch (R2Exception e) {
-            throw new R2Exception(R2Common.EXIT_FAILED, "restore: " + e.getMessage()
-                    + "; not guessing which snapshot is current: choose one with --snapshot (see --list)");
-        }
+        Pointer pointer = latest.get();
         latestPointer = pointer;
         List<String> result = new ArrayList<>(List.of(pointer.timestamp()));
         complete.stream().filter(ts -> ts.compareTo(pointer.timestamp()) < 0).forEach(result::add);
         return result;
     }
 
-    /** Snapshot timestamps that have a manifest, newest first. */
-    private List<String> completeSnapshots() {
-        Keys keys = config.keys();
-        return store.list(keys.snapshots()).stream()
-                .filter(o -> o.key().endsWith("/" + Keys.MANIFEST))
-                .map(o -> keys.timestampOf(o.key())).filter(Objects::nonNull)
-                .sorted(Comparator.reverseOrder()).collect(Collectors.toList());
-    }
-
     /** --force: the existing content goes into .r2-aside-<time>/ on the same volume; nothing is deleted. */
     private void moveAside(Path root) throws IOException {
         Path aside = root.resolve(".r2-aside-" + Keys.format(Instant.now()));
         Files.createDirectory(aside);
-        for (Path p : Town.sortedChildren(root)) {
+        for (Path p : FileTrees.sortedChildren(root)) {
             String name = p.getFileName().toString();
             if (Town.OWN_DIRS.contains(name) || p.equals(aside)) continue;
             Files.move(p, aside.resolve(name), StandardCopyOption.ATOMIC_MOVE);
@@ -299,7 +271,7 @@ public class R2Restore implements Callable<Integer> {
         Path townDir = staging.resolve("town");
         RestoreState.markMoving(staging, timestamp);
         if (Files.isDirectory(townDir)) {
-            List<Path> entries = Town.sortedChildren(townDir);
+            List<Path> entries = FileTrees.sortedChildren(townDir);
             entries.sort(Comparator.comparing((Path p) -> p.getFileName().toString().equals("mayor")));
             for (Path entry : entries) {
                 Path destination = root.resolve(entry.getFileName().toString());
@@ -321,7 +293,7 @@ public class R2Restore implements Callable<Integer> {
         List<String> candidates = candidates();
         if (candidates.isEmpty()) throw new R2Exception(R2Common.EXIT_FAILED, "verify: town " + config.townId() + " has no snapshot");
         String timestamp = candidates.get(0);
-        Manifest manifest = Rebuild.trial(store, config, latestPointer, timestamp, workDir);
+        Manifest manifest = Rebuild.trial(snapshots, config, latestPointer, timestamp, workDir);
         Log.info("verify: snapshot " + timestamp + " is complete and restores (" + manifest.files().size()
                 + " files, " + manifest.databases().size() + " databases, " + manifest.repos().size() + " repos)"
                 + (manifest.problems().isEmpty() ? "" : "; it is PARTIAL: " + manifest.problems().size() + " problem(s) recorded"));
@@ -330,12 +302,12 @@ public class R2Restore implements Callable<Integer> {
 
     /** --release-held: held.json is removed; the next sync's history policy decides about those snapshots again. */
     private int releaseHeld() {
-        Held held = Held.read(store, config.keys());
+        Held held = snapshots.held();
         if (held.snapshots().isEmpty()) {
             Log.info("release: no snapshot of town " + config.townId() + " is held");
             return R2Common.EXIT_OK;
         }
-        store.delete(List.of(config.keys().held()));
+        snapshots.releaseHeld();
         Log.info("release: " + held.snapshots().keySet() + " are no longer held; the history policy applies to them from the next sync");
         return R2Common.EXIT_OK;
     }
@@ -345,42 +317,35 @@ public class R2Restore implements Callable<Integer> {
      * snapshot does not use), its state, which rule of the history policy keeps it, and latest.json's.
      */
     private int listSnapshots() {
-        Keys keys = config.keys();
-        String latest = store.get(keys.latest()).map(v -> {
-            try {
-                return R2Common.fromJson(v.data(), Pointer.class, "latest.json").timestamp();
-            } catch (R2Exception e) {
-                Log.warn("list: " + e.getMessage());
-                return null;
-            }
-        }).orElse(null);
-        Map<String, List<StoredObject>> byTimestamp = new TreeMap<>();
-        for (StoredObject o : store.list(keys.snapshots())) {
-            String ts = keys.timestampOf(o.key());
-            if (ts != null && !o.key().endsWith("/claim.json")) byTimestamp.computeIfAbsent(ts, k -> new ArrayList<>()).add(o);
-        }
+        Keys keys = Keys.of(config);
+        String latest = latestTimestamp();
+        Map<String, List<StoredObject>> byTimestamp = new TreeMap<>(snapshots.byTimestamp());
+        byTimestamp.values().forEach(objects -> objects.removeIf(o -> o.key().endsWith("/claim.json")));
+        byTimestamp.values().removeIf(List::isEmpty);
         Map<String, Manifest> manifests = new TreeMap<>();
         Map<String, String> states = new TreeMap<>();
         for (Map.Entry<String, List<StoredObject>> e : byTimestamp.entrySet()) {
             String ts = e.getKey();
-            Optional<Versioned> json = e.getValue().stream().anyMatch(o -> o.key().endsWith("/" + Keys.MANIFEST))
-                    ? store.get(keys.object(ts, Keys.MANIFEST)) : Optional.empty();
-            int format = json.map(v -> Manifest.formatOf(v.data())).orElse(-1);
-            if (json.isEmpty()) states.put(ts, "unfinished");
-            else if (!Manifest.reads(format)) states.put(ts, "format " + format);
-            else {
-                try {
-                    manifests.put(ts, R2Common.fromJson(json.get().data(), Manifest.class, "manifest of " + ts));
-                    states.put(ts, manifests.get(ts).complete() ? "complete" : "partial");
-                } catch (R2Exception ex) {
-                    states.put(ts, "unreadable");
+            if (!snapshots.hasManifest(ts, e.getValue())) {
+                states.put(ts, "unfinished");
+                continue;
+            }
+            try {
+                Manifest m = snapshots.manifest(ts);
+                if (m == null) {
+                    states.put(ts, "format " + snapshots.formatOf(ts));
+                } else {
+                    manifests.put(ts, m);
+                    states.put(ts, m.complete() ? "complete" : "partial");
                 }
+            } catch (R2Exception ex) {
+                states.put(ts, "unreadable");
             }
         }
         HistoryPolicy policy = manifests.values().stream().map(Manifest::history).filter(Objects::nonNull)
                 .reduce((a, b) -> b).orElse(null);
-        Map<String, String> keptBy = new HashMap<>(policy == null ? Map.of() : policy.keep(manifests.keySet()));
-        Held held = Held.read(store, keys);
+        Map<String, String> keptBy = new HashMap<>(policy == null ? Map.of() : Retention.keep(policy, manifests.keySet()));
+        Held held = snapshots.held();
         held.snapshots().keySet().forEach(ts -> keptBy.put(ts, "held (fallback)"));
         List<Map<String, Object>> rows = new ArrayList<>();
         Set<String> olderKeys = Set.of();
@@ -422,18 +387,21 @@ public class R2Restore implements Callable<Integer> {
     // Helpers
     // ---------------------------------------------------------------------------------------------
 
+    /** The timestamp latest.json names, for --list; a damaged pointer is said and named nowhere. */
+    private String latestTimestamp() {
+        try {
+            return snapshots.pointer().map(Pointer::timestamp).orElse(null);
+        } catch (R2Exception e) {
+            Log.warn("list: " + e.getMessage());
+            return null;
+        }
+    }
+
     /** Reports the outcome; restored is a snapshot timestamp, or "no-backup" / "volume-has-data" when none was needed. */
     private void report(String restored, R2Exception failure, boolean fallback, Instant start) {
         boolean snapshotRestored = restored != null && Keys.TIMESTAMP_FORM.matcher(restored).matches();
-        Map<String, Object> body = new LinkedHashMap<>();
-        body.put("townId", config.townId());
-        body.put("event", "restore");
-        body.put("status", failure != null ? "failed" : !snapshotRestored ? restored : fallback ? "fallback" : "ok");
-        body.put("snapshot", snapshotRestored ? restored : null);
-        body.put("fallback", fallback);
-        body.put("durationMs", Duration.between(start, Instant.now()).toMillis());
-        if (failure != null) body.put("error", Log.redact(R2Cli.messageChain(failure)));
-        new Heartbeat(config).send(body);
+        String status = failure != null ? "failed" : !snapshotRestored ? restored : fallback ? "fallback" : "ok";
+        new Heartbeat(config).send(Report.restore(config.townId(), status, snapshotRestored ? restored : null, fallback,
+                Duration.between(start, Instant.now()).toMillis(), failure == null ? null : R2Cli.messageChain(failure)));
     }
-
 }

@@ -69,9 +69,10 @@ public class R2Status implements Callable<Integer> {
         Config config = r2.toConfig();
         Instant now = Instant.now();
         Latest latest = readLatest(config, now);
-        Map<String, Object> lastSync = readState(config.stateDir().resolve(RestoreState.LAST_SYNC));
-        Map<String, Object> restoreFailed = RestoreState.failure(config).map(R2Status::readState)
-                .orElse(latest.restoreFailed() ? Map.of("at", "(recorded in the bucket)", "error", "see " + config.keys().restoreFailed()) : null);
+        LastSync lastSync = LastSync.read(config.stateDir()).orElse(null);
+        RestoreFailure restoreFailed = RestoreState.failure(config).flatMap(RestoreFailure::read)
+                .orElse(latest.restoreFailed() ? new RestoreFailure(config.townId(), "(recorded in the bucket)", null,
+                        "see " + Keys.of(config).restoreFailed()) : null);
         Optional<Verification.Result> verified = Verification.last(config.stateDir());
         Verdict verdict = judge(latest, restoreFailed, lastSync, verified.orElse(null));
         Map<String, Object> status = status(config, now, latest, lastSync, restoreFailed, verdict);
@@ -96,38 +97,25 @@ public class R2Status implements Callable<Integer> {
     }
 
     private static Latest readLatest(Config config, Instant now) {
-        Keys keys = config.keys();
+        Keys keys = Keys.of(config);
         try (ObjectStore store = ObjectStore.open(config)) {
-            Optional<Versioned> pointerObject = store.get(keys.latest());
-            if (pointerObject.isEmpty()) return new Latest(null, null, null, null);
-            Pointer pointer = R2Common.fromJson(pointerObject.get().data(), Pointer.class, "latest.json");
-            Duration age = Duration.between(Keys.parse(pointer.timestamp()), now);
-            Optional<Versioned> manifestObject = store.get(keys.object(pointer.timestamp(), Keys.MANIFEST));
-            if (manifestObject.isEmpty())
-                return new Latest(pointer.timestamp(), age, null, "manifest.json of " + pointer.timestamp() + " is missing");
+            Snapshots snapshots = new Snapshots(store, config);
+            Optional<Pointer> pointer = snapshots.pointer();
+            if (pointer.isEmpty()) return new Latest(null, null, null, null);
+            String ts = pointer.get().timestamp();
+            Duration age = Duration.between(Keys.parse(ts), now);
+            Optional<Versioned> manifestObject = store.get(keys.object(ts, Keys.MANIFEST));
+            if (manifestObject.isEmpty()) return new Latest(ts, age, null, "manifest.json of " + ts + " is missing");
             byte[] manifestJson = manifestObject.get().data();
-            if (pointer.manifestSha256() != null && !pointer.manifestSha256().equals(Sha256.of(manifestJson)))
-                return new Latest(pointer.timestamp(), age, null, "manifest.json of " + pointer.timestamp()
-                        + " is not the one latest.json pins (sha256 differs)");
-            Manifest manifest = R2Common.fromJson(manifestJson, Manifest.class, "manifest.json of " + pointer.timestamp());
-            return new Latest(pointer.timestamp(), age, manifest, null, pointer.writer(), Held.read(store, keys),
-                    store.get(keys.restoreFailed()).isPresent());
+            try {
+                Snapshots.requirePinned(pointer.get(), ts, manifestJson);
+            } catch (SnapshotDamaged e) {
+                return new Latest(ts, age, null, e.getMessage());
+            }
+            Manifest manifest = R2Common.fromJson(manifestJson, Manifest.class, "manifest.json of " + ts);
+            return new Latest(ts, age, manifest, null, pointer.get().writer(), snapshots.held(), RestoreState.failedInBucket(store, config));
         } catch (R2Exception | IllegalArgumentException e) {
             return new Latest(null, null, null, "cannot read " + keys.latest() + ": " + R2Cli.messageChain(e));
-        }
-    }
-
-    /** A small JSON file of the state dir as a map, or null when it does not exist. */
-    private static Map<String, Object> readState(Path file) {
-        if (!Files.isRegularFile(file)) return null;
-        try {
-            JsonNode node = R2Common.JSON.readTree(Files.readAllBytes(file));
-            Map<String, Object> map = new LinkedHashMap<>();
-            node.fields().forEachRemaining(e -> map.put(e.getKey(), e.getValue().isNumber() ? e.getValue().numberValue()
-                    : e.getValue().isTextual() ? e.getValue().asText() : e.getValue().toString()));
-            return map;
-        } catch (IOException e) {
-            return Map.of("error", file + " is unreadable: " + e.getMessage());
         }
     }
 
@@ -137,14 +125,14 @@ public class R2Status implements Callable<Integer> {
 
     record Verdict(boolean held, String reason, List<String> warnings) {}
 
-    private Verdict judge(Latest latest, Map<String, Object> restoreFailed, Map<String, Object> lastSync, Verification.Result verified) {
+    private Verdict judge(Latest latest, RestoreFailure restoreFailed, LastSync lastSync, Verification.Result verified) {
         Duration limit = interval.plus(slack);
         List<String> warnings = new ArrayList<>();
-        if (lastSync != null && "failed".equals(lastSync.get("status")))
-            warnings.add("the last sync on this machine failed at " + lastSync.get("finishedAt") + ": " + lastSync.get("error"));
+        if (lastSync != null && "failed".equals(lastSync.status()))
+            warnings.add("the last sync on this machine failed at " + lastSync.finishedAt() + ": " + lastSync.error());
         if (restoreFailed != null)
-            return new Verdict(false, "a restore of this town failed (" + restoreFailed.get("at") + ": "
-                    + restoreFailed.get("error") + "); the sync refuses to run until a restore succeeds or r2-restore --forget-failure", warnings);
+            return new Verdict(false, "a restore of this town failed (" + restoreFailed.at() + ": "
+                    + restoreFailed.error() + "); the sync refuses to run until a restore succeeds or r2-restore --forget-failure", warnings);
         latest.held().snapshots().forEach((ts, why) -> warnings.add("snapshot " + ts + " is held: " + why
                 + " (r2-restore --release-held lets the history policy remove it)"));
         if (latest.error() != null) return new Verdict(false, latest.error(), warnings);
@@ -162,8 +150,8 @@ public class R2Status implements Callable<Integer> {
                 + DurationConverter.format(interval) + " interval + " + DurationConverter.format(slack) + " slack", warnings);
     }
 
-    private Map<String, Object> status(Config config, Instant now, Latest latest, Map<String, Object> lastSync,
-                                       Map<String, Object> restoreFailed, Verdict verdict) {
+    private Map<String, Object> status(Config config, Instant now, Latest latest, LastSync lastSync,
+                                       RestoreFailure restoreFailed, Verdict verdict) {
         Map<String, Object> status = new LinkedHashMap<>();
         status.put("townId", config.townId());
         status.put("checkedAt", now.toString());
@@ -193,8 +181,8 @@ public class R2Status implements Callable<Integer> {
         return status;
     }
 
-    private void print(Map<String, Object> status, Latest latest, Map<String, Object> lastSync,
-                       Map<String, Object> restoreFailed, Verification.Result verified, Verdict verdict) {
+    private void print(Map<String, Object> status, Latest latest, LastSync lastSync,
+                       RestoreFailure restoreFailed, Verification.Result verified, Verdict verdict) {
         PrintWriter out = spec.commandLine().getOut();
         if (json) {
             out.println(new String(R2Common.toJson(status), StandardCharsets.UTF_8));
@@ -212,12 +200,12 @@ public class R2Status implements Callable<Integer> {
             out.printf("latest       none%n");
         }
         if (lastSync != null)
-            out.printf("last sync    %s %s, finished %s%s%n", lastSync.get("status"), Objects.toString(lastSync.get("snapshot"), "-"),
-                    lastSync.get("finishedAt"), lastSync.get("error") == null ? "" : ": " + lastSync.get("error"));
+            out.printf("last sync    %s %s, finished %s%s%n", lastSync.status(), Objects.toString(lastSync.snapshot(), "-"),
+                    lastSync.finishedAt(), lastSync.error() == null ? "" : ": " + lastSync.error());
         else
             out.printf("last sync    none on this machine%n");
         out.printf("restore      %s%n", restoreFailed == null ? "no failure recorded"
-                : "FAILED at " + restoreFailed.get("at") + ": " + restoreFailed.get("error"));
+                : "FAILED at " + restoreFailed.at() + ": " + restoreFailed.error());
         if (verified != null)
             out.printf("verify       %s %s at %s%s%n", verified.status(), Objects.toString(verified.snapshot(), "-"), verified.at(),
                     verified.error() == null ? ", " + verified.objectsRead() + " stored objects read back" : ": " + verified.error());

@@ -123,15 +123,14 @@ final class Tars {
         Files.setLastModifiedTime(target, e.getLastModifiedTime());
     }
 
+    /** The one path rule (SafePath) for an entry's name, as tar writes it ("./a", "dir/"); an absolute name is refused. */
     private static Path safeTarget(String archive, Path destReal, String name) {
-        String clean = stripSlash(name);
-        if (clean.isEmpty() || clean.startsWith("/") || clean.contains("\0") || name.startsWith("/"))
-            throw refuse(archive, name, "absolute or empty path");
-        for (String part : clean.split("/"))
-            if (part.equals("..")) throw refuse(archive, name, "path climbs out with '..'");
-        Path target = destReal.resolve(clean).normalize();
-        if (!target.startsWith(destReal) || target.equals(destReal)) throw refuse(archive, name, "path escapes the town");
-        return target;
+        if (name.startsWith("/")) throw refuse(archive, name, "absolute path");
+        try {
+            return destReal.resolve(SafePath.requireRelative(stripSlash(name), "tar entry"));
+        } catch (IllegalArgumentException e) {
+            throw refuse(archive, name, "not a safe relative path (empty, '.', '..' or NUL)");
+        }
     }
 
     /** Creates dirs, refusing when an existing component is a symlink (a link planted to redirect writes). */
@@ -161,8 +160,8 @@ final class Tars {
 record TarIndex(List<TarIndex.Entry> entries) {
     record Entry(String path, String pack, long size, String signature) {
         Entry {
-            Town.requireSafeRelative(path, "path in the file index");
-            Town.requireSafeRelative(pack, "pack in the file index");
+            SafePath.requireRelative(path, "path in the file index");
+            SafePath.requireRelative(pack, "pack in the file index");
         }
     }
 

@@ -34,7 +34,6 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
     /** This tool's own directories at the town root, and the filesystem's: never part of the town. */
     static final Set<String> OWN_DIRS = Set.of(".r2-restore", RestoreState.FAILED_ON_VOLUME, "lost+found");
     static final String ASIDE_PREFIX = ".r2-aside-";
-    private static final Pattern SAFE_NAME = Pattern.compile("[A-Za-z0-9_][A-Za-z0-9_.-]*");
 
     /** A Dolt database: a directory holding .dolt/noms. */
     record DoltDatabase(String name, String path) {}
@@ -86,10 +85,6 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
         return p.startsWith(real) ? relative(real, p) : p.toString();
     }
 
-    /** A town-relative path as a log line shows it: the root itself is "(town root)". */
-    static String shown(String rel) {
-        return rel.isEmpty() ? "(town root)" : rel;
-    }
 
     static String relative(Path root, Path p) {
         return root.relativize(p).toString();   // '/' separated on the Unix filesystems towns live on; a backslash is a name's own
@@ -111,61 +106,6 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
         try (Stream<Path> s = Files.list(root)) {
             return s.anyMatch(p -> !OWN_DIRS.contains(p.getFileName().toString()));
         }
-    }
-
-    /** A directory's children in PathOrder (by name), the order of the scan and of the file index. */
-    static List<Path> sortedChildren(Path dir) throws IOException {
-        try (Stream<Path> s = Files.list(dir)) {
-            return s.sorted(Comparator.comparing(p -> p.getFileName().toString())).collect(Collectors.toList());
-        }
-    }
-
-    static String requireSafeName(String name, String what) {
-        if (name == null || !SAFE_NAME.matcher(name).matches())
-            throw new IllegalArgumentException("unsafe " + what + ": " + name);
-        return name;
-    }
-
-    /**
-     * The one rule for a path a manifest or file index names: relative, '/'-separated, no empty part, no "." or "..",
-     * no NUL. A backslash is a character of a name like any other (a town may hold `a\b`: refusing it would let
-     * one file name stop every backup). One pass over the characters: a file index of a million paths is checked
-     * entry by entry.
-     */
-    static String requireSafeRelative(String path, String what) {
-        if (path == null || path.isEmpty()) throw new IllegalArgumentException("unsafe " + what + ": " + path);
-        int partStart = 0;
-        for (int i = 0; i <= path.length(); i++) {
-            char c = i < path.length() ? path.charAt(i) : '/';
-            if (c == '\0') throw new IllegalArgumentException("unsafe " + what + ": " + path);
-            if (c != '/') continue;
-            int len = i - partStart;
-            boolean dots = len > 0 && len <= 2 && path.charAt(partStart) == '.' && (len == 1 || path.charAt(partStart + 1) == '.');
-            if (len == 0 || dots)
-                throw new IllegalArgumentException("unsafe " + what + ": " + path);
-            partStart = i + 1;
-        }
-        return path;
-    }
-
-    /**
-     * The one rule for a path a restore writes or links to: rel must be a safe relative path (requireSafeRelative),
-     * every part of it but the last must be a directory under root reached without passing a symlink, and the last
-     * part, if it exists, must not be a symlink. Then nothing written at the result lands outside root. Returns
-     * root.resolve(rel).
-     */
-    static Path requireInside(Path root, String rel, String what) {
-        requireSafeRelative(rel, what);
-        Path current = root;
-        String[] parts = rel.split("/");
-        for (int i = 0; i < parts.length; i++) {
-            current = current.resolve(parts[i]);
-            if (Files.isSymbolicLink(current))
-                throw new SnapshotDamaged("refusing " + what + " " + Log.escape(rel) + ": it passes through a symlink");
-            if (i < parts.length - 1 && Files.exists(current, LinkOption.NOFOLLOW_LINKS) && !Files.isDirectory(current, LinkOption.NOFOLLOW_LINKS))
-                throw new SnapshotDamaged("refusing " + what + " " + Log.escape(rel) + ": it passes through a file");
-        }
-        return current;
     }
 
     /** One walk of the town: a directory at a time, knowing the innermost work tree and git dir above it. */
@@ -221,7 +161,7 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
                         gitDirs.add(new GitDir(rel));
                         innerGitDir = child;
                     }
-                    if (isDoltDatabase(child)) databases.add(new DoltDatabase(requireSafeName(child.getFileName().toString(),
+                    if (isDoltDatabase(child)) databases.add(new DoltDatabase(SafePath.requireName(child.getFileName().toString(),
                             "database name"), rel));
                     Path innerWorkTree = innerGitDir == null && Files.exists(child.resolve(".git"), LinkOption.NOFOLLOW_LINKS)
                             ? child : workTree;
@@ -254,7 +194,7 @@ record Town(Path root, List<DoltDatabase> databases, List<GitDir> gitDirs, List<
 
         private static List<Path> children(Path dir) throws IOException {
             try {
-                return sortedChildren(dir);
+                return FileTrees.sortedChildren(dir);
             } catch (NoSuchFileException | NotDirectoryException e) {
                 return List.of();   // removed while walking
             }

@@ -36,17 +36,16 @@ final class Verification {
     }
 
     /** Verifies the latest snapshot and today's share of the stored objects; never throws (a failure is its result). */
-    static Result run(ObjectStore store, Config config, Path workDir) {
+    static Result run(Snapshots snapshots, Config config, Path workDir) {
         Instant start = Instant.now();
         String snapshot = null;
         long[] read = new long[2];
         try {
-            Optional<Versioned> latest = store.get(config.keys().latest());
+            Optional<Pointer> latest = snapshots.pointer();
             if (latest.isEmpty()) return new Result(start.toString(), "no-snapshot", null, 0, 0, 0, null);
-            Pointer pointer = R2Common.fromJson(latest.get().data(), Pointer.class, "latest.json");
-            snapshot = pointer.timestamp();
-            Rebuild.trial(store, config, pointer, snapshot, workDir);
-            readShare(store, config.keys(), workDir, (int) Math.floorMod(start.getEpochSecond() / 86_400, ROTATION), read);
+            snapshot = latest.get().timestamp();
+            Rebuild.trial(snapshots, config, latest.get(), snapshot, workDir);
+            readShare(snapshots.store(), snapshots.keys(), workDir, (int) Math.floorMod(start.getEpochSecond() / 86_400, ROTATION), read);
             return new Result(start.toString(), "ok", snapshot, read[0], read[1], Duration.between(start, Instant.now()).toMillis(), null);
         } catch (IOException | RuntimeException e) {
             return new Result(start.toString(), "failed", snapshot, read[0], read[1], Duration.between(start, Instant.now()).toMillis(),

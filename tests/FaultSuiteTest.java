@@ -843,7 +843,7 @@ class FaultSuiteTest {
                 // them), and the published snapshot's file index pieces (the next sync checks each against its
                 // sha256 before using it); nothing else.
                 List<String> left = FaultKit.filesUnder(fs.dir()).stream().filter(f -> !f.startsWith("dolt-home")
-                        && !f.startsWith("dolt-backups") && !f.startsWith("dolt-backup-states") && !f.equals(RestoreState.LAST_SYNC)
+                        && !f.startsWith("dolt-backups") && !f.startsWith("dolt-backup-states") && !f.equals(LastSync.FILE)
                         && !f.startsWith("file-index"))
                         .collect(Collectors.toList());
                 if (!left.isEmpty()) throw new AssertionError("the failed sync left files in its " + dirVar + ": " + left + "\n"

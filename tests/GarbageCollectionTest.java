@@ -25,14 +25,14 @@ class GarbageCollectionTest {
                 "20261130T090000Z", "20261130T230000Z",                        // two on the 30th
                 "20261201T100000Z", "20261201T100500Z",                        // two in one hour of the 1st
                 "20261202T070000Z", "20261202T080000Z", "20261202T080500Z", "20261202T081000Z");
-        Map<String, String> kept = new HistoryPolicy(2, 3, 3).keep(timestamps);
+        Map<String, String> kept = Retention.keep(new HistoryPolicy(2, 3, 3), timestamps);
         assertEquals(Map.of(
                 "20261202T081000Z", "last, hourly, daily",
                 "20261202T080500Z", "last",
                 "20261202T070000Z", "hourly",
                 "20261201T100500Z", "hourly, daily",
                 "20261130T230000Z", "daily"), kept);
-        assertEquals(Set.of("20261202T081000Z"), new HistoryPolicy(1, 0, 0).keep(timestamps).keySet());
+        assertEquals(Set.of("20261202T081000Z"), Retention.keep(new HistoryPolicy(1, 0, 0), timestamps).keySet());
     }
 
     @Test

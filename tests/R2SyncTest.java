@@ -672,7 +672,7 @@ class R2SyncTest {
             TestTools.ProcResult r = p.sync("--immediate");
             assertEquals(1, r.exitCode(), r.stderr());
             assertTrue(r.stderr().contains("OutOfMemoryError"), r.stderr());
-            var lastSync = R2Common.JSON.readTree(Files.readString(p.stateDir().resolve(RestoreState.LAST_SYNC)));
+            var lastSync = R2Common.JSON.readTree(Files.readString(p.stateDir().resolve(LastSync.FILE)));
             assertEquals("failed", lastSync.path("status").asText(), lastSync.toString());
             assertTrue(lastSync.path("error").asText().contains("OutOfMemoryError"), lastSync.toString());
             assertTrue(TestTools.await(() -> failedHeartbeats(api) == 1, Duration.ofSeconds(10), 100), api.requests().toString());

@@ -1,0 +1,211 @@
+// What this tool reports (part of R2Common, included with //SOURCES), each as a typed record with one schema:
+//   Report        the heartbeat's body (POST {api}/api/gastown/heartbeat) for a sync, a restore and a verification
+//   Heartbeat     sends a Report; a failure is logged, never fatal
+//   LastSync      last-sync.json in the state dir: this machine's last sync, for R2Status
+//   RestoreState  the failed-restore markers (state dir, volume, bucket) and the staging marker of a restore
+//                 interrupted while moving into place
+
+import com.fasterxml.jackson.annotation.JsonInclude;
+
+import java.io.*;
+import java.net.HttpURLConnection;
+import java.net.URI;
+import java.nio.file.*;
+import java.time.Instant;
+import java.util.*;
+
+/**
+ * Status reports to the cloud API: POST {api}/api/gastown/heartbeat. A failure is logged, never fatal.
+ * HttpURLConnection, not java.net.http: that client's selector thread waits in native code, and a JVM exiting with
+ * such a thread waits 0.3 s for it, at the end of every flush and restore.
+ */
+final class Heartbeat {
+    static final String PATH = "/api/gastown/heartbeat";
+    private final URI endpoint;
+    private final String token;
+
+    Heartbeat(Config config) {
+        this.endpoint = config.apiUrl() == null ? null
+                : URI.create(config.apiUrl().toString().replaceAll("/+$", "") + PATH);
+        this.token = config.apiToken();
+    }
+
+    boolean enabled() {
+        return endpoint != null;
+    }
+
+    void send(Report body) {
+        if (endpoint == null) return;
+        HttpURLConnection http = null;
+        try {
+            byte[] json = R2Common.toJson(body);
+            http = (HttpURLConnection) endpoint.toURL().openConnection();
+            http.setConnectTimeout(5_000);
+            http.setReadTimeout(10_000);
+            http.setInstanceFollowRedirects(false);
+            http.setRequestMethod("POST");
+            http.setRequestProperty("Content-Type", "application/json");
+            if (token != null && !token.isBlank()) http.setRequestProperty("Authorization", "Bearer " + token);
+            http.setDoOutput(true);
+            http.setFixedLengthStreamingMode(json.length);
+            try (OutputStream out = http.getOutputStream()) {
+                out.write(json);
+            }
+            int status = http.getResponseCode();
+            if (status / 100 != 2)
+                Log.warn("heartbeat: " + Log.redactUrl(endpoint.toString()) + " answered HTTP " + status);
+        } catch (IOException e) {
+            Log.warn("heartbeat: cannot reach " + Log.redactUrl(endpoint.toString()) + ": " + e.getMessage());
+        } finally {
+            if (http != null) http.disconnect();
+        }
+    }
+}
+
+/**
+ * Local state shared by restore, sync and status, in the state dir; and the failed-restore marker. A failed restore
+ * is recorded in three places, each enough to stop every sync from backing up an empty or half-restored town over
+ * the good snapshots: the state dir (this machine), the volume (the next container on it, after `gt up` filled it)
+ * and the bucket (any machine of the town). A successful restore or an operator (r2-restore --forget-failure)
+ * removes all three. The staging marker makes the next start finish a restore interrupted while moving into place.
+ */
+final class RestoreState {
+    static final String FAILED = "restore-failed.json";
+    /** The marker at the town root (never backed up: Town.OWN_DIRS). */
+    static final String FAILED_ON_VOLUME = ".r2-restore-failed.json";
+    private static final String MOVING = "moving.json";
+
+    private RestoreState() {}
+
+    static void recordFailure(Config config, ObjectStore store, String error) {
+        byte[] json = R2Common.toJson(new RestoreFailure(config.townId(), Instant.now().toString(), Writer.host(), Log.redact(error)));
+        for (Path marker : List.of(config.stateDir().resolve(FAILED), config.townRoot().resolve(FAILED_ON_VOLUME))) {
+            try {
+                FileTrees.writeAtomically(marker, json);
+            } catch (IOException e) {
+                Log.warn("restore: cannot record the failure in " + marker + ": " + e.getMessage());
+            }
+        }
+        try {
+            store.putBytes(Keys.of(config).restoreFailed(), json);
+        } catch (RuntimeException e) {
+            Log.warn("restore: cannot record the failure in the bucket: " + R2Cli.messageChain(e));
+        }
+    }
+
+    /** Removes every marker; a bucket that cannot be reached keeps its marker (said), and the sync still refuses. */
+    static void clearFailure(Config config, ObjectStore store) {
+        for (Path marker : List.of(config.stateDir().resolve(FAILED), config.townRoot().resolve(FAILED_ON_VOLUME))) {
+            try {
+                Files.deleteIfExists(marker);
+            } catch (IOException e) {
+                Log.warn("cannot remove " + marker + ": " + e.getMessage());
+            }
+        }
+        try {
+            store.delete(List.of(Keys.of(config).restoreFailed()));
+        } catch (RuntimeException e) {
+            Log.warn("cannot remove the failed-restore marker from the bucket: " + R2Cli.messageChain(e));
+        }
+    }
+
+    /** The bucket's marker of a failed restore, which any machine of the town may have left. */
+    static boolean failedInBucket(ObjectStore store, Config config) {
+        return store.get(Keys.of(config).restoreFailed()).isPresent();
+    }
+
+    /** The local marker of a failed restore (this machine's state dir, or the volume), if any. */
+    static Optional<Path> failure(Config config) {
+        for (Path marker : List.of(config.stateDir().resolve(FAILED), config.townRoot().resolve(FAILED_ON_VOLUME)))
+            if (Files.exists(marker, LinkOption.NOFOLLOW_LINKS)) return Optional.of(marker);
+        return Optional.empty();
+    }
+
+    static void markMoving(Path staging, String timestamp) throws IOException {
+        FileTrees.writeAtomically(staging.resolve(MOVING), R2Common.toJson(Map.of("snapshot", timestamp)));
+    }
+
+    /**
+     * Removes the staging dir with the moving marker last: a restore killed while cleaning up is then
+     * finished by the next start (nothing left to move, the rest removed) instead of leaving files behind.
+     */
+    static void removeStaging(Path staging) throws IOException {
+        for (Path child : FileTrees.sortedChildren(staging))
+            if (!child.getFileName().toString().equals(MOVING)) FileTrees.delete(child);
+        FileTrees.delete(staging);
+    }
+
+    static boolean moving(Path staging) {
+        return Files.isRegularFile(staging.resolve(MOVING));
+    }
+
+    static String movingSnapshot(Path staging) throws IOException {
+        return R2Common.JSON.readTree(Files.readAllBytes(staging.resolve(MOVING))).path("snapshot").asText("unknown");
+    }
+}
+
+/**
+ * The heartbeat's body, one schema for every event: a sync (bytes and files uploaded, problems), a restore (fallback)
+ * and a verification (objects and bytes read back). A field the event does not have is left out; snapshot is always
+ * there (null when the event names none). No secret is ever in it: errors and problems pass through Log.redact.
+ */
+@JsonInclude(JsonInclude.Include.NON_NULL)
+record Report(String townId, String event, String status, @JsonInclude(JsonInclude.Include.ALWAYS) String snapshot,
+              Boolean fallback, Long objectsRead, Long bytesRead, Long durationMs, Long bytesUploaded, Integer filesUploaded,
+              Integer filesAlreadyStored, List<String> problems, String error) {
+
+    /** status: ok, partial (a snapshot with problems) or failed. */
+    static Report sync(String townId, String status, String snapshot, long durationMs, long bytesUploaded, int filesUploaded,
+                       int filesAlreadyStored, List<String> problems, String error) {
+        return new Report(townId, "sync", status, snapshot, null, null, null, durationMs, bytesUploaded, filesUploaded,
+                filesAlreadyStored, problems.isEmpty() ? null : problems.stream().map(Log::redact).toList(), Log.redact(error));
+    }
+
+    /** status: ok, fallback, failed, or no-backup / volume-has-data when nothing was restored. */
+    static Report restore(String townId, String status, String snapshot, boolean fallback, long durationMs, String error) {
+        return new Report(townId, "restore", status, snapshot, fallback, null, null, durationMs, null, null, null, null, Log.redact(error));
+    }
+
+    /** status: ok, failed, or no-snapshot. */
+    static Report verify(String townId, String status, String snapshot, long objectsRead, long bytesRead, long durationMs, String error) {
+        return new Report(townId, "verify", status, snapshot, null, objectsRead, bytesRead, durationMs, null, null, null, null, Log.redact(error));
+    }
+}
+
+/** last-sync.json in the state dir: how the last sync on this machine ended, for R2Status (and the sandbox's gt). */
+@JsonInclude(JsonInclude.Include.NON_NULL)
+record LastSync(String townId, String finishedAt, String status, String snapshot, Long durationMs, String error, String lastVerify) {
+    static final String FILE = "last-sync.json";
+
+    void write(Path stateDir) {
+        try {
+            FileTrees.writeAtomically(stateDir.resolve(FILE), R2Common.toJson(this));
+        } catch (IOException e) {
+            Log.warn("sync: cannot record the outcome in " + stateDir + ": " + e.getMessage());
+        }
+    }
+
+    /** The last sync recorded in stateDir: empty when none; one that cannot be read says so in its error. */
+    static Optional<LastSync> read(Path stateDir) {
+        Path file = stateDir.resolve(FILE);
+        if (!Files.isRegularFile(file)) return Optional.empty();
+        try {
+            return Optional.of(R2Common.JSON.readValue(file.toFile(), LastSync.class));
+        } catch (IOException e) {
+            return Optional.of(new LastSync(null, null, null, null, null, file + " is unreadable: " + e.getMessage(), null));
+        }
+    }
+}
+
+/** restore-failed.json (state dir, bucket) and .r2-restore-failed.json (volume): a failed restore, for every sync to see. */
+@JsonInclude(JsonInclude.Include.NON_NULL)
+record RestoreFailure(String townId, String at, String machine, String error) {
+    static Optional<RestoreFailure> read(Path marker) {
+        if (!Files.exists(marker, LinkOption.NOFOLLOW_LINKS)) return Optional.empty();
+        try {
+            return Optional.of(R2Common.JSON.readValue(marker.toFile(), RestoreFailure.class));
+        } catch (IOException e) {
+            return Optional.of(new RestoreFailure(null, null, null, marker + " is unreadable: " + e.getMessage()));
+        }
+    }
+}
