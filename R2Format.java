@@ -329,7 +329,7 @@ record RepoFacts(String path, @JsonAlias("bundles") List<ChainLink> chain, Map<S
     }
 }
 
-/** Something the sync could not back up; the snapshot is published with it listed (see README). */
+/** Something the sync could not back up; the snapshot is published with it listed (docs/sync.md#partial-snapshots). */
 record Problem(String part, String error, String carriedFrom) {}
 
 /**

@@ -31,7 +31,7 @@ import java.util.stream.Stream;
 
 @Command(name = "r2-sync", mixinStandardHelpOptions = true, version = R2Common.VERSION, sortOptions = false,
         description = {
-                "Backs up a Gas Town to R2: the whole town root but a short skip list (README), as one snapshot "
+                "Backs up a Gas Town to R2: the whole town root but a short skip list (docs/sync.md), as one snapshot "
                         + "(gastown/<town_id>/snapshots/<timestamp>/manifest.json) made of immutable objects under "
                         + "gastown/<town_id>/incremental/ that snapshots share: each Dolt database's `dolt backup` files, "
                         + "each git directory's chain of git packs, and file packs (tars) of every other path (work trees "

@@ -1,7 +1,7 @@
 // The town: what a snapshot holds (part of R2Common, included with //SOURCES).
 //   Town       the scan: every path under the town root, minus the skip list; databases and git
 //              repositories found by what they are, wherever they are
-//   SkipList   the one list of what is not backed up, each entry with its reason (README shows it)
+//   SkipList   the one list of what is not backed up, each entry with its reason (docs/sync.md shows it)
 //
 // A snapshot holds the whole town root. Three tools share the work, and each path is captured once:
 // a Dolt database's .dolt by `dolt backup`, a git directory's objects/refs by a chain of packs, and everything

@@ -57,7 +57,7 @@ class SandboxTest {
     private String bucket;
     private BucketView view;
     private TestTown town;
-    /** Flush times seen by the tests, printed at the end (the figure the README sizes kill_timeout from). */
+    /** Flush times seen by the tests, printed at the end (the figure docs/operating.md sizes kill_timeout from). */
     private final List<String> flushTimes = new ArrayList<>();
 
     @BeforeAll
