@@ -3,7 +3,7 @@
 #
 #   1. restore the town from R2 (r2-restore.sh), before gt up; a volume that holds data is kept as it
 #      is, and a failed restore is logged loudly but does not stop the container
-#   2. gt up
+#   2. gt up, without the backup's secrets in its environment (see below)
 #   3. the R2 sync daemon (r2-sync-daemon.sh) in the background, restarted if it dies
 #   4. wait for SIGTERM or SIGINT, then: a final sync of the town as it is now, by the running daemon
 #      (SIGUSR1: it abandons a cycle in flight, never published half, syncs once more and exits; its JVM
@@ -11,7 +11,8 @@
 #      --immediate; then gt down, stop COMMAND, exit 0. A second signal abandons the final sync.
 #
 # Usage: startup.sh [-- COMMAND [ARG...]]
-#   COMMAND (optional) runs in the background after gt up, e.g. a web terminal. When it exits on its
+#   COMMAND (optional) runs in the background after gt up, e.g. a web terminal, without the backup's
+#   secrets (r2-restore.sh --list from a shell it opens needs them given again). When it exits on its
 #   own, the container shuts down the same way and startup.sh exits with COMMAND's status.
 #
 # Environment: what r2-restore.sh and r2-sync-daemon.sh read (R2_ENDPOINT, R2_ACCESS_KEY_ID,
@@ -20,7 +21,21 @@
 #                      below the platform's kill timeout (Fly: kill_timeout), leaving time for gt down
 # gt is found on PATH; without it the gt steps are skipped (and logged). Every line this script logs
 # goes to stderr as "<UTC time> startup: <message>".
+#
+# The backup's secrets (SECRET_VARS below, and each one's NAME_FILE variant) reach the restore and the
+# sync daemon only: gt up, gt down (and the agents they start) and COMMAND run without them in their
+# environment. That keeps them out of what an agent prints, logs or hands to its tools; it is not a wall
+# against an agent that goes looking. Under the same uid an agent can still read /proc/<pid>/environ of
+# this script, of PID 1 and of the sync daemon's JVM, and any secret file the backup can read (a
+# NAME_FILE path is hidden, the file is not). Keeping the secrets from the agents takes the image: the
+# backup (this script, the restore and the daemon) under a uid of its own, with the secret files
+# readable by that uid only, and gt and the agents under another.
 set -Eeuo pipefail
+
+# The backup's secrets: each variable whose value, or whose NAME_FILE variant's file, opens the bucket,
+# the cloud API or the backups' content (R2Options in R2Common.java reads them, R2_ENCRYPTION_* with the
+# encryption). A new secret is added here once; its NAME_FILE variant comes with it.
+readonly SECRET_VARS=(R2_ACCESS_KEY_ID R2_SECRET_ACCESS_KEY GASTOWN_API_TOKEN R2_ENCRYPTION_KEY R2_ENCRYPTION_KEYRING)
 
 # --- state shared by the functions below -------------------------------------------------------
 here=""                 # the directory of this script, symlinks resolved
@@ -33,6 +48,7 @@ command_pid=""          # COMMAND, when given
 flush_pid=""            # the final sync's process (the daemon, or a new one), while it runs
 last_status=0           # the exit status wait_for saw
 have_setsid=""          # non-empty when setsid(1) exists: children get process groups of their own
+without_secrets=()      # env(1) and its -u options: runs a command without the backup's secrets (init_without_secrets)
 
 # Prints one timestamped log line on stderr.
 # Usage: log <message...>
@@ -113,6 +129,16 @@ stop_child() {
   fi
 }
 
+# Sets without_secrets to an env(1) command that runs what follows it without SECRET_VARS and their
+# NAME_FILE variants in its environment: "${without_secrets[@]}" gt up.
+init_without_secrets() {
+  local name
+  without_secrets=(env)
+  for name in "${SECRET_VARS[@]}"; do
+    without_secrets+=(-u "$name" -u "${name}_FILE")
+  done
+}
+
 # --- startup steps -------------------------------------------------------------------------------
 
 # Restores the town from R2 when the volume is empty. A failure is logged loudly and startup goes on:
@@ -134,7 +160,8 @@ restore_town() {
   esac
 }
 
-# Runs `gt <subcommand>` in the town root when gt is on PATH; a failure is logged, never fatal.
+# Runs `gt <subcommand>` in the town root when gt is on PATH, without the backup's secrets; a failure is
+# logged, never fatal.
 # Usage: run_gt <subcommand>
 run_gt() {
   local start status
@@ -145,9 +172,9 @@ run_gt() {
   start=$(now_us)
   log "gt $1"
   if [[ -d "$GT_TOWN_ROOT" ]]; then
-    (cd "$GT_TOWN_ROOT" && exec gt "$1") &
+    (cd "$GT_TOWN_ROOT" && exec "${without_secrets[@]}" gt "$1") &
   else
-    gt "$1" &
+    "${without_secrets[@]}" gt "$1" &
   fi
   step_pid=$!
   wait_for "$step_pid"
@@ -167,10 +194,10 @@ start_daemon() {
   log "sync daemon started (pid $daemon_pid, every ${R2_SYNC_INTERVAL:-5m})"
 }
 
-# Starts COMMAND in the background.
+# Starts COMMAND in the background, without the backup's secrets.
 # Usage: start_command <command> [arg...]
 start_command() {
-  spawn command_pid "$@"
+  spawn command_pid "${without_secrets[@]}" "$@"
   log "started $* (pid $command_pid)"
 }
 
@@ -323,6 +350,7 @@ _main() {
   if command -v setsid > /dev/null 2>&1; then
     have_setsid=1
   fi
+  init_without_secrets
   trap 'on_signal TERM' TERM
   trap 'on_signal INT' INT
   log "starting town ${TOWN_ID:-<TOWN_ID unset>} (root $GT_TOWN_ROOT, pid $$)"

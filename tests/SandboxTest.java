@@ -30,12 +30,13 @@ import static org.junit.jupiter.api.Assertions.*;
  * The sandbox integration end to end, with real processes and real signals: startup.sh runs the repo's
  * scripts through JBang (r2-restore.sh, r2-sync-daemon.sh), against S3Proxy, on towns of real git and
  * real dolt. Only gt is a stand-in: a script first on PATH that records each call (time, whether the
- * town exists yet, the last sync on this machine) and, like gt, starts the town's dolt sql-server on
- * `gt up` and stops it on `gt down`.
+ * town exists yet, the last sync on this machine) and the environment gt and whatever it starts get, and,
+ * like gt, starts the town's dolt sql-server on `gt up` and stops it on `gt down`.
  *
  * <p>The first four tests are one story, in order, sharing one bucket and town id (a failure early on
- * fails the later ones too): a machine with data starts and is stopped while idle (1); a new machine with
- * an empty volume restores that and is stopped in the middle of a sync cycle (2); a third restores that
+ * fails the later ones too): a machine with data, its secrets in files, starts and is stopped while idle (1);
+ * a new machine with an empty volume restores that and is stopped in the middle of a sync cycle (2); in
+ * both, the backup ran with the secrets and gt saw none of them. A third restores that
  * and is stopped with SIGINT (3); a fourth is stopped in the middle of its restore, and then restores
  * the last snapshot through the catalog alias (4). Each change made just before a signal is proven by
  * the restore that follows. Status (5) and the catalog (6) read that bucket too; the others stand alone.
@@ -48,6 +49,9 @@ class SandboxTest {
     private static final Duration START_TIMEOUT = Duration.ofMinutes(3);
     private static final Duration STOP_TIMEOUT = Duration.ofMinutes(3);
     private static final Pattern FLUSH_TOOK = Pattern.compile("startup: flush took (\\d+\\.\\d)s");
+    /** The backup's secrets: none of these, nor its _FILE variant, may reach gt, the agents or the command. */
+    private static final List<String> SECRETS = List.of("R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "GASTOWN_API_TOKEN",
+            "R2_ENCRYPTION_KEY", "R2_ENCRYPTION_KEYRING");
 
     private final S3Server s3 = S3Server.shared();
     private final Path repo = TestTools.repo();
@@ -89,7 +93,11 @@ class SandboxTest {
     void aVolumeWithDataIsKeptAndSigtermWhileIdleFlushesAChangeThenRunsGtDown() throws Exception {
         Machine m = machine("m1", town.root());
         String before = TreeHash.of(m.volume().resolve("mayor"));
-        try (Startup s = Startup.start(repo, m, env(m, Map.of()))) {
+        // The secret key and the API token as files, as a platform mounts them (the key id stays a value).
+        Map<String, String> env = new HashMap<>(env(m, Map.of()));
+        env.put("R2_SECRET_ACCESS_KEY_FILE", secretFile(m, "r2-secret-access-key", env.remove("R2_SECRET_ACCESS_KEY")));
+        env.put("GASTOWN_API_TOKEN_FILE", secretFile(m, "gastown-api-token", env.remove("GASTOWN_API_TOKEN")));
+        try (Startup s = Startup.start(repo, m, env)) {
             s.awaitLog("startup: running;", START_TIMEOUT);
             assertTrue(s.log().contains("already holds data"), "the volume's data takes priority:\n" + s.log());
             assertFalse(s.log().contains("restored from snapshot"), s.log());
@@ -114,6 +122,9 @@ class SandboxTest {
             assertHeartbeat("sync", "ok", last);
             s.assertNoneLeft();
         }
+        // The backup read both files (the S3 server checks the key, the heartbeat carried the token); gt did not see them.
+        assertGtCalls(m, List.of("up", "down"));
+        assertNoSecretsIn(m.gtEnv(), env, "up", "down");
     }
 
     @Test
@@ -121,7 +132,8 @@ class SandboxTest {
     void anEmptyVolumeIsRestoredBeforeGtUpAndSigtermDuringACycleEndsWithTheFinalState() throws Exception {
         Machine m = machine("m2", Files.createDirectories(dir.resolve("m2-volume")));
         String published = view.latest().orElseThrow().timestamp();
-        try (Startup s = Startup.start(repo, m, env(m, Map.of("R2_SYNC_INTERVAL", "3s")))) {
+        Map<String, String> env = env(m, Map.of("R2_SYNC_INTERVAL", "3s"));
+        try (Startup s = Startup.start(repo, m, env)) {
             s.awaitLog("startup: running;", START_TIMEOUT);
             assertTrue(s.log().contains("restored from snapshot " + published), s.log());
             assertGtCalls(m, List.of("up"));
@@ -156,6 +168,8 @@ class SandboxTest {
             assertGtCalls(m, List.of("up", "down"));
             s.assertNoneLeft();
         }
+        // The secrets as values: the restore and the syncs used them (above); gt did not see them.
+        assertNoSecretsIn(m.gtEnv(), env, "up", "down");
     }
 
     @Test
@@ -396,13 +410,22 @@ class SandboxTest {
         Machine m = machine("m10", Files.createDirectories(dir.resolve("m10-volume")));
         Map<String, String> env = new HashMap<>(env(m, Map.of()));
         env.put("R2_ENDPOINT", "");
-        try (Startup s = Startup.start(repo, m, env, "--", "sh", "-c", "exit 7")) {
+        // Every secret and every _FILE variant set at once (no backup runs here): neither gt nor the command gets one.
+        for (String name : SECRETS) {
+            env.putIfAbsent(name, "m10-" + name.toLowerCase(Locale.ROOT) + "-value");
+            env.put(name + "_FILE", secretFile(m, name.toLowerCase(Locale.ROOT), "m10-" + name.toLowerCase(Locale.ROOT) + "-in-file"));
+        }
+        Path commandEnv = m.scratch().resolve("command.env");
+        try (Startup s = Startup.start(repo, m, env, "--", "sh", "-c", "{ echo '--- command'; env; } > \"$0\"; exit 7",
+                commandEnv.toString())) {
             assertEquals(7, s.awaitExit(STOP_TIMEOUT), s.log());
             assertLogOrder(s.log(), "startup: the command exited (status 7); shutting down", "startup: flush took",
                     "startup: gt down", "startup: stopped; exit 7");
             assertGtCalls(m, List.of("up", "down"));
             s.assertNoneLeft();
         }
+        assertNoSecretsIn(m.gtEnv(), env, "up", "down");
+        assertNoSecretsIn(commandEnv, env, "command");
     }
 
     @Test
@@ -442,6 +465,11 @@ class SandboxTest {
         Path gtCalls() {
             return scratch.resolve("gt-calls");
         }
+
+        /** The environment of each gt call, as the stand-in recorded it ("--- gt up", then env's output). */
+        Path gtEnv() {
+            return scratch.resolve("gt-calls.env");
+        }
     }
 
     private Machine machine(String name, Path volume) throws IOException {
@@ -462,6 +490,56 @@ class SandboxTest {
         env.put("PATH", standinBin + ":" + System.getenv("PATH"));
         env.putAll(extra);
         return env;
+    }
+
+    /** Writes a secret into a file readable by its owner only (as a platform mounts one) and returns the file's path. */
+    private static String secretFile(Machine m, String name, String value) throws IOException {
+        assertNotNull(value, name);
+        Path file = Files.createDirectories(m.scratch().resolve("secrets")).resolve(name);
+        Files.writeString(file, value + "\n");
+        Files.setPosixFilePermissions(file, PosixFilePermissions.fromString("rw-------"));
+        return file.toString();
+    }
+
+    /**
+     * What a user would check from inside an agent with `env`, in every environment recorded in the dump (each
+     * section "--- gt up", "--- command", ...; the named ones must be there): no variable named after a secret
+     * or its _FILE variant, and nowhere any value startup.sh got for one, nor a secret file's path or content.
+     * The rest came through (GT_TOWN_ROOT), so the dump is an environment and not an empty one.
+     */
+    private static void assertNoSecretsIn(Path dump, Map<String, String> startupEnv, String... sections) throws IOException {
+        String all = Files.readString(dump);
+        Map<String, String> bySection = new LinkedHashMap<>();
+        for (String part : all.split("(?m)^--- ")) {
+            if (part.isEmpty()) continue;
+            int eol = part.indexOf('\n');
+            bySection.merge(part.substring(0, eol).replaceFirst("^gt ", ""), part.substring(eol + 1), String::concat);
+        }
+        assertTrue(bySection.keySet().containsAll(List.of(sections)), "sections " + List.of(sections) + " in " + bySection.keySet());
+        List<String> secrets = new ArrayList<>();
+        int given = 0;
+        for (String name : SECRETS) {
+            for (String var : List.of(name, name + "_FILE")) {
+                String value = startupEnv.get(var);
+                if (value == null || value.isBlank()) continue;
+                given++;
+                secrets.add(value);
+                if (var.endsWith("_FILE")) secrets.add(Files.readString(Path.of(value)).trim());
+            }
+        }
+        assertTrue(given >= 3, "startup.sh was given the secrets: " + given);
+        for (Map.Entry<String, String> section : bySection.entrySet()) {
+            String where = "the environment of " + section.getKey() + " (" + dump + ")";
+            Set<String> names = section.getValue().lines().filter(l -> l.matches("[A-Za-z_][A-Za-z0-9_]*=.*"))
+                    .map(l -> l.substring(0, l.indexOf('='))).collect(Collectors.toSet());
+            assertTrue(names.contains("GT_TOWN_ROOT"), where + " holds the rest: " + names);
+            for (String name : SECRETS) {
+                assertFalse(names.contains(name), where + " holds " + name);
+                assertFalse(names.contains(name + "_FILE"), where + " holds " + name + "_FILE");
+            }
+            for (String secret : secrets)
+                assertFalse(section.getValue().contains(secret), where + " holds a secret's value (" + secret.length() + " chars)");
+        }
     }
 
     /** Waits until the daemon's first sync on this machine is recorded, and returns its snapshot. */
@@ -790,6 +868,8 @@ class SandboxTest {
             }
 
             record "$@"
+            # What gt and everything it starts get: this env is one of gt's children.
+            { printf -- '--- gt %s\\n' "${1:-none}"; env; } >> "$calls.env"
             case "${1:-}" in
               up) up ;;
               down) down ;;
