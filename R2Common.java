@@ -157,7 +157,7 @@ final class R2Options {
     Path stateDir;
 
     @Option(names = "--debug", description = "Print stack traces of unexpected errors.")
-    boolean debug;
+    boolean debug;   // read by R2Cli.run from the arguments: it must work before any option is valid
 
     private static final Pattern TOWN_ID = Pattern.compile("[A-Za-z0-9][A-Za-z0-9._-]{0,127}");
     private static final Pattern BUCKET = Pattern.compile("[a-z0-9][a-z0-9.-]{1,62}");
@@ -165,7 +165,6 @@ final class R2Options {
 
     /** Validates every setting and returns the immutable config; a bad setting is a usage error (exit 2). */
     Config toConfig() {
-        R2Cli.debug = debug;
         String secret = orFile(secretAccessKey, "R2_SECRET_ACCESS_KEY_FILE");
         String token = orFile(apiToken, "GASTOWN_API_TOKEN_FILE");
         Log.addSecret(secret);
@@ -230,6 +229,26 @@ final class R2Options {
     static R2Exception usage(String message) {
         return new R2Exception(R2Common.EXIT_USAGE, message);
     }
+}
+
+/** --interval: the daemon syncs by it, and the status judges the loss window by it. */
+final class IntervalOption {
+    @Option(names = "--interval", defaultValue = "${env:R2_SYNC_INTERVAL:-5m}", converter = DurationConverter.class,
+            paramLabel = "DURATION", description = "Time between the daemon's syncs, e.g. 5m, 30s (env R2_SYNC_INTERVAL, default ${DEFAULT-VALUE}).")
+    Duration interval;
+
+    Duration value() {
+        if (interval.isZero() || interval.isNegative()) throw R2Options.usage("--interval must be positive");
+        return interval;
+    }
+}
+
+/** --work-dir: where a sync builds its snapshot and a verification its trial restore. */
+final class WorkDirOption {
+    @Option(names = "--work-dir", defaultValue = "${env:R2_WORK_DIR:-/tmp/r2-sync-work}", paramLabel = "DIR",
+            description = "Where snapshots are built before upload and --verify builds its trial restore; needs room for one "
+                    + "snapshot. Cleaned after every use (env R2_WORK_DIR, default ${DEFAULT-VALUE}).")
+    Path dir;
 }
 
 /** Validated settings, passed along instead of the command objects. toString never shows secrets. */
@@ -528,12 +547,11 @@ final class SnapshotDamaged extends R2Exception {
 }
 
 final class R2Cli {
-    static volatile boolean debug;
-
     private R2Cli() {}
 
     /** Runs a command with the shared handlers: usage errors exit 2, expected failures print one line. */
     static int run(Object command, String... args) {
+        boolean debug = List.of(args).contains("--debug");
         CommandLine cmd = new CommandLine(command);
         cmd.setParameterExceptionHandler((ex, a) -> {
             CommandLine c = ex.getCommandLine();
@@ -546,18 +564,18 @@ final class R2Cli {
                 Log.error(messageChain(r2));
                 return r2.exitCode;
             }
-            return unexpected(ex, c);
+            return unexpected(ex, c, debug);
         });
         try {
             return cmd.execute(args);
         } catch (Error e) {
             // picocli hands its handler exceptions only; an Error (an OutOfMemoryError) ends a command the same way.
-            return unexpected(e, cmd);
+            return unexpected(e, cmd, debug);
         }
     }
 
     /** A bug, or the JVM in trouble: one line, the stack trace only under --debug, exit 1. */
-    private static int unexpected(Throwable ex, CommandLine c) {
+    private static int unexpected(Throwable ex, CommandLine c, boolean debug) {
         Log.error("unexpected error: " + (ex instanceof Error ? ex.getClass().getSimpleName() + ": " : "") + messageChain(ex)
                 + " (this is a bug; rerun with --debug for details)");
         if (debug) {

@@ -76,9 +76,8 @@ public class R2Restore implements Callable<Integer> {
     @Option(names = "--json", description = "With --list: print JSON instead of a table.")
     boolean json;
 
-    @Option(names = "--work-dir", defaultValue = "${env:R2_WORK_DIR:-/tmp/r2-sync-work}", paramLabel = "DIR",
-            description = "Where --verify builds its trial restore (env R2_WORK_DIR, default ${DEFAULT-VALUE}).")
-    Path workDir;
+    @Mixin
+    WorkDirOption workDir = new WorkDirOption();
 
     static final String STAGING = ".r2-restore";
 
@@ -293,7 +292,7 @@ public class R2Restore implements Callable<Integer> {
         List<String> candidates = candidates();
         if (candidates.isEmpty()) throw new R2Exception(R2Common.EXIT_FAILED, "verify: town " + config.townId() + " has no snapshot");
         String timestamp = candidates.get(0);
-        Manifest manifest = Rebuild.trial(snapshots, config, latestPointer, timestamp, workDir);
+        Manifest manifest = Rebuild.trial(snapshots, config, latestPointer, timestamp, workDir.dir);
         Log.info("verify: snapshot " + timestamp + " is complete and restores (" + manifest.files().size()
                 + " files, " + manifest.databases().size() + " databases, " + manifest.repos().size() + " repos)"
                 + (manifest.problems().isEmpty() ? "" : "; it is PARTIAL: " + manifest.problems().size() + " problem(s) recorded"));

@@ -43,9 +43,10 @@ public class R2Status implements Callable<Integer> {
     @Mixin
     R2Options r2 = new R2Options();
 
-    @Option(names = "--interval", defaultValue = "${env:R2_SYNC_INTERVAL:-5m}", converter = DurationConverter.class,
-            paramLabel = "DURATION", description = "The daemon's sync interval (env R2_SYNC_INTERVAL, default ${DEFAULT-VALUE}).")
-    Duration interval;
+    @Mixin
+    IntervalOption intervalOption = new IntervalOption();
+
+    private Duration interval;
 
     @Option(names = "--slack", defaultValue = "${env:R2_STATUS_SLACK:-2m}", converter = DurationConverter.class,
             paramLabel = "DURATION", description = "Time a sync may take on top of the interval before the window "
@@ -64,7 +65,7 @@ public class R2Status implements Callable<Integer> {
 
     @Override
     public Integer call() {
-        if (interval.isZero() || interval.isNegative()) throw R2Options.usage("--interval must be positive");
+        interval = intervalOption.value();
         if (slack.isNegative()) throw R2Options.usage("--slack must not be negative");
         Config config = r2.toConfig();
         Instant now = Instant.now();

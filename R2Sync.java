@@ -57,9 +57,8 @@ public class R2Sync implements Callable<Integer> {
     @Option(names = "--immediate", description = "Run one sync now and exit (the SIGTERM flush).")
     boolean immediate;
 
-    @Option(names = "--interval", defaultValue = "${env:R2_SYNC_INTERVAL:-5m}", converter = DurationConverter.class,
-            paramLabel = "DURATION", description = "Time between daemon syncs, e.g. 5m, 30s (env R2_SYNC_INTERVAL, default ${DEFAULT-VALUE}).")
-    Duration interval;
+    @Mixin
+    IntervalOption intervalOption = new IntervalOption();
 
     @Option(names = "--lock-file", defaultValue = "${env:R2_SYNC_LOCK:-/tmp/r2-sync.lock}", paramLabel = "FILE",
             description = "Lock that serializes syncs on this machine (env R2_SYNC_LOCK, default ${DEFAULT-VALUE}).")
@@ -70,10 +69,8 @@ public class R2Sync implements Callable<Integer> {
             + "(env R2_SYNC_LOCK_WAIT, default ${DEFAULT-VALUE}).")
     Duration lockWait;
 
-    @Option(names = "--work-dir", defaultValue = "${env:R2_WORK_DIR:-/tmp/r2-sync-work}", paramLabel = "DIR",
-            description = "Where snapshots are built before upload; needs room for one snapshot. Cleaned after "
-                    + "every sync (env R2_WORK_DIR, default ${DEFAULT-VALUE}).")
-    Path workDir;
+    @Mixin
+    WorkDirOption workDirOption = new WorkDirOption();
 
     @Mixin
     HistoryOptions history = new HistoryOptions();
@@ -88,6 +85,8 @@ public class R2Sync implements Callable<Integer> {
             + "another (after moving the town to a new machine by hand); without it such a sync refuses.")
     boolean takeOver;
 
+    private Duration interval;
+    private Path workDir;
     private Config config;
     private ObjectStore store;
     private Snapshots snapshots;
@@ -104,7 +103,8 @@ public class R2Sync implements Callable<Integer> {
     public Integer call() {
         config = r2.toConfig();
         history.policy();
-        if (interval.isZero() || interval.isNegative()) throw R2Options.usage("--interval must be positive");
+        interval = intervalOption.value();
+        workDir = workDirOption.dir;
         if (verifyEvery.isNegative()) throw R2Options.usage("--verify-every must not be negative (0 turns verification off)");
         if (immediate) Town.requireTown(config.townRoot());
         heartbeat = new Heartbeat(config);
