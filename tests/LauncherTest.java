@@ -12,8 +12,9 @@ import org.junit.jupiter.api.Test;
 /**
  * The repo's launcher (./jbang) runs a script from the java command line JBang printed for it last, while
  * nothing it depends on changed. Operators edit the scripts in place: an edit must take effect at the next
- * start, and a JBang cache emptied under it must not break a start. It also gives each script a class-data
- * archive, built from the classes an earlier run loaded, which must never change what a run prints.
+ * start, a JBang cache emptied under it must not break a start, and what JBang's environment adds to a script's
+ * options must reach it. It also gives each script a class-data archive, built from the classes an earlier run
+ * loaded, which must never change what a run prints.
  */
 class LauncherTest {
 
@@ -42,13 +43,9 @@ class LauncherTest {
         Path dir = TestTools.tempDir("launcher-cds-");
         try {
             Path repo = copyOfRepo(dir);
-            // The launcher's records (and archives) of this test live in a cache of its own, beside the same JBang.
+            Map<String, String> env = ownCache(repo, dir);
             Path lib = Path.of(TestTools.run(List.of("bash", repo.resolve("tools/install-jbang.sh").toString()), repo).assertOk().stdout().strip());
-            Path cache = dir.resolve("cache");
-            Files.createDirectories(cache.resolve(lib.getParent().getFileName()));
-            Files.createSymbolicLink(cache.resolve(lib.getParent().getFileName()).resolve("lib"), lib);
-            Map<String, String> env = Map.of("JBANG_CACHE_DIR", dir.resolve("jbang-cache").toString(), "GASTOWN_R2_CACHE", cache.toString());
-            Path record = cache.resolve(lib.getParent().getFileName()).resolve("launches/R2Status.java");
+            Path record = dir.resolve("cache").resolve(lib.getParent().getFileName()).resolve("launches/R2Status.java");
             Path classes = Path.of(record + ".classes");
             Path archive = Path.of(record + ".jsa");
 
@@ -73,6 +70,37 @@ class LauncherTest {
         } finally {
             TestTools.deleteRecursively(dir);
         }
+    }
+
+    @Test
+    void anOptionGivenThroughJbangsEnvironmentReachesTheScriptOnceItIsRecorded() throws Exception {
+        Path dir = TestTools.tempDir("launcher-env-");
+        try {
+            Path repo = copyOfRepo(dir);
+            Map<String, String> env = ownCache(repo, dir);
+            assertEquals(R2Common.VERSION, version(repo, env), "the first start records the command line");
+
+            // JBang adds these to a script's JVM options: JBANG_RUNTIME_OPTIONS up to 0.134, JBANG_APP_RUNTIME_OPTIONS from 0.135 on.
+            Map<String, String> withFlags = new java.util.HashMap<>(env);
+            withFlags.put("JBANG_RUNTIME_OPTIONS", "-XX:+PrintCommandLineFlags");
+            withFlags.put("JBANG_APP_RUNTIME_OPTIONS", "-XX:+PrintCommandLineFlags");
+            String printed = startVersion(repo, withFlags).stdout();
+            assertTrue(printed.contains("-XX:+PrintCommandLineFlags"), "the option reached the script's JVM: " + printed);
+            assertTrue(printed.endsWith(R2Common.VERSION + "\n"), printed);
+
+            assertEquals(R2Common.VERSION, version(repo, env), "without it again, the JVM prints no flags");
+        } finally {
+            TestTools.deleteRecursively(dir);
+        }
+    }
+
+    /** The environment of a launcher whose records (and archives) live in a cache of this test's own, beside the same JBang. */
+    private static Map<String, String> ownCache(Path repo, Path dir) throws java.io.IOException {
+        Path lib = Path.of(TestTools.run(List.of("bash", repo.resolve("tools/install-jbang.sh").toString()), repo).assertOk().stdout().strip());
+        Path cache = dir.resolve("cache");
+        Files.createDirectories(cache.resolve(lib.getParent().getFileName()));
+        Files.createSymbolicLink(cache.resolve(lib.getParent().getFileName()).resolve("lib"), lib);
+        return Map.of("JBANG_CACHE_DIR", dir.resolve("jbang-cache").toString(), "GASTOWN_R2_CACHE", cache.toString());
     }
 
     /** A copy of the repo's launcher and scripts, so an edit never touches the repo under test. */

@@ -10,6 +10,9 @@ GASTOWN_R2_CACHE="${GASTOWN_R2_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gastown-r2
 DOLT_VERSION=1.86.4
 DOLT_MODULE_VERSION=v0.40.5-0.20260424001550-011a27ff4303
 
+# JBang: Maven Central, as these machines reach it, serves dev.jbang:jbang-cli 0.127.18 and 0.132.1 only (0.143.0:
+# not found), so the pin stays until it does. At the bump: from 0.135 on JBANG_JAVA_OPTIONS reaches JBang's own JVM
+# only and JBANG_APP_JAVA_OPTIONS the script's; ./jbang's launch key covers every JBANG_* variable already.
 JBANG_VERSION=0.132.1
 S3PROXY_VERSION=4.1.0
 # restic for tools/bench.sh's side-by-side runs: the newest release that builds here (go install from the module
