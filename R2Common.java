@@ -8,7 +8,9 @@
 //DEPS org.apache.commons:commons-compress:1.28.0
 //DEPS com.github.luben:zstd-jni:1.5.7-6
 //DEPS org.slf4j:slf4j-nop:1.7.36
+//DEPS com.google.crypto.tink:tink:1.18.0
 //SOURCES R2Proc.java
+//SOURCES R2Seal.java
 //SOURCES R2Format.java
 //SOURCES R2Store.java
 //SOURCES R2Report.java
@@ -29,7 +31,8 @@
 //   4. Logging       Log (timestamped, secret-free, escaped stderr lines), Progress
 //   5. CLI wiring    R2Exception, SnapshotDamaged, R2Cli.run, DurationConverter
 // Each other concept has a file of its own, listed above from the bottom of the house up (a file uses only those
-// before it): R2Proc (child processes, parallel work, how a run ends), R2Format (what the bucket holds), R2Store
+// before it): R2Proc (child processes, parallel work, how a run ends), R2Seal (the town's keys: encryption and
+// object names), R2Format (what the bucket holds), R2Store
 // (the object store), R2Report (heartbeat, last-sync.json, restore markers), R2Snapshots (a town's snapshots in the
 // store: latest.json, listing, building, upload, publish, download), R2Town (the scan and its skip list), R2Packs
 // (files stored by content), R2Tar (formats 3-5), R2Git and R2Dolt (how each is captured and restored),
@@ -68,7 +71,7 @@ import java.util.stream.Stream;
 // ---------------------------------------------------------------------------------------------
 
 final class R2Common {
-    static final String VERSION = "gastown-r2 0.6.0";
+    static final String VERSION = "gastown-r2 0.7.0";
 
     /** Exit codes shared by both commands (restic's spirit: few, and each one a script can act on). */
     static final int EXIT_OK = 0;
@@ -151,6 +154,19 @@ final class R2Options {
                     + "GASTOWN_API_TOKEN_FILE). Never printed.")
     String apiToken;
 
+    @Option(names = "--encryption-key", defaultValue = "${env:R2_ENCRYPTION_KEY}", paramLabel = "KEY",
+            showDefaultValue = CommandLine.Help.Visibility.NEVER,
+            description = "The town's key: 32 bytes in base64 (openssl rand -base64 32). Every object a backup stores is then "
+                    + "encrypted and authenticated with it, and a snapshot not sealed with it is refused (env R2_ENCRYPTION_KEY, "
+                    + "or a file named by R2_ENCRYPTION_KEY_FILE). Never printed.")
+    String encryptionKey;
+
+    @Option(names = "--encryption-keyring", defaultValue = "${env:R2_ENCRYPTION_KEYRING}", paramLabel = "KEYS",
+            showDefaultValue = CommandLine.Help.Visibility.NEVER,
+            description = "Older keys, comma-separated, that still open the snapshots sealed before the last rotation (env "
+                    + "R2_ENCRYPTION_KEYRING, or a file named by R2_ENCRYPTION_KEYRING_FILE). Never printed.")
+    String encryptionKeyring;
+
     @Option(names = "--state-dir", defaultValue = "${env:R2_STATE_DIR:-/tmp/r2-state}", paramLabel = "DIR",
             description = "Local state of this machine: the last sync's outcome and the failed-restore marker "
                     + "(env R2_STATE_DIR, default ${DEFAULT-VALUE}).")
@@ -167,8 +183,12 @@ final class R2Options {
     Config toConfig() {
         String secret = orFile(secretAccessKey, "R2_SECRET_ACCESS_KEY_FILE");
         String token = orFile(apiToken, "GASTOWN_API_TOKEN_FILE");
+        String key = orFile(encryptionKey, "R2_ENCRYPTION_KEY_FILE");
+        String keyring = orFile(encryptionKeyring, "R2_ENCRYPTION_KEYRING_FILE");
         Log.addSecret(secret);
         Log.addSecret(token);
+        Log.addSecret(key);
+        if (keyring != null) for (String k : keyring.split("[,\\s]+")) Log.addSecret(k);
 
         URI endpointUri = parseUri(require(endpoint, "R2_ENDPOINT", "--endpoint"), "R2_ENDPOINT");
         boolean localStore = "file".equals(endpointUri.getScheme());
@@ -196,7 +216,11 @@ final class R2Options {
         }
         return new Config(endpointUri, localStore ? null : accessKeyId, localStore ? null : secret,
                 localStore ? "local" : bucket, localStore ? null : region.trim(), townId, townRoot.toAbsolutePath().normalize(), api, token,
-                stateDir.toAbsolutePath().normalize());
+                stateDir.toAbsolutePath().normalize(), blankToNull(key), blankToNull(keyring));
+    }
+
+    private static String blankToNull(String value) {
+        return value == null || value.isBlank() ? null : value.trim();
     }
 
     private static String require(String value, String env, String flag) {
@@ -253,9 +277,13 @@ final class WorkDirOption {
 
 /** Validated settings, passed along instead of the command objects. toString never shows secrets. */
 record Config(URI endpoint, String accessKeyId, String secretAccessKey, String bucket, String region, String townId,
-              Path townRoot, URI apiUrl, String apiToken, Path stateDir) {
+              Path townRoot, URI apiUrl, String apiToken, Path stateDir, String encryptionKey, String encryptionKeyring) {
     boolean localStore() {
         return "file".equals(endpoint.getScheme());
+    }
+
+    boolean sealed() {
+        return encryptionKey != null;
     }
 
     @Override

@@ -28,17 +28,41 @@ import java.util.stream.Collectors;
  * The key layout. Everything of a town lives under gastown/{town_id}/. A snapshot is one object,
  * snapshots/{timestamp}/manifest.json, naming the files it is made of; each file is an immutable object
  * under incremental/{its path in the snapshot}/{sha256}, shared by every snapshot that holds the same
- * content. latest.json names the current snapshot.
+ * content; in a sealed snapshot (format 7 with a keyId) under incremental/s/{HMAC of its sha256} (Seal.name), which
+ * says nothing of its path or content. latest.json names the current snapshot.
+ *
+ * @param seal the key objects are named (and sealed) by; null for unsealed snapshots
  */
-record Keys(String townId) {
+record Keys(String townId, Seal seal) {
+    Keys(String townId) {
+        this(townId, null);
+    }
+
     static final DateTimeFormatter TIMESTAMP = DateTimeFormatter.ofPattern("yyyyMMdd'T'HHmmss'Z'").withZone(ZoneOffset.UTC);
     static final Pattern TIMESTAMP_FORM = Pattern.compile("\\d{8}T\\d{6}Z");
     static final String MANIFEST = "manifest.json";
     /** Which tar pack held each path of the town, in formats 3 to 5 (format 6: Manifest.fileIndex, R2Packs.java). */
     static final String FILE_INDEX = "files/index.json.gz";
 
+    /** The keys new objects of the config's town are written under: sealed by the current key when the town has one. */
     static Keys of(Config config) {
-        return new Keys(config.townId());
+        Keyring ring = Keyring.of(config);
+        return new Keys(config.townId(), ring == null ? null : ring.current());
+    }
+
+    /** The keys a snapshot's objects live under: by the key it was sealed with (from the keyring), or unsealed. */
+    static Keys of(Config config, Manifest manifest) {
+        if (manifest.keyId() == null) return new Keys(config.townId());
+        Keyring ring = Keyring.of(config);
+        if (ring == null)
+            throw new R2Exception(R2Common.EXIT_USAGE, "snapshot " + manifest.timestamp() + " is sealed with key " + manifest.keyId()
+                    + ", and no key is set: set R2_ENCRYPTION_KEY to the town's key");
+        return new Keys(config.townId(), ring.byId(manifest.keyId(), "snapshot " + manifest.timestamp()));
+    }
+
+    /** The size an object of plainSize bytes has in the bucket. */
+    long storedSize(long plainSize) {
+        return seal == null ? plainSize : seal.sealedSize(plainSize);
     }
 
     String town() {
@@ -56,6 +80,14 @@ record Keys(String townId) {
     /** A failed restore of the town, recorded for every machine (RestoreState). */
     String restoreFailed() {
         return town() + "restore-failed.json";
+    }
+
+    /**
+     * Written, sealed, by the first sealed sync: from then on the town's backups are sealed, and an unsealed latest.json
+     * or manifest is refused (one could be planted by anyone with write access).
+     */
+    String sealedMarker() {
+        return town() + "sealed.json";
     }
 
     /** The snapshots kept whatever the history policy says, and why (Held). */
@@ -77,7 +109,7 @@ record Keys(String townId) {
 
     /** Where a snapshot file lives: by content, so an unchanged file is stored once for every snapshot. */
     String object(FileEntry file) {
-        return objects() + file.path() + "/" + file.sha256();
+        return seal == null ? objects() + file.path() + "/" + file.sha256() : objects() + "s/" + seal.name(file.sha256());
     }
 
     /** The snapshot timestamp a key belongs to, or null for keys outside snapshots/. */
@@ -344,9 +376,11 @@ record Problem(String part, String error, String carriedFrom) {}
  */
 record Manifest(int formatVersion, String tool, String townId, String timestamp, String createdAt, String townRoot,
                 Versions versions, HistoryPolicy history, List<FileEntry> files, List<String> fileIndex, List<DatabaseFacts> databases,
-                List<RepoFacts> repos, List<Problem> problems) {
+                List<RepoFacts> repos, List<Problem> problems, String keyId) {
     /** The format this version writes; it reads OLDEST_READ to FORMAT. */
-    static final int FORMAT = 6;
+    static final int FORMAT = 7;
+    /** The first format that may be sealed: keyId names the key its objects are sealed (and named) with. */
+    static final int SEALED = 7;
     static final int OLDEST_READ = 3;
     /** The first format whose town files are content packs with a file index in pieces (fileIndex). */
     static final int CONTENT_PACKS = 6;
@@ -377,10 +411,22 @@ record Manifest(int formatVersion, String tool, String townId, String timestamp,
                 for (String file : link.files())
                     if (!seen.contains(file)) throw new IllegalArgumentException("repo " + repo.path() + " has no file " + file);
         if (townRoot == null || !townRoot.startsWith("/")) throw new IllegalArgumentException("townRoot must be an absolute path: " + townRoot);
+        if (keyId != null && (formatVersion < SEALED || !keyId.matches("[0-9a-f]{16}"))) throw new IllegalArgumentException("bad keyId " + keyId);
+    }
+
+    /** A manifest without a key (every format before 7, and 7 unsealed). */
+    Manifest(int formatVersion, String tool, String townId, String timestamp, String createdAt, String townRoot, Versions versions,
+             HistoryPolicy history, List<FileEntry> files, List<String> fileIndex, List<DatabaseFacts> databases,
+             List<RepoFacts> repos, List<Problem> problems) {
+        this(formatVersion, tool, townId, timestamp, createdAt, townRoot, versions, history, files, fileIndex, databases, repos, problems, null);
     }
 
     boolean contentPacks() {
         return formatVersion >= CONTENT_PACKS;
+    }
+
+    boolean sealed() {
+        return keyId != null;
     }
 
     Optional<FileEntry> file(String path) {

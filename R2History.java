@@ -174,7 +174,6 @@ final class History {
 
     /** Deletes the objects none of the remaining snapshots uses, once they are older than the grace period. */
     private void collectGarbage(String current, List<String> remaining, Collection<StoredObject> objects, List<PendingUpload> pending) {
-        Keys keys = snapshots.keys();
         Set<String> used = new HashSet<>();
         for (String ts : remaining) {
             int format = snapshots.formatOf(ts);
@@ -186,6 +185,7 @@ final class History {
                         + (format > Manifest.FORMAT ? " (format " + format + ", newer than this tool's)" : ""));
                 return;
             }
+            Keys keys = snapshots.keysOf(m);
             m.objects().forEach(o -> used.add(keys.object(o)));
         }
         GarbageCollector.Collected c = GarbageCollector.collect(snapshots.store(), objects, pending, used, history.gcGrace, Instant.now());

@@ -931,7 +931,7 @@ final class FileCapture {
                 pieces.add(local);
                 if (Files.isRegularFile(local) && Sha256.ofFile(local, path).equals(piece)) continue;
                 Files.deleteIfExists(local);
-                downloads.addAll(store.downloads(Keys.of(config), piece, local, base.timestamp(), null));
+                downloads.addAll(store.downloads(Keys.of(config, base), piece, local, base.timestamp(), null));
             }
             Parallel.run(Snapshots.TRANSFERS, downloads);
             return pieces;

@@ -111,7 +111,7 @@ final class RestoreState {
 
     /** The bucket's marker of a failed restore, which any machine of the town may have left. */
     static boolean failedInBucket(ObjectStore store, Config config) {
-        return store.get(Keys.of(config).restoreFailed()).isPresent();
+        return !store.list(Keys.of(config).restoreFailed()).isEmpty();   // listed, not read: whatever key sealed it
     }
 
     /** The local marker of a failed restore (this machine's state dir, or the volume), if any. */

@@ -46,8 +46,8 @@ public class R2Restore implements Callable<Integer> {
     Mode mode = new Mode();
 
     static final class Mode {
-        @Option(names = "--list", description = "List the snapshots in R2 (timestamp, files, size, state, "
-                + "which one latest.json names) and exit.")
+        @Option(names = "--list", description = "List the snapshots in R2 (timestamp, files, size, state, the key each is "
+                + "sealed with, which one latest.json names) and exit.")
         boolean list;
 
         @Option(names = "--verify", description = "Download and check a snapshot end to end, with a trial restore "
@@ -232,6 +232,7 @@ public class R2Restore implements Callable<Integer> {
         try {
             latest = snapshots.pointer();
         } catch (R2Exception e) {
+            if (e.exitCode == R2Common.EXIT_USAGE) throw e;   // no key, or not the town's: say so, exit 2
             throw new R2Exception(R2Common.EXIT_FAILED, "restore: " + e.getMessage()
                     + "; not guessing which snapshot is current: choose one with --snapshot (see --list)");
         }
@@ -356,10 +357,14 @@ public class R2Restore implements Callable<Integer> {
             row.put("bytes", m == null ? byTimestamp.get(ts).stream().mapToLong(StoredObject::size).sum() : m.totalBytes());
             if (m != null) {
                 Set<String> previous = olderKeys;
-                row.put("newBytes", m.objects().stream().filter(o -> !previous.contains(keys.object(o))).mapToLong(FileEntry::size).sum());
-                olderKeys = m.objects().stream().map(keys::object).collect(Collectors.toSet());
+                Keys named = keysOrNull(m);
+                if (named != null) {
+                    row.put("newBytes", m.objects().stream().filter(o -> !previous.contains(named.object(o))).mapToLong(FileEntry::size).sum());
+                    olderKeys = m.objects().stream().map(named::object).collect(Collectors.toSet());
+                }
             }
             row.put("state", states.get(ts));
+            row.put("key", m == null ? "-" : m.sealed() ? m.keyId() : "unsealed");
             row.put("keptBy", keptBy.getOrDefault(ts, ""));
             if (held.snapshots().containsKey(ts)) row.put("held", held.snapshots().get(ts));
             row.put("latest", ts.equals(latest));
@@ -370,13 +375,14 @@ public class R2Restore implements Callable<Integer> {
             out.println(new String(R2Common.toJson(rows), java.nio.charset.StandardCharsets.UTF_8));
             return R2Common.EXIT_OK;
         }
-        out.printf("%-18s %6s %11s %11s  %-10s %-20s %s%n", "SNAPSHOT", "FILES", "SIZE", "NEW", "STATE", "KEPT BY", "");
+        out.printf("%-18s %6s %11s %11s  %-10s %-16s %-20s %s%n", "SNAPSHOT", "FILES", "SIZE", "NEW", "STATE", "KEY", "KEPT BY", "");
         for (Map<String, Object> row : rows)
-            out.printf("%-18s %6d %11s %11s  %-10s %-20s %s%n", row.get("timestamp"), (Integer) row.get("files"),
+            out.printf("%-18s %6d %11s %11s  %-10s %-16s %-20s %s%n", row.get("timestamp"), (Integer) row.get("files"),
                     Log.bytes((Long) row.get("bytes")), row.containsKey("newBytes") ? Log.bytes((Long) row.get("newBytes")) : "-",
-                    row.get("state"), row.get("keptBy"), Boolean.TRUE.equals(row.get("latest")) ? "<- latest.json" : "");
+                    row.get("state"), row.get("key"), row.get("keptBy"), Boolean.TRUE.equals(row.get("latest")) ? "<- latest.json" : "");
         if (rows.isEmpty()) out.println("(no snapshots for town " + config.townId() + ")");
-        else if (policy != null) out.println("history policy: " + policy.describe() + "; NEW is what a snapshot added to the one before it");
+        else if (policy != null) out.println("history policy: " + policy.describe() + "; NEW is what a snapshot added to the one before it; "
+                + "KEY is the key a snapshot is sealed with (R2_ENCRYPTION_KEY or R2_ENCRYPTION_KEYRING must hold it), or unsealed");
         held.snapshots().forEach((ts, why) -> out.println("held: " + ts + ": " + Log.escape(why) + " (r2-restore --release-held lets "
                 + "the history policy remove it)"));
         return R2Common.EXIT_OK;
@@ -385,6 +391,15 @@ public class R2Restore implements Callable<Integer> {
     // ---------------------------------------------------------------------------------------------
     // Helpers
     // ---------------------------------------------------------------------------------------------
+
+    /** The keys a listed snapshot's objects are under; null when its key is not in the keyring (--list still shows it). */
+    private Keys keysOrNull(Manifest m) {
+        try {
+            return snapshots.keysOf(m);
+        } catch (R2Exception e) {
+            return null;
+        }
+    }
 
     /** The timestamp latest.json names, for --list; a damaged pointer is said and named nowhere. */
     private String latestTimestamp() {

@@ -41,6 +41,44 @@ final class Snapshots {
         return keys;
     }
 
+    /** The keys a snapshot's objects are under: sealed by the key its manifest names, or unsealed. */
+    Keys keysOf(Manifest manifest) {
+        return Keys.of(config, manifest);
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Sealing: which objects may be trusted
+    // ---------------------------------------------------------------------------------------------
+
+    /** True once the town's backups are sealed (sealed.json exists: even damaged, it says so; nothing unsealed is trusted). */
+    boolean sealedTown() {
+        return !store.list(keys.sealedMarker()).isEmpty();
+    }
+
+    /**
+     * What may be trusted of an object a snapshot is read from (latest.json, a manifest): sealed with a key of the town
+     * (SealedStore checked it), or unsealed while the town has no key, or has one but no sealed backup yet (the
+     * snapshots from before are restored, loudly). Unsealed in a sealed town: refused, as planted.
+     */
+    private void requireTrusted(Versioned object, String what) {
+        if (object.keyId() != null || keys.seal() == null) return;
+        if (sealedTown())
+            throw new SnapshotDamaged(what + " is not sealed, but town " + config.townId() + "'s backups are (" + keys.sealedMarker()
+                    + "): refused, as anyone with write access to the bucket could have planted it");
+        Log.warn(what + " is UNSEALED (written before the town had a key): it is trusted as it is; the next sync seals");
+    }
+
+    /** Marks the town sealed, once: from the first sealed sync on, nothing unsealed is trusted. */
+    private void markSealed() {
+        if (keys.seal() == null || sealedTown()) return;
+        try {
+            store.putIfMatch(keys.sealedMarker(), R2Common.toJson(Map.of("townId", config.townId(), "sealedSince", Instant.now().toString())), null);
+            Log.info("sync: the backups of town " + config.townId() + " are sealed from now on (key " + keys.seal().id() + ")");
+        } catch (PreconditionFailed e) {
+            // another sync marked it first
+        }
+    }
+
     // ---------------------------------------------------------------------------------------------
     // latest.json
     // ---------------------------------------------------------------------------------------------
@@ -54,9 +92,16 @@ final class Snapshots {
 
     /** latest.json for the sync, which replaces it: a damaged pointer must not stop new backups (said, and replaced). */
     Latest latestToReplace() {
-        Optional<Versioned> latest = store.get(keys.latest());
+        Optional<Versioned> latest;
+        try {
+            latest = store.get(keys.latest());
+        } catch (SnapshotDamaged e) {
+            Log.warn("sync: " + e.getMessage() + "; it will be replaced by this snapshot");
+            return new Latest(null, null);
+        }
         if (latest.isEmpty()) return new Latest(null, null);
         try {
+            requireTrusted(latest.get(), "latest.json");
             return new Latest(R2Common.fromJson(latest.get().data(), Pointer.class, "latest.json"), latest.get().etag());
         } catch (R2Exception e) {
             Log.warn("sync: " + e.getMessage() + "; it will be replaced by this snapshot");
@@ -66,7 +111,10 @@ final class Snapshots {
 
     /** latest.json as the restore, the status and the verification read it: empty when none exists; damaged is an error. */
     Optional<Pointer> pointer() {
-        return store.get(keys.latest()).map(v -> R2Common.fromJson(v.data(), Pointer.class, "latest.json"));
+        return store.get(keys.latest()).map(v -> {
+            requireTrusted(v, "latest.json");
+            return R2Common.fromJson(v.data(), Pointer.class, "latest.json");
+        });
     }
 
     /** The one pin check: when latest.json names this snapshot, its manifest must be the one it pins. */
@@ -213,7 +261,7 @@ final class Snapshots {
      */
     Transfer upload(Snapshot snapshot, Manifest base, Duration gcGrace) throws IOException {
         Instant t = Instant.now();
-        Set<String> baseKeys = base == null ? Set.of() : base.objects().stream().map(keys::object).collect(Collectors.toSet());
+        Set<String> baseKeys = base == null ? Set.of() : base.objects().stream().map(keysOf(base)::object).collect(Collectors.toSet());
         Instant freshAfter = t.minus(gcGrace.dividedBy(2));
         Map<String, ObjectUpload> toUpload = new LinkedHashMap<>();
         int files = 0;
@@ -270,6 +318,7 @@ final class Snapshots {
                 continue;   // another writer holds this second; take the next one
             }
             manifests.put(manifest.timestamp(), manifest);
+            markSealed();
             movePointer(previous, manifest, json, writer);
             return manifest;
         }
@@ -332,9 +381,11 @@ final class Snapshots {
 
     Downloaded download(Pointer latest, String timestamp, Path dir) throws IOException {
         Instant t = Instant.now();
-        byte[] manifestJson = store.get(keys.object(timestamp, Keys.MANIFEST))
+        Versioned object = store.get(keys.object(timestamp, Keys.MANIFEST))
                 .orElseThrow(() -> new SnapshotDamaged("manifest.json of " + timestamp
-                        + " is missing (the snapshot was deleted or never finished)")).data();
+                        + " is missing (the snapshot was deleted or never finished)"));
+        requireTrusted(object, "manifest.json of " + timestamp);
+        byte[] manifestJson = object.data();
         requirePinned(latest, timestamp, manifestJson);
         int format = Manifest.formatOf(manifestJson);
         if (!Manifest.reads(format) && format != -1)
@@ -348,6 +399,10 @@ final class Snapshots {
         if (!manifest.timestamp().equals(timestamp) || !manifest.townId().equals(config.townId()))
             throw new SnapshotDamaged("manifest.json of " + timestamp + " belongs to "
                     + manifest.townId() + "/" + manifest.timestamp());
+        if (!Objects.equals(manifest.keyId(), object.keyId()))
+            throw new SnapshotDamaged("manifest.json of " + timestamp + " names key " + manifest.keyId() + " but is sealed with "
+                    + object.keyId());
+        Keys keys = keysOf(manifest);
         Progress progress = new Progress("download", manifest.totalBytes());
         List<Parallel.Task> downloads = new ArrayList<>();
         for (FileEntry expected : manifest.files()) {
@@ -429,7 +484,7 @@ final class Snapshot {
     /** The object as the bucket listed it when the sync started, or null when it did not hold it. */
     StoredObject storedAs(FileEntry object) {
         StoredObject o = stored.get(keys.object(object));
-        return o != null && o.size() == object.size() ? o : null;
+        return o != null && o.size() == keys.storedSize(object.size()) ? o : null;
     }
 
     /**
@@ -475,9 +530,10 @@ final class Snapshot {
     }
 
     Manifest manifest(String publishedAs, String townId, String townRoot, Versions versions, HistoryPolicy history) {
+        String keyId = keys.seal() == null ? null : keys.seal().id();
         // In path order: two snapshots of the same town list the same files the same way.
         List<FileEntry> entries = files.stream().map(Artifact::entry).sorted(Comparator.comparing(FileEntry::path)).toList();
         return new Manifest(Manifest.FORMAT, R2Common.VERSION, townId, publishedAs, Instant.now().toString(), townRoot, versions,
-                history, entries, fileIndex.keySet().stream().map(FileEntry::path).toList(), databases, repos, problems);
+                history, entries, fileIndex.keySet().stream().map(FileEntry::path).toList(), databases, repos, problems, keyId);
     }
 }

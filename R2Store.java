@@ -2,6 +2,7 @@
 //   ObjectStore       what sync and restore need from a bucket
 //   S3ObjectStore     Cloudflare R2 (or any S3-compatible server) through the AWS SDK v2, R2 settings
 //   DirObjectStore    a local directory (R2_ENDPOINT=file:///dir): the embedded default, no account needed
+//   SealedStore       either of them, every object sealed on the way in and opened on the way out (R2Seal.java)
 
 import software.amazon.awssdk.auth.credentials.AwsBasicCredentials;
 import software.amazon.awssdk.auth.credentials.StaticCredentialsProvider;
@@ -32,8 +33,12 @@ import java.util.stream.Stream;
 /** An object, its size and when it was last written, as listed. */
 record StoredObject(String key, long size, java.time.Instant modified) {}
 
-/** An object's bytes with the ETag a conditional write must name. */
-record Versioned(byte[] data, String etag) {}
+/** An object's bytes with the ETag a conditional write must name, and the key it was sealed with (null: not sealed). */
+record Versioned(byte[] data, String etag, String keyId) {
+    Versioned(byte[] data, String etag) {
+        this(data, etag, null);
+    }
+}
 
 /** A multipart upload started and never completed or aborted (what a sync of a version before 0.5 killed mid-upload left). */
 record PendingUpload(String key, String uploadId, java.time.Instant initiated) {}
@@ -114,7 +119,8 @@ interface ObjectStore extends AutoCloseable {
     void close();
 
     static ObjectStore open(Config config) {
-        return config.localStore() ? new DirObjectStore(Path.of(config.endpoint())) : new S3ObjectStore(config);
+        ObjectStore bucket = config.localStore() ? new DirObjectStore(Path.of(config.endpoint())) : new S3ObjectStore(config);
+        return new SealedStore(bucket, Keyring.of(config));
     }
 }
 
@@ -558,5 +564,138 @@ final class DirObjectStore implements ObjectStore {
 
     private static String etag(byte[] data) {
         return "\"" + Sha256.of(data) + "\"";
+    }
+}
+
+/**
+ * A store whose objects are sealed with the town's key (R2Seal.java): what goes up is encrypted and authenticated, with
+ * its key in the bucket as associated data; what comes down is opened with the key its header names and checked as it
+ * streams. An unsealed object (written before the town had a key) reads as it is, marked (Versioned.keyId null): the
+ * caller decides whether it may be trusted. Without a keyring it writes as the store below does, and a sealed object
+ * it reads is refused with what to set (exit 2). Large objects go through a temp file: the upload can then be retried
+ * from its start and carries the sealed bytes' sha256 for R2 to check, and memory stays flat.
+ */
+final class SealedStore implements ObjectStore {
+    private final ObjectStore bucket;
+    private final Keyring keyring;
+
+    SealedStore(ObjectStore bucket, Keyring keyring) {
+        this.bucket = bucket;
+        this.keyring = keyring;
+    }
+
+    @Override
+    public void putFile(String key, Path file, long offset, FileEntry object, Progress progress) {
+        if (keyring == null) {
+            bucket.putFile(key, file, offset, object, progress);
+            return;
+        }
+        Path sealed = null;
+        try {
+            sealed = Files.createTempFile("r2-sealed-", null);
+            java.security.MessageDigest md = Sha256.digest();
+            try (InputStream in = BoundedInputStream.slice(file, offset, object.size());
+                 OutputStream out = new java.security.DigestOutputStream(new BufferedOutputStream(Files.newOutputStream(sealed), 1 << 16), md);
+                 OutputStream sealing = keyring.current().sealing(out, key)) {
+                in.transferTo(sealing);
+            }
+            bucket.putFile(key, sealed, 0, new FileEntry(object.path(), Files.size(sealed), Sha256.hex(md.digest())), null);
+            if (progress != null) progress.add(object.size());
+        } catch (IOException e) {
+            throw new R2Exception(R2Common.EXIT_FAILED, "seal " + key + ": " + e.getMessage(), e);
+        } finally {
+            deleteQuietly(sealed);
+        }
+    }
+
+    @Override
+    public void putBytes(String key, byte[] data) {
+        bucket.putBytes(key, keyring == null ? data : keyring.current().seal(data, key));
+    }
+
+    @Override
+    public String putIfMatch(String key, byte[] data, String expectedEtag) {
+        return bucket.putIfMatch(key, keyring == null ? data : keyring.current().seal(data, key), expectedEtag);
+    }
+
+    @Override
+    public Optional<Versioned> get(String key) {
+        Optional<Versioned> raw = bucket.get(key);
+        if (raw.isEmpty()) return raw;
+        String keyId = Seal.keyIdOf(raw.get().data());
+        if (keyId == null) return raw;
+        Seal seal = sealOf(keyId, key);
+        byte[] data = raw.get().data();
+        try (InputStream in = seal.opening(new ByteArrayInputStream(data, Seal.HEADER, data.length - Seal.HEADER), key)) {
+            return Optional.of(new Versioned(in.readAllBytes(), raw.get().etag(), keyId));
+        } catch (Seal.Tampered e) {
+            throw new SnapshotDamaged(e.getMessage(), e);
+        } catch (IOException e) {
+            throw new R2Exception(R2Common.EXIT_FAILED, "open " + key + ": " + e.getMessage(), e);
+        }
+    }
+
+    @Override
+    public FileEntry download(String key, Path target, long offset, FileEntry expected, Progress progress) {
+        if (keyring == null) return bucket.download(key, target, offset, expected, progress);
+        Path sealed = null;
+        try {
+            sealed = Files.createTempFile("r2-sealed-", null);
+            // What comes down is checked after it is opened (against expected), so its own sha256 is not known here.
+            bucket.download(key, sealed, 0, new FileEntry(expected.path(), keyring.current().sealedSize(expected.size()) + Seal.HEADER,
+                    "0".repeat(64)), null);
+            try (InputStream in = new BufferedInputStream(Files.newInputStream(sealed), 1 << 16)) {
+                byte[] head = in.readNBytes(Seal.HEADER);
+                String keyId = Seal.keyIdOf(head);
+                InputStream body = keyId == null ? new SequenceInputStream(new ByteArrayInputStream(head), in) : sealOf(keyId, key).opening(in, key);
+                return Sha256.copyInto(body, target, offset, expected, progress);
+            }
+        } catch (Seal.Tampered e) {
+            throw new SnapshotDamaged(e.getMessage(), e);
+        } catch (IOException e) {
+            throw new R2Exception(R2Common.EXIT_FAILED, "download " + key + " to " + target + ": " + e.getMessage(), e);
+        } finally {
+            deleteQuietly(sealed);
+        }
+    }
+
+    private Seal sealOf(String keyId, String key) {
+        if (keyring == null)
+            throw new R2Exception(R2Common.EXIT_USAGE, key + " is sealed with key " + keyId + ", and no key is set: set R2_ENCRYPTION_KEY "
+                    + "(or R2_ENCRYPTION_KEY_FILE) to the town's key");
+        return keyring.byId(keyId, key);
+    }
+
+    private static void deleteQuietly(Path file) {
+        try {
+            if (file != null) Files.deleteIfExists(file);
+        } catch (IOException e) {
+            Log.warn("cannot remove " + file + ": " + e.getMessage());
+        }
+    }
+
+    @Override
+    public List<StoredObject> list(String prefix) {
+        return bucket.list(prefix);
+    }
+
+    @Override
+    public void delete(Collection<String> keys) {
+        bucket.delete(keys);
+    }
+
+    @Override
+    public List<PendingUpload> pendingUploads(String prefix) {
+        return bucket.pendingUploads(prefix);
+    }
+
+    @Override
+    public void abort(PendingUpload upload) {
+        bucket.abort(upload);
+    }
+
+    @Override
+    public void close() {
+        bucket.close();
     }
 }

@@ -108,6 +108,9 @@ public class R2Sync implements Callable<Integer> {
         if (verifyEvery.isNegative()) throw R2Options.usage("--verify-every must not be negative (0 turns verification off)");
         if (immediate) Town.requireTown(config.townRoot());
         heartbeat = new Heartbeat(config);
+        if (!config.sealed())
+            Log.info("sync: the backups of town " + config.townId() + " are not sealed (no R2_ENCRYPTION_KEY): whoever can read the "
+                    + "bucket reads the town, and whoever can write it can plant a snapshot");
         // However the JVM ends (SIGTERM, SIGINT), no dolt or git child outlives it.
         Runtime.getRuntime().addShutdownHook(new Thread(Proc::killAll, "r2-sync-kill-children"));
         try (ObjectStore opened = ObjectStore.open(config)) {
@@ -396,6 +399,13 @@ public class R2Sync implements Callable<Integer> {
         if (lastManifest != null && lastManifest.timestamp().equals(ts)) return lastManifest;
         try {
             Manifest manifest = snapshots.manifest(ts);
+            String key = snapshots.keys().seal() == null ? null : snapshots.keys().seal().id();
+            if (manifest != null && !Objects.equals(manifest.keyId(), key)) {
+                Log.info("sync: the previous snapshot " + ts + " is " + (manifest.sealed() ? "sealed with key " + manifest.keyId() : "unsealed")
+                        + "; this one is sealed " + (key == null ? "by no key" : "with key " + key) + " and stores every object anew; the "
+                        + "older snapshots stay until the history policy retires them");
+                return null;
+            }
             if (manifest == null)
                 Log.info("sync: the previous snapshot " + ts + " is in manifest format " + snapshots.formatOf(ts) + "; this one is written in "
                         + "format " + Manifest.FORMAT + " from scratch, and the older snapshots are kept until "

@@ -66,13 +66,16 @@ _main() {
 
   export R2_ENDPOINT="file://$dir/store" TOWN_ID=demo GT_TOWN_ROOT="$dir/town"
   export R2_STATE_DIR="$dir/state" R2_SYNC_LOCK="$dir/r2-sync.lock" R2_WORK_DIR="$dir/work"
+  # The town's key: every object in the store is sealed with it (in production: a secret, provisioned like the R2 keys).
+  (umask 077 && head -c 32 /dev/urandom | base64 > "$dir/key")
+  export R2_ENCRYPTION_KEY_FILE="$dir/key"
   say "one sync into the local store $R2_ENDPOINT"
   "$repo/jbang" "$repo/R2Sync.java" --immediate
   say "the snapshots in the store"
   "$repo/jbang" "$repo/R2Restore.java" --list
   say "a full trial restore of the latest snapshot"
   "$repo/jbang" "$repo/R2Restore.java" --verify
-  say "done: the store is $dir/store; restore it with: GT_TOWN_ROOT=$dir/restored R2_ENDPOINT=$R2_ENDPOINT TOWN_ID=demo $repo/jbang $repo/R2Restore.java"
+  say "done: the store is $dir/store; restore it with: GT_TOWN_ROOT=$dir/restored R2_ENDPOINT=$R2_ENDPOINT TOWN_ID=demo R2_ENCRYPTION_KEY_FILE=$dir/key $repo/jbang $repo/R2Restore.java"
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
