@@ -17,6 +17,10 @@
 //SOURCES TownState.java
 //SOURCES DoltFacts.java
 //SOURCES TownView.java
+// The fault suite's shared part (its classes are tests/Fault*Test.java):
+//SOURCES FaultSuite.java
+//SOURCES FaultKit.java
+//SOURCES FaultProxy.java
 //
 // Every test class: a new tests/<Name>Test.java is picked up by this glob (JBang 0.132.1 expands it).
 //SOURCES *Test.java
