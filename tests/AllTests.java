@@ -17,6 +17,10 @@
 //SOURCES TownState.java
 //SOURCES DoltFacts.java
 //SOURCES TownView.java
+// The fault suite's shared part (its classes are tests/Fault*Test.java):
+//SOURCES FaultSuite.java
+//SOURCES FaultKit.java
+//SOURCES FaultProxy.java
 //
 // Every test class: a new tests/<Name>Test.java is picked up by this glob (JBang 0.132.1 expands it).
 //SOURCES *Test.java
@@ -43,8 +47,10 @@ import java.util.List;
 import java.util.Map;
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
+import java.util.stream.Collectors;
 import org.junit.platform.engine.DiscoverySelector;
 import org.junit.platform.engine.TestExecutionResult;
+import org.junit.platform.engine.support.descriptor.ClassSource;
 import org.junit.platform.engine.support.descriptor.MethodSource;
 import org.junit.platform.launcher.LauncherDiscoveryRequest;
 import org.junit.platform.launcher.TestExecutionListener;
@@ -62,6 +68,7 @@ import org.junit.platform.launcher.core.LauncherFactory;
  */
 public class AllTests {
     private static final PrintStream OUT = System.out;
+    private static volatile Set<String> planned = Set.of();
 
     public static void main(String[] args) throws Exception {
         List<DiscoverySelector> selectors = new ArrayList<>();
@@ -99,6 +106,14 @@ public class AllTests {
         System.exit(reporter.failed > 0 || reporter.passed + reporter.failed == 0 ? 1 : 0);
     }
 
+    /**
+     * The test classes this run executes, known from its start (empty when AllTests does not run them): lets the
+     * classes of one suite start their work together (the fault suite's lanes).
+     */
+    static Set<String> plannedClasses() {
+        return planned;
+    }
+
     private static DiscoverySelector selector(String arg) {
         int hash = arg.indexOf('#');
         try {
@@ -120,6 +135,9 @@ public class AllTests {
         @Override
         public void testPlanExecutionStarted(TestPlan testPlan) {
             this.plan = testPlan;
+            planned = testPlan.getRoots().stream().flatMap(root -> testPlan.getDescendants(root).stream())
+                    .flatMap(id -> id.getSource().stream()).filter(ClassSource.class::isInstance)
+                    .map(source -> ((ClassSource) source).getClassName()).collect(Collectors.toUnmodifiableSet());
         }
 
         @Override

@@ -31,6 +31,7 @@ import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.function.BooleanSupplier;
+import java.util.function.Function;
 import java.util.stream.Collectors;
 import java.util.stream.Stream;
 import software.amazon.awssdk.core.sync.RequestBody;
@@ -39,7 +40,7 @@ import software.amazon.awssdk.services.s3.model.NoSuchKeyException;
 import software.amazon.awssdk.services.s3.model.S3Object;
 
 /**
- * Support for {@link FaultSuiteTest}: the fault tally, product processes that can be killed -9 with
+ * Support for the fault suite ({@link FaultSuite}): the fault tally, product processes that can be killed -9 with
  * their children, a "lane" (a town, its bucket, a FaultProxy in front of S3, and the product's local
  * dirs), a view of the bucket through an independent S3 client, and tree hashes for "untouched" checks.
  */
@@ -173,8 +174,29 @@ final class FaultKit {
         return Path.of(System.getProperty("java.io.tmpdir"), "fault-suite-" + ProcessHandle.current().pid() + ".jsa");
     }
 
+    private static final Object ARCHIVE_WRITER = new Object();
+    private static boolean archiveAsked;
+
+    /**
+     * Starts a lane's first product JVM through {@code start}, told whether it writes the class-data archive: the
+     * suite's first one to ask does (whichever lane that is), the others wait for it and then map the archive.
+     */
+    static <T> T archivingFirst(Function<Boolean, T> start) {
+        synchronized (ARCHIVE_WRITER) {
+            if (!archiveAsked) {
+                archiveAsked = true;
+                try {
+                    return start.apply(true);
+                } finally {
+                    archiveDumped();
+                }
+            }
+        }
+        return start.apply(false);
+    }
+
     /** After the archive-dumping run: use the archive from now on (if the JVM wrote one). */
-    static void archiveDumped() {
+    private static void archiveDumped() {
         Path p = archivePath();
         if (Files.isRegularFile(p)) {
             cdsArchive = p;
