@@ -39,6 +39,7 @@
 #   BENCH_STEP_TIMEOUT    a limit for each measured command (timeout(1) syntax, e.g. 15m); one over it is recorded
 #                         as failed (rc 124) and the run goes on
 #   BENCH_KEEP=1          keep the work dir (towns, buckets, per-step logs) and print its path
+#   BENCH_SEALED=1        ours sealed with a town key (R2_ENCRYPTION_KEY), as restic always encrypts; 0: unsealed
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=tools/s3proxy.sh
@@ -742,12 +743,16 @@ _main() {
   export R2_ACCESS_KEY_ID=bench R2_SECRET_ACCESS_KEY=bench-secret AWS_ACCESS_KEY_ID=bench
   export AWS_SECRET_ACCESS_KEY=bench-secret RESTIC_PASSWORD=bench R2_NO_PROGRESS=1
   [[ -z "$heap" ]] || export JAVA_TOOL_OPTIONS="-Xmx$heap"
+  if [[ "${BENCH_SEALED:-1}" == 1 ]]; then
+    R2_ENCRYPTION_KEY="$(head -c 32 /dev/urandom | base64)"
+    export R2_ENCRYPTION_KEY
+  fi
   # Built, their java command lines recorded by the launcher and their class-data archives made, before any
   # step (as on a machine that ran them before, or a baked image).
   "$repo/jbang" "$repo/R2Sync.java" --version > /dev/null 2>&1 || true
   "$repo/jbang" "$repo/R2Restore.java" --version > /dev/null 2>&1 || true
   warm_class_data
-  echo "bench: ours = $(git -C "$repo" log -1 --format='%h %s'); $("${RESTIC_BINS[0]}" version); $("${RESTIC_BINS[1]}" version)"
+  echo "bench: ours ($([[ "${BENCH_SEALED:-1}" == 1 ]] && echo sealed || echo unsealed)) = $(git -C "$repo" log -1 --format='%h %s'); $("${RESTIC_BINS[0]}" version); $("${RESTIC_BINS[1]}" version)"
   local mb paths
   growth=()
   for town in $towns; do
