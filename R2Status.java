@@ -172,6 +172,7 @@ public class R2Status implements Callable<Integer> {
                 l.put("files", latest.manifest().files().size());
                 l.put("bytes", latest.manifest().totalBytes());
                 l.put("problems", latest.manifest().problems().stream().map(Problem::part).collect(Collectors.toList()));
+                l.put("keyId", latest.manifest().keyId());
             }
             l.put("writer", latest.writer());
             status.put("latest", l);
@@ -194,7 +195,8 @@ public class R2Status implements Callable<Integer> {
         out.printf("loss window  %s: %s%n", verdict.held() ? "HELD" : "NOT HELD", verdict.reason());
         if (latest.present()) {
             String facts = latest.manifest() == null ? "" : ", " + (latest.manifest().complete() ? "complete" : "PARTIAL")
-                    + ", " + latest.manifest().files().size() + " files, " + Log.bytes(latest.manifest().totalBytes());
+                    + ", " + latest.manifest().files().size() + " files, " + Log.bytes(latest.manifest().totalBytes())
+                    + (latest.manifest().sealed() ? ", sealed (key " + latest.manifest().keyId() + ")" : ", UNSEALED");
             out.printf("latest       %s, %s ago%s%s%n", latest.timestamp(), human(latest.age()), facts,
                     latest.writer() == null ? "" : ", written by " + latest.writer());
         } else {
