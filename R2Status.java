@@ -258,7 +258,8 @@ public class R2Status implements Callable<Integer> {
                     case History.Outcome.DEFERRED -> "deferred to r2-prune";
                     default -> "FAILED on the last sync";
                 };
-        if (lastPrune == null) return bySync + "; r2-prune: no run recorded";
+        if (lastPrune == null) return History.Outcome.DONE.equals(lastSync == null ? null : lastSync.pruning()) ? bySync
+                : bySync + "; r2-prune: no run recorded";
         String when = ranAt(lastPrune).map(at -> human(Duration.between(at, now)) + " ago").orElse("at an unknown time");
         String what = PruneRun.RUNNING.equals(lastPrune.status()) ? "running (or died) since " + lastPrune.startedAt()
                 : lastPrune.error() != null ? "FAILED " + when + ": " + lastPrune.error()

@@ -97,7 +97,7 @@ public class R2Sync implements Callable<Integer> {
     private Heartbeat heartbeat;
     /** The last published manifest, kept at hand so the next cycle can skip what did not change. */
     private Manifest lastManifest;
-    /** Said once per run, then one line a cycle: pruning is left to r2-prune. */
+    /** Pruning left to r2-prune is said loudly once a run (a refused delete: WARN; R2_PRUNE=external: INFO), then quietly. */
     private boolean pruningDeferredSaid;
     private final Lifetime lifetime = new Lifetime();
 

@@ -220,6 +220,37 @@ class PruneTest {
         TestTools.deleteRecursively(dir);
     }
 
+    @Test
+    void r2PruneOfASealedTownNeedsTheTownsKey() throws Exception {
+        Path dir = TestTools.tempDir("prune-sealed-");
+        TestTown town = TownBuilder.create().rigs("alpha").build(dir.resolve("town"));
+        String bucket = s3.newBucket();
+        BucketView view = BucketView.of(s3, bucket, "town-k");
+        String key = Base64.getEncoder().encodeToString("a sealed town's key, 32 bytes!!!".getBytes(java.nio.charset.StandardCharsets.US_ASCII));
+        Product sandbox = lastOnly(Product.of(town.root(), s3, bucket, "town-k")).with("R2_ENCRYPTION_KEY", key).with("R2_PRUNE", "external");
+        sandbox.sync("--immediate").assertOk();
+        change(town, "sealed");
+        sandbox.sync("--immediate").assertOk();
+        List<String> snapshots = view.completeSnapshots();
+        assertEquals(2, snapshots.size(), "R2_PRUNE=external: nothing removed");
+        int objects = view.keys(view.keys().objects()).size();
+        age(bucket, view.keys().town(), Instant.now().minus(Duration.ofHours(7)));
+
+        // Its manifests are sealed: what they use is named by the town's key, which the pruner needs too.
+        Product pruner = lastOnly(Product.of(dir.resolve("no-town"), s3, bucket, "town-k"));
+        TestTools.ProcResult keyless = pruner.run("R2Prune");
+        assertEquals(2, keyless.exitCode(), keyless.stderr());
+        assertTrue(keyless.stderr().contains("R2_ENCRYPTION_KEY"), keyless.stderr());
+        assertEquals(snapshots, view.completeSnapshots());
+        pruner.with("R2_ENCRYPTION_KEY", key).run("R2Prune").assertOk();
+        assertEquals(snapshots.subList(1, 2), view.completeSnapshots());
+        assertTrue(view.keys(view.keys().objects()).size() < objects, "the older snapshot's own objects are collected");
+        Path volume = Files.createDirectories(dir.resolve("restored"));
+        Product.of(volume, s3, bucket, "town-k").with("R2_ENCRYPTION_KEY", key).onNewMachine().restore().assertOk();
+        TownState.assertSame(TownState.capture(town.root()), TownState.capture(volume));
+        TestTools.deleteRecursively(dir);
+    }
+
     // ---------------------------------------------------------------------------------------------
 
     /** The policy at its smallest: only the last snapshot is kept, so every older one is the policy's to remove. */
