@@ -24,7 +24,7 @@
 //SOURCES R2Rebuild.java
 //SOURCES R2Verify.java
 
-// The ground floor of R2Sync, R2Restore and R2Status: what every other file may use, and nothing above it.
+// The ground floor of R2Sync, R2Restore, R2Status and R2Prune: what every other file may use, and nothing above it.
 //   1. R2Common      version, exit codes, JSON mapper
 //   2. Config        R2Options (the picocli mixin of connection options) -> Config (immutable)
 //   3. Local files   FileTrees; SafePath, the one rule for a path a snapshot names

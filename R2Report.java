@@ -1,7 +1,8 @@
 // What this tool reports (part of R2Common, included with //SOURCES), each as a typed record with one schema:
-//   Report        the heartbeat's body (POST {api}/api/gastown/heartbeat) for a sync, a restore and a verification
+//   Report        the heartbeat's body (POST {api}/api/gastown/heartbeat) for a sync, a restore, a verification and a prune
 //   Heartbeat     sends a Report; a failure is logged, never fatal
 //   LastSync      last-sync.json in the state dir: this machine's last sync, for R2Status
+//   PruneRun      pruned.json in the bucket: r2-prune's last run, for R2Status
 //   RestoreState  the failed-restore markers (state dir, volume, bucket) and the staging marker of a restore
 //                 interrupted while moving into place
 
@@ -93,7 +94,10 @@ final class RestoreState {
         }
     }
 
-    /** Removes every marker; a bucket that cannot be reached keeps its marker (said), and the sync still refuses. */
+    /**
+     * Removes every marker; a bucket that cannot be reached keeps its marker (said), and the sync still refuses. A
+     * credential that cannot delete (the sandbox's) overwrites the bucket's marker with a cleared one instead.
+     */
     static void clearFailure(Config config, ObjectStore store) {
         for (Path marker : List.of(config.stateDir().resolve(FAILED), config.townRoot().resolve(FAILED_ON_VOLUME))) {
             try {
@@ -102,16 +106,39 @@ final class RestoreState {
                 Log.warn("cannot remove " + marker + ": " + e.getMessage());
             }
         }
+        String key = Keys.of(config).restoreFailed();
         try {
-            store.delete(List.of(Keys.of(config).restoreFailed()));
+            try {
+                store.delete(List.of(key));
+            } catch (DeleteRefused e) {
+                if (!store.list(key).isEmpty())
+                    store.putBytes(key, R2Common.toJson(Map.of(CLEARED, Instant.now().toString(), "townId", config.townId())));
+            }
         } catch (RuntimeException e) {
             Log.warn("cannot remove the failed-restore marker from the bucket: " + R2Cli.messageChain(e));
         }
     }
 
-    /** The bucket's marker of a failed restore, which any machine of the town may have left. */
+    /** A bucket marker that holds this field was cleared by a credential that could not delete it. */
+    private static final String CLEARED = "cleared";
+
+    /** The bucket's marker of a failed restore, which any machine of the town may have left (and not one cleared since). */
     static boolean failedInBucket(ObjectStore store, Config config) {
-        return !store.list(Keys.of(config).restoreFailed()).isEmpty();   // listed, not read: whatever key sealed it
+        String key = Keys.of(config).restoreFailed();
+        if (store.list(key).isEmpty()) return false;   // listed first: whatever key sealed it
+        try {
+            return store.get(key).map(marker -> !cleared(marker.data())).orElse(false);
+        } catch (R2Exception e) {
+            return true;   // there, but not readable here (sealed with a key this machine lacks): a failure all the same
+        }
+    }
+
+    private static boolean cleared(byte[] marker) {
+        try {
+            return R2Common.JSON.readTree(marker).has(CLEARED);
+        } catch (IOException e) {
+            return false;   // unreadable: a failure all the same
+        }
     }
 
     /** The local marker of a failed restore (this machine's state dir, or the volume), if any. */
@@ -145,36 +172,55 @@ final class RestoreState {
 }
 
 /**
- * The heartbeat's body, one schema for every event: a sync (bytes and files uploaded, problems), a restore (fallback)
- * and a verification (objects and bytes read back). A field the event does not have is left out; snapshot is always
- * there (null when the event names none). No secret is ever in it: errors and problems pass through Log.redact.
+ * The heartbeat's body, one schema for every event: a sync (bytes and files uploaded, problems, how pruning went), a
+ * restore (fallback), a verification (objects and bytes read back) and a prune (snapshots removed, objects deleted). A
+ * field the event does not have is left out; snapshot is always there (null when the event names none). No secret is
+ * ever in it: errors and problems pass through Log.redact.
  */
 @JsonInclude(JsonInclude.Include.NON_NULL)
 record Report(String townId, String event, String status, @JsonInclude(JsonInclude.Include.ALWAYS) String snapshot,
               Boolean fallback, Long objectsRead, Long bytesRead, Long durationMs, Long bytesUploaded, Integer filesUploaded,
-              Integer filesAlreadyStored, List<String> problems, String error) {
+              Integer filesAlreadyStored, List<String> problems, String pruning, Integer snapshotsRemoved, Integer objectsDeleted,
+              Long bytesDeleted, String error) {
 
-    /** status: ok, partial (a snapshot with problems) or failed. */
+    /**
+     * status: ok, partial (a snapshot with problems) or failed. pruning: how the history policy and garbage collection
+     * ended once the snapshot was published: done, deferred (to r2-prune: the credential cannot delete, or R2_PRUNE=external;
+     * never a failure of the backup) or failed; absent when the sync failed.
+     */
     static Report sync(String townId, String status, String snapshot, long durationMs, long bytesUploaded, int filesUploaded,
-                       int filesAlreadyStored, List<String> problems, String error) {
+                       int filesAlreadyStored, List<String> problems, String pruning, String error) {
         return new Report(townId, "sync", status, snapshot, null, null, null, durationMs, bytesUploaded, filesUploaded,
-                filesAlreadyStored, problems.isEmpty() ? null : problems.stream().map(Log::redact).toList(), Log.redact(error));
+                filesAlreadyStored, problems.isEmpty() ? null : problems.stream().map(Log::redact).toList(), pruning, null, null, null,
+                Log.redact(error));
     }
 
     /** status: ok, fallback, failed, or no-backup / volume-has-data when nothing was restored. */
     static Report restore(String townId, String status, String snapshot, boolean fallback, long durationMs, String error) {
-        return new Report(townId, "restore", status, snapshot, fallback, null, null, durationMs, null, null, null, null, Log.redact(error));
+        return new Report(townId, "restore", status, snapshot, fallback, null, null, durationMs, null, null, null, null, null, null, null,
+                null, Log.redact(error));
     }
 
     /** status: ok, failed, or no-snapshot. */
     static Report verify(String townId, String status, String snapshot, long objectsRead, long bytesRead, long durationMs, String error) {
-        return new Report(townId, "verify", status, snapshot, null, objectsRead, bytesRead, durationMs, null, null, null, null, Log.redact(error));
+        return new Report(townId, "verify", status, snapshot, null, objectsRead, bytesRead, durationMs, null, null, null, null, null, null,
+                null, null, Log.redact(error));
+    }
+
+    /** r2-prune's run. status: ok or failed; snapshot: the one latest.json named, which it kept. */
+    static Report prune(PruneRun run, String latest, long durationMs) {
+        return new Report(run.townId(), "prune", run.status(), latest, null, null, null, durationMs, null, null, null, null, null,
+                run.snapshotsRemoved(), run.objectsDeleted(), run.bytesDeleted(), Log.redact(run.error()));
     }
 }
 
-/** last-sync.json in the state dir: how the last sync on this machine ended, for R2Status (and the sandbox's gt). */
+/**
+ * last-sync.json in the state dir: how the last sync on this machine ended, for R2Status (and the sandbox's gt).
+ * pruning: as the heartbeat's (Report.sync).
+ */
 @JsonInclude(JsonInclude.Include.NON_NULL)
-record LastSync(String townId, String finishedAt, String status, String snapshot, Long durationMs, String error, String lastVerify) {
+record LastSync(String townId, String finishedAt, String status, String snapshot, Long durationMs, String error, String lastVerify,
+                String pruning) {
     static final String FILE = "last-sync.json";
 
     void write(Path stateDir) {
@@ -192,7 +238,7 @@ record LastSync(String townId, String finishedAt, String status, String snapshot
         try {
             return Optional.of(R2Common.JSON.readValue(file.toFile(), LastSync.class));
         } catch (IOException e) {
-            return Optional.of(new LastSync(null, null, null, null, null, file + " is unreadable: " + e.getMessage(), null));
+            return Optional.of(new LastSync(null, null, null, null, null, file + " is unreadable: " + e.getMessage(), null, null));
         }
     }
 }
@@ -206,6 +252,43 @@ record RestoreFailure(String townId, String at, String machine, String error) {
             return Optional.of(R2Common.JSON.readValue(marker.toFile(), RestoreFailure.class));
         } catch (IOException e) {
             return Optional.of(new RestoreFailure(null, null, null, marker + " is unreadable: " + e.getMessage()));
+        }
+    }
+}
+
+/**
+ * pruned.json in the town's prefix: how r2-prune's last run went. Written at its start (status running: the store's
+ * LastModified of that write is the run's clock) and at its end (ok or failed); R2Status shows it. Whoever can write
+ * the bucket can write it too: it informs, it proves nothing.
+ */
+@JsonInclude(JsonInclude.Include.NON_NULL)
+record PruneRun(String townId, String startedAt, String finishedAt, String status, Integer snapshotsRemoved, Integer snapshotsKept,
+                Integer objectsDeleted, Long bytesDeleted, String error) {
+    static final String FILE = "pruned.json";
+    static final String RUNNING = "running";
+    static final String OK = "ok";
+    static final String FAILED = "failed";
+
+    static String key(Keys keys) {
+        return keys.town() + FILE;
+    }
+
+    static PruneRun running(String townId, Instant startedAt) {
+        return new PruneRun(townId, startedAt.toString(), null, RUNNING, null, null, null, null, null);
+    }
+
+    void write(ObjectStore store, Keys keys) {
+        store.putBytes(key(keys), R2Common.toJson(this));
+    }
+
+    /** r2-prune's last run as the bucket records it: empty when none ran; one that cannot be read says so in its error. */
+    static Optional<PruneRun> read(ObjectStore store, Keys keys) {
+        Optional<Versioned> json = store.get(key(keys));
+        if (json.isEmpty()) return Optional.empty();
+        try {
+            return Optional.of(R2Common.JSON.readValue(json.get().data(), PruneRun.class));
+        } catch (IOException e) {
+            return Optional.of(new PruneRun(null, null, null, null, null, null, null, null, FILE + " is unreadable: " + e.getMessage()));
         }
     }
 }

@@ -300,7 +300,7 @@ public class R2Restore implements Callable<Integer> {
         return R2Common.EXIT_OK;
     }
 
-    /** --release-held: held.json is removed; the next sync's history policy decides about those snapshots again. */
+    /** --release-held: held.json is emptied; the next history policy run decides about those snapshots again. */
     private int releaseHeld() {
         Held held = snapshots.held();
         if (held.snapshots().isEmpty()) {

@@ -245,8 +245,9 @@ final class Snapshots {
         store.putBytes(keys.held(), R2Common.toJson(held));
     }
 
+    /** Writes an empty hold rather than deleting held.json: a credential that cannot delete releases too. */
     void releaseHeld() {
-        store.delete(List.of(keys.held()));
+        store.putBytes(keys.held(), R2Common.toJson(new Held(Map.of())));
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -357,7 +358,11 @@ final class Snapshots {
 
     private void discard(String timestamp) {
         forget(timestamp);
-        store.delete(store.list(keys.snapshot(timestamp)).stream().map(StoredObject::key).collect(Collectors.toList()));
+        try {
+            store.delete(store.list(keys.snapshot(timestamp)).stream().map(StoredObject::key).collect(Collectors.toList()));
+        } catch (DeleteRefused e) {
+            Log.warn("sync " + timestamp + ": the discarded snapshot stays in the bucket for the history policy (" + e.getMessage() + ")");
+        }
     }
 
     /** Deletes whole snapshots (every object under their prefixes, as listed). */

@@ -29,7 +29,9 @@ import java.util.stream.Collectors;
         description = {
                 "Shows whether this town's 5-minute loss window is held: when the last snapshot succeeded and "
                         + "its age (from R2: latest.json and its manifest), and this machine's last sync and any "
-                        + "failed restore (from the state dir: last-sync.json, restore-failed.json).",
+                        + "failed restore (from the state dir: last-sync.json, restore-failed.json). Also how the "
+                        + "history policy is applied: by the sync, or deferred to r2-prune and when that last ran "
+                        + "(pruned.json in R2); neither changes the verdict.",
                 "The window is held when the snapshot latest.json names is complete and at most "
                         + "--interval + --slack old, and no failed restore stops the sync."},
         exitCodeListHeading = "%nExit codes:%n",
@@ -76,9 +78,11 @@ public class R2Status implements Callable<Integer> {
                         "see " + Keys.of(config).restoreFailed()) : null);
         Optional<Verification.Result> verified = Verification.last(config.stateDir());
         Verdict verdict = judge(latest, restoreFailed, lastSync, verified.orElse(null));
+        pruningWarnings(latest.lastPrune(), lastSync, now, verdict.warnings());
         Map<String, Object> status = status(config, now, latest, lastSync, restoreFailed, verdict);
         status.put("lastVerify", verified.orElse(null));
-        print(status, latest, lastSync, restoreFailed, verified.orElse(null), verdict);
+        status.put("lastPrune", latest.lastPrune());
+        print(status, now, latest, lastSync, restoreFailed, verified.orElse(null), verdict);
         return verdict.held() ? R2Common.EXIT_OK : R2Common.EXIT_FAILED;
     }
 
@@ -86,10 +90,11 @@ public class R2Status implements Callable<Integer> {
     // Reading R2 and the local state.
     // ---------------------------------------------------------------------------------------------
 
-    /** What R2 says: the snapshot latest.json names and its manifest, or why that could not be read. */
-    record Latest(String timestamp, Duration age, Manifest manifest, String error, String writer, Held held, boolean restoreFailed) {
+    /** What R2 says: the snapshot latest.json names and its manifest, or why that could not be read; r2-prune's last run. */
+    record Latest(String timestamp, Duration age, Manifest manifest, String error, String writer, Held held, boolean restoreFailed,
+                  PruneRun lastPrune) {
         Latest(String timestamp, Duration age, Manifest manifest, String error) {
-            this(timestamp, age, manifest, error, null, new Held(Map.of()), false);
+            this(timestamp, age, manifest, error, null, new Held(Map.of()), false, null);
         }
 
         boolean present() {
@@ -114,7 +119,8 @@ public class R2Status implements Callable<Integer> {
                 return new Latest(ts, age, null, e.getMessage());
             }
             Manifest manifest = R2Common.fromJson(manifestJson, Manifest.class, "manifest.json of " + ts);
-            return new Latest(ts, age, manifest, null, pointer.get().writer(), snapshots.held(), RestoreState.failedInBucket(store, config));
+            return new Latest(ts, age, manifest, null, pointer.get().writer(), snapshots.held(), RestoreState.failedInBucket(store, config),
+                    PruneRun.read(store, keys).orElse(null));
         } catch (R2Exception | IllegalArgumentException e) {
             return new Latest(null, null, null, "cannot read " + keys.latest() + ": " + R2Cli.messageChain(e));
         }
@@ -151,6 +157,33 @@ public class R2Status implements Callable<Integer> {
                 + DurationConverter.format(interval) + " interval + " + DurationConverter.format(slack) + " slack", warnings);
     }
 
+    /** How long pruning may go undone, while the sync defers it, before the status warns that the bucket only grows. */
+    static final Duration PRUNE_STALE = Duration.ofDays(2);
+
+    /** Pruning never changes the verdict (a backup is no worse for history kept too long); what needs an operator is said. */
+    private static void pruningWarnings(PruneRun lastPrune, LastSync lastSync, Instant now, List<String> warnings) {
+        boolean deferred = lastSync != null && History.Outcome.DEFERRED.equals(lastSync.pruning());
+        if (lastSync != null && History.Outcome.FAILED.equals(lastSync.pruning()))
+            warnings.add("the last sync on this machine could not apply the history policy or collect garbage (its log says why)");
+        if (lastPrune == null) {
+            if (deferred) warnings.add("pruning is deferred to r2-prune, and no r2-prune run is recorded: the bucket only grows");
+            return;
+        }
+        if (PruneRun.FAILED.equals(lastPrune.status()) || lastPrune.error() != null)
+            warnings.add("r2-prune's last run (" + lastPrune.startedAt() + ") failed: " + lastPrune.error());
+        else if (deferred && ranAt(lastPrune).map(at -> Duration.between(at, now).compareTo(PRUNE_STALE) > 0).orElse(true))
+            warnings.add("pruning is deferred to r2-prune, which last ran " + lastPrune.startedAt() + ", more than "
+                    + PRUNE_STALE.toDays() + " days ago: the bucket only grows");
+    }
+
+    private static Optional<Instant> ranAt(PruneRun run) {
+        try {
+            return Optional.of(Instant.parse(run.finishedAt() != null ? run.finishedAt() : run.startedAt()));
+        } catch (RuntimeException e) {
+            return Optional.empty();
+        }
+    }
+
     private Map<String, Object> status(Config config, Instant now, Latest latest, LastSync lastSync,
                                        RestoreFailure restoreFailed, Verdict verdict) {
         Map<String, Object> status = new LinkedHashMap<>();
@@ -183,7 +216,7 @@ public class R2Status implements Callable<Integer> {
         return status;
     }
 
-    private void print(Map<String, Object> status, Latest latest, LastSync lastSync,
+    private void print(Map<String, Object> status, Instant now, Latest latest, LastSync lastSync,
                        RestoreFailure restoreFailed, Verification.Result verified, Verdict verdict) {
         PrintWriter out = spec.commandLine().getOut();
         if (json) {
@@ -207,6 +240,7 @@ public class R2Status implements Callable<Integer> {
                     lastSync.finishedAt(), lastSync.error() == null ? "" : ": " + lastSync.error());
         else
             out.printf("last sync    none on this machine%n");
+        out.printf("pruning      %s%n", pruning(lastSync, latest.lastPrune(), now));
         out.printf("restore      %s%n", restoreFailed == null ? "no failure recorded"
                 : "FAILED at " + restoreFailed.at() + ": " + restoreFailed.error());
         if (verified != null)
@@ -216,6 +250,24 @@ public class R2Status implements Callable<Integer> {
             out.printf("verify       none recorded on this machine%n");
         for (String warning : verdict.warnings()) out.printf("warning      %s%n", warning);
         out.flush();
+    }
+
+    /** Who applies the history policy (this machine's last sync says), and r2-prune's last run. */
+    private static String pruning(LastSync lastSync, PruneRun lastPrune, Instant now) {
+        String bySync = lastSync == null || lastSync.pruning() == null ? "no sync recorded on this machine"
+                : switch (lastSync.pruning()) {
+                    case History.Outcome.DONE -> "done by the sync";
+                    case History.Outcome.DEFERRED -> "deferred to r2-prune";
+                    default -> "FAILED on the last sync";
+                };
+        if (lastPrune == null) return History.Outcome.DONE.equals(lastSync == null ? null : lastSync.pruning()) ? bySync
+                : bySync + "; r2-prune: no run recorded";
+        String when = ranAt(lastPrune).map(at -> human(Duration.between(at, now)) + " ago").orElse("at an unknown time");
+        String what = PruneRun.RUNNING.equals(lastPrune.status()) ? "running (or died) since " + lastPrune.startedAt()
+                : lastPrune.error() != null ? "FAILED " + when + ": " + lastPrune.error()
+                : lastPrune.status() + " " + when + ", " + lastPrune.snapshotsRemoved() + " snapshot(s) removed, " + lastPrune.snapshotsKept()
+                + " kept, " + lastPrune.objectsDeleted() + " object(s) deleted (" + Log.bytes(lastPrune.bytesDeleted() == null ? 0 : lastPrune.bytesDeleted()) + ")";
+        return bySync + "; r2-prune: " + what;
     }
 
     /** 2m13s, 1h04m, 3d02h: an age as an operator reads it. */

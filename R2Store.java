@@ -43,6 +43,22 @@ record Versioned(byte[] data, String etag, String keyId) {
 /** A multipart upload started and never completed or aborted (what a sync of a version before 0.5 killed mid-upload left). */
 record PendingUpload(String key, String uploadId, java.time.Instant initiated) {}
 
+/**
+ * The store refused a delete (S3: HTTP 403 AccessDenied, for the request or for a key of it; R2: a bucket lock rule
+ * that still protects the object; a directory store: no permission): the credential may write but not delete, as
+ * the sandbox's is meant to be (docs/security.md). Nothing of the batch is taken for deleted; the history policy and
+ * garbage collection are then left to r2-prune.
+ */
+final class DeleteRefused extends R2Exception {
+    /** What R2 answers for an object a bucket lock rule still protects (reported as HTTP 409; docs/security.md). */
+    static final String LOCKED = "ObjectLockedByBucketPolicy";
+
+    DeleteRefused(String key, String detail) {
+        super(R2Common.EXIT_FAILED, "store: delete " + key + " refused (" + detail + "): " + (detail.contains(LOCKED)
+                ? "a bucket lock rule protects it still" : "the credential cannot delete"));
+    }
+}
+
 /** A conditional write lost: someone else wrote the object since we read it. */
 final class PreconditionFailed extends R2Exception {
     PreconditionFailed(String key) {
@@ -326,10 +342,24 @@ final class S3ObjectStore implements ObjectStore {
         for (int i = 0; i < all.size(); i += 1000) {
             List<ObjectIdentifier> batch = all.subList(i, Math.min(all.size(), i + 1000)).stream()
                     .map(k -> ObjectIdentifier.builder().key(k).build()).collect(Collectors.toList());
-            DeleteObjectsResponse r = call("delete objects", () -> s3().deleteObjects(b -> b.bucket(bucket)
-                    .delete(d -> d.objects(batch).quiet(true))));
-            if (r.hasErrors() && !r.errors().isEmpty())
-                throw new R2Exception(R2Common.EXIT_FAILED, "s3: delete " + r.errors().get(0).key() + ": " + r.errors().get(0).message());
+            DeleteObjectsResponse r;
+            try {
+                r = call("delete objects", () -> s3().deleteObjects(b -> b.bucket(bucket).delete(d -> d.objects(batch).quiet(true))));
+            } catch (R2Exception e) {
+                if (e.getCause() instanceof S3Exception s3e) {
+                    String code = s3e.awsErrorDetails() == null ? null : s3e.awsErrorDetails().errorCode();
+                    if (s3e.statusCode() == 403 || DeleteRefused.LOCKED.equals(code))
+                        throw new DeleteRefused(batch.get(0).key(), "HTTP " + s3e.statusCode() + (code == null ? "" : " " + code));
+                }
+                throw e;
+            }
+            if (r.hasErrors() && !r.errors().isEmpty()) {
+                S3Error first = r.errors().get(0);
+                // AWS answers a batch it may not carry out key by key; R2 refuses the whole request (above).
+                if ("AccessDenied".equals(first.code()) || DeleteRefused.LOCKED.equals(first.code()))
+                    throw new DeleteRefused(first.key(), first.code());
+                throw new R2Exception(R2Common.EXIT_FAILED, "s3: delete " + first.key() + ": " + first.message());
+            }
         }
     }
 
@@ -510,6 +540,8 @@ final class DirObjectStore implements ObjectStore {
         for (String key : keys) {
             try {
                 Files.deleteIfExists(path(key));
+            } catch (java.nio.file.AccessDeniedException e) {
+                throw new DeleteRefused(key, "no permission");
             } catch (IOException e) {
                 throw new R2Exception(R2Common.EXIT_FAILED, "store: delete " + key + ": " + e.getMessage(), e);
             }

@@ -37,7 +37,8 @@ import java.util.stream.Stream;
                         + "each git directory's chain of git packs, and file packs (tars) of every other path (work trees "
                         + "with their uncommitted work, git config, hooks, index, reflogs, runtime state, empty dirs, symlinks). "
                         + "A cycle uploads only what changed; then latest.json names the snapshot, and the history policy "
-                        + "and garbage collection remove what no kept snapshot needs.",
+                        + "and garbage collection remove what no kept snapshot needs (or r2-prune does, from outside the "
+                        + "sandbox: --prune external; a credential that cannot delete defers them there too).",
                 "GT_TOWN_ROOT must be a town (it holds mayor/town.json): any other directory is refused.",
                 "Without --immediate it runs as a daemon: a sync every --interval, the first at start. SIGTERM stops it "
                         + "(a cycle in flight is abandoned, never published half); SIGUSR1 makes it abandon a cycle in flight, "
@@ -75,6 +76,9 @@ public class R2Sync implements Callable<Integer> {
     @Mixin
     HistoryOptions history = new HistoryOptions();
 
+    @Mixin
+    PruneOption prune = new PruneOption();
+
     @Option(names = "--verify-every", defaultValue = "${env:R2_VERIFY_EVERY:-24h}", converter = DurationConverter.class,
             paramLabel = "DURATION", description = "How often the daemon checks, beside its syncs, that the latest snapshot "
             + "restores (a trial restore, as r2-restore --verify) and reads back a seventh of every stored object (each is "
@@ -93,6 +97,8 @@ public class R2Sync implements Callable<Integer> {
     private Heartbeat heartbeat;
     /** The last published manifest, kept at hand so the next cycle can skip what did not change. */
     private Manifest lastManifest;
+    /** Pruning left to r2-prune is said loudly once a run (a refused delete: WARN; R2_PRUNE=external: INFO), then quietly. */
+    private boolean pruningDeferredSaid;
     private final Lifetime lifetime = new Lifetime();
 
     public static void main(String... args) {
@@ -289,7 +295,7 @@ public class R2Sync implements Callable<Integer> {
         try (Background<BucketState> bucketRead = Background.start(this::readBucket);
              Background<History.HistoryState> historyRead = Background.start(() -> {
                  bucketRead.join();   // not to slow down the reads the packing waits for
-                 return History.read(snapshots);
+                 return prune.self() ? History.read(snapshots) : null;
              })) {
             Town town;
             try (Background<Void> zstd = Background.start(PackWriter::loadZstd)) {   // beside the scan, which does not need it
@@ -315,18 +321,41 @@ public class R2Sync implements Callable<Integer> {
                 Manifest manifest = snapshots.publish(bucket.latest(), snapshot, versions.join(), writer, history.policy());
                 lastManifest = manifest;
                 files.keep(snapshot);
-                try {
-                    new History(snapshots, history).apply(manifest.timestamp(), historyRead.join(), bucket.stored().values());
-                } catch (R2Exception | IOException e) {
-                    // The snapshot is published; what is left behind is the next sync's to remove.
-                    Log.warn("sync " + manifest.timestamp() + ": history policy or garbage collection failed, the next sync "
-                            + "retries it: " + R2Cli.messageChain(e));
-                }
-                SyncResult result = new SyncResult(manifest.timestamp(), manifest.problems(), transfer, Duration.between(start, Instant.now()));
+                String pruning = applyHistory(manifest.timestamp(), historyRead, bucket);
+                SyncResult result = new SyncResult(manifest.timestamp(), manifest.problems(), transfer, Duration.between(start, Instant.now()),
+                        pruning);
                 report(result, null);
                 recordLastSync(result, null);
                 return result;
             }
+        }
+    }
+
+    /**
+     * The history policy and garbage collection once the snapshot is published; returns how they ended (the heartbeat's
+     * and last-sync.json's pruning: done, deferred or failed). The snapshot is published whatever happens here: what is
+     * left behind is the next sync's to remove, or r2-prune's when the store refuses this credential's deletes (the
+     * sandbox's may write but not delete: docs/security.md).
+     */
+    private String applyHistory(String timestamp, Background<History.HistoryState> historyRead, BucketState bucket) {
+        if (!prune.self()) {
+            if (!pruningDeferredSaid) Log.info("sync " + timestamp + ": the history policy and garbage collection are left to r2-prune (R2_PRUNE=external)");
+            pruningDeferredSaid = true;
+            return History.Outcome.DEFERRED;
+        }
+        try {
+            History.Outcome outcome = new History(snapshots, history).apply(timestamp, historyRead.join(), bucket.stored().values());
+            if (outcome.pruning().equals(History.Outcome.DEFERRED)) {
+                String line = "sync " + timestamp + ": history policy and garbage collection deferred to r2-prune: " + outcome.reason();
+                if (pruningDeferredSaid) Log.info(line);
+                else Log.warn(line + "; the snapshot is published all the same. Run r2-prune with a credential that can delete, "
+                        + "and set R2_PRUNE=external so that syncs do not try (docs/security.md)");
+                pruningDeferredSaid = true;
+            }
+            return outcome.pruning();
+        } catch (R2Exception | IOException e) {
+            Log.warn("sync " + timestamp + ": history policy or garbage collection failed, the next sync retries it: " + R2Cli.messageChain(e));
+            return History.Outcome.FAILED;
         }
     }
 
@@ -337,7 +366,7 @@ public class R2Sync implements Callable<Integer> {
                     + "); what it uploaded is collected later");
             return failure;
         }
-        SyncResult result = new SyncResult(timestamp, List.of(), Snapshots.Transfer.NONE, Duration.between(start, Instant.now()));
+        SyncResult result = new SyncResult(timestamp, List.of(), Snapshots.Transfer.NONE, Duration.between(start, Instant.now()), null);
         report(result, failure);
         recordLastSync(result, failure);
         return failure;
@@ -434,7 +463,8 @@ public class R2Sync implements Callable<Integer> {
             Log.info("sync " + result.timestamp() + ": " + status + " in " + Log.seconds(result.took())
                     + (problems.isEmpty() ? "" : "; NOT backed up: " + problems));
         heartbeat.send(Report.sync(config.townId(), status, result.timestamp(), result.took().toMillis(), result.transfer().bytes(),
-                result.transfer().uploaded(), result.transfer().present(), problems, failure == null ? null : R2Cli.messageChain(failure)));
+                result.transfer().uploaded(), result.transfer().present(), problems, result.pruning(),
+                failure == null ? null : R2Cli.messageChain(failure)));
     }
 
     /** The outcome of the last sync on this machine, for the status view. */
@@ -442,14 +472,15 @@ public class R2Sync implements Callable<Integer> {
         String status = failure != null ? "failed" : result.problems().isEmpty() ? "ok" : "partial";
         new LastSync(config.townId(), Instant.now().toString(), status, result.timestamp(), result.took().toMillis(),
                 failure == null ? null : Log.redact(R2Cli.messageChain(failure)),
-                Verification.last(config.stateDir()).map(v -> v.at() + " " + v.status()).orElse(null)).write(config.stateDir());
+                Verification.last(config.stateDir()).map(v -> v.at() + " " + v.status()).orElse(null), result.pruning()).write(config.stateDir());
     }
 
     // ---------------------------------------------------------------------------------------------
     // Helpers
     // ---------------------------------------------------------------------------------------------
 
-    record SyncResult(String timestamp, List<Problem> problems, Snapshots.Transfer transfer, Duration took) {
+    /** pruning: how the history policy and garbage collection ended (History.Outcome), null when the sync failed. */
+    record SyncResult(String timestamp, List<Problem> problems, Snapshots.Transfer transfer, Duration took, String pruning) {
         int exitCode() {
             return problems.isEmpty() ? R2Common.EXIT_OK : R2Common.EXIT_PARTIAL;
         }

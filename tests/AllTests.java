@@ -29,6 +29,7 @@
 //SOURCES ../R2Sync.java
 //SOURCES ../R2Restore.java
 //SOURCES ../R2Status.java
+//SOURCES ../R2Prune.java
 //SOURCES Product.java
 //SOURCES BucketView.java
 //SOURCES TreeHash.java

@@ -36,6 +36,24 @@ class GarbageCollectionTest {
     }
 
     @Test
+    void datedByTheStoreAFloodUnderMadeUpNamesTakesOneHourAndOneDay() {
+        // r2-prune dates each snapshot by when the store received its manifest: ten made in one minute, named three
+        // days ahead one hour apart, count for that one minute's hour and day.
+        Map<String, Instant> received = new HashMap<>();
+        received.put("20261201T100000Z", Instant.parse("2026-12-01T10:00:05Z"));
+        received.put("20261202T090000Z", Instant.parse("2026-12-02T09:00:05Z"));
+        for (int i = 0; i < 10; i++)
+            received.put(Keys.format(Instant.parse("2026-12-05T00:00:00Z").plus(Duration.ofHours(i))), Instant.parse("2026-12-02T12:00:00Z"));
+        HistoryPolicy policy = new HistoryPolicy(1, 2, 2);
+        assertEquals(Map.of(
+                "20261205T090000Z", "last, hourly, daily",
+                "20261202T090000Z", "hourly",
+                "20261201T100000Z", "daily"), Retention.keep(policy, received));
+        // By their names the flood takes both hourly places, and the day before drops out.
+        assertEquals(Set.of("20261205T090000Z", "20261205T080000Z", "20261202T090000Z"), Retention.keep(policy, received.keySet()).keySet());
+    }
+
+    @Test
     void anObjectGoesOnlyWhenNoKeptSnapshotUsesItAndItIsOlderThanTheGracePeriod() throws Exception {
         Path dir = TestTools.tempDir("gc-");
         TestTown town = TownBuilder.create().rigs("alpha").build(dir.resolve("town-dir"));

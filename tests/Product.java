@@ -12,7 +12,7 @@ import java.util.Map;
  * The product's commands run as real processes, configured the way the sandbox configures them: by
  * environment variables. Each Product has its own lock file, work dir and state dir, so tests never
  * share local state by accident. The child JVM runs the classes this suite compiled (R2Sync, R2Restore,
- * R2Status), which are the repo's scripts; the sandbox tests run them through JBang too.
+ * R2Status, R2Prune), which are the repo's scripts; the sandbox tests run them through JBang too.
  *
  * <pre>
  * Product p = Product.of(town.root(), s3, bucket, "town-1");

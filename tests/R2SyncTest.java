@@ -564,6 +564,7 @@ class R2SyncTest {
             assertTrue(body.path("bytesUploaded").asLong() > 0);
             assertTrue(body.path("filesUploaded").asInt() >= 12);
             assertTrue(body.path("durationMs").asLong() > 0);
+            assertEquals("done", body.path("pruning").asText(), "a credential that can delete: the sync prunes itself");
         }
     }
 

@@ -287,7 +287,7 @@ class SandboxTest {
     void catalogAliasesRunAndInstallAsApps() throws IOException {
         TestTools.ProcResult aliases = jbang(Map.of(), "alias", "list", repo.toString());
         assertEquals(0, aliases.exitCode(), aliases.stderr());
-        for (String alias : List.of("r2-sync", "r2-sync-now", "r2-restore", "r2-list", "r2-verify", "r2-status"))
+        for (String alias : List.of("r2-sync", "r2-sync-now", "r2-restore", "r2-list", "r2-verify", "r2-status", "r2-prune"))
             assertTrue(aliases.stdout().contains(alias + "@"), alias + " in:\n" + aliases.stdout());
 
         TestTools.ProcResult help = jbang(Map.of(), "r2-sync@" + repo, "--help");
