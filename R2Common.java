@@ -127,6 +127,12 @@ final class R2Options {
                     + "R2_SECRET_ACCESS_KEY_FILE). Never printed.")
     String secretAccessKey;
 
+    @Option(names = "--session-token", defaultValue = "${env:R2_SESSION_TOKEN}", paramLabel = "TOKEN",
+            showDefaultValue = CommandLine.Help.Visibility.NEVER,
+            description = "The session token of a temporary R2 credential (one scoped to the town's prefix, without delete: "
+                    + "docs/security.md) (env R2_SESSION_TOKEN, or a file named by R2_SESSION_TOKEN_FILE). Never printed.")
+    String sessionToken;
+
     @Option(names = "--bucket", defaultValue = "${env:R2_BUCKET}", paramLabel = "NAME",
             description = "Bucket holding the backups (env R2_BUCKET).")
     String bucket;
@@ -181,11 +187,15 @@ final class R2Options {
 
     /** Validates every setting and returns the immutable config; a bad setting is a usage error (exit 2). */
     Config toConfig() {
-        String secret = orFile(secretAccessKey, "R2_SECRET_ACCESS_KEY_FILE");
+        Map<String, Path> credentialFiles = new HashMap<>();
+        String keyId = orFile(accessKeyId, "R2_ACCESS_KEY_ID_FILE", credentialFiles);
+        String secret = orFile(secretAccessKey, "R2_SECRET_ACCESS_KEY_FILE", credentialFiles);
+        String session = orFile(sessionToken, "R2_SESSION_TOKEN_FILE", credentialFiles);
         String token = orFile(apiToken, "GASTOWN_API_TOKEN_FILE");
         String key = orFile(encryptionKey, "R2_ENCRYPTION_KEY_FILE");
         String keyring = orFile(encryptionKeyring, "R2_ENCRYPTION_KEYRING_FILE");
         Log.addSecret(secret);
+        Log.addSecret(session);
         Log.addSecret(token);
         Log.addSecret(key);
         if (keyring != null) for (String k : keyring.split("[,\\s]+")) Log.addSecret(k);
@@ -197,7 +207,7 @@ final class R2Options {
                 throw usage("R2_ENDPOINT must be an http(s):// URL or file:///dir, not " + Log.redactUrl(endpoint));
             if (endpointUri.getUserInfo() != null)
                 throw usage("R2_ENDPOINT must not carry credentials; use R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY");
-            require(accessKeyId, "R2_ACCESS_KEY_ID", "--access-key-id");
+            require(keyId, "R2_ACCESS_KEY_ID", "--access-key-id");
             require(secret, "R2_SECRET_ACCESS_KEY", "--secret-access-key");
             if (!BUCKET.matcher(require(bucket, "R2_BUCKET", "--bucket")).matches())
                 throw usage("R2_BUCKET is not a valid bucket name: " + bucket);
@@ -214,7 +224,8 @@ final class R2Options {
             if (!"https".equals(api.getScheme()) && !"http".equals(api.getScheme()))
                 throw usage("GASTOWN_API_URL must be an http(s):// URL");
         }
-        return new Config(endpointUri, localStore ? null : accessKeyId, localStore ? null : secret,
+        return new Config(endpointUri, localStore ? null : keyId, localStore ? null : secret, localStore ? null : blankToNull(session),
+                localStore ? Map.of() : Map.copyOf(credentialFiles),
                 localStore ? "local" : bucket, localStore ? null : region.trim(), townId, townRoot.toAbsolutePath().normalize(), api, token,
                 stateDir.toAbsolutePath().normalize(), blankToNull(key), blankToNull(keyring));
     }
@@ -240,11 +251,22 @@ final class R2Options {
 
     /** The value, or the content of the file an env var names (for secrets mounted as files). */
     private static String orFile(String value, String fileEnv) {
+        return orFile(value, fileEnv, new HashMap<>());
+    }
+
+    /** As orFile, noting in files which file a value came from (the store reads a credential's files again). */
+    private static String orFile(String value, String fileEnv, Map<String, Path> files) {
         if (value != null && !value.isBlank()) return value;
         String file = System.getenv(fileEnv);
         if (file == null || file.isBlank()) return value;
+        files.put(fileEnv, Path.of(file));
+        return readSecretFile(Path.of(file), fileEnv);
+    }
+
+    /** A secret mounted as a file, trimmed; one that cannot be read is a configuration error. */
+    static String readSecretFile(Path file, String fileEnv) {
         try {
-            return Files.readString(Path.of(file)).trim();
+            return Files.readString(file).trim();
         } catch (IOException e) {
             throw usage(fileEnv + " names a file that cannot be read: " + file);
         }
@@ -276,7 +298,7 @@ final class WorkDirOption {
 }
 
 /** Validated settings, passed along instead of the command objects. toString never shows secrets. */
-record Config(URI endpoint, String accessKeyId, String secretAccessKey, String bucket, String region, String townId,
+record Config(URI endpoint, String accessKeyId, String secretAccessKey, String sessionToken, Map<String, Path> credentialFiles, String bucket, String region, String townId,
               Path townRoot, URI apiUrl, String apiToken, Path stateDir, String encryptionKey, String encryptionKeyring) {
     boolean localStore() {
         return "file".equals(endpoint.getScheme());

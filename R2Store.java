@@ -5,7 +5,9 @@
 //   SealedStore       either of them, every object sealed on the way in and opened on the way out (R2Seal.java)
 
 import software.amazon.awssdk.auth.credentials.AwsBasicCredentials;
-import software.amazon.awssdk.auth.credentials.StaticCredentialsProvider;
+import software.amazon.awssdk.auth.credentials.AwsCredentials;
+import software.amazon.awssdk.auth.credentials.AwsCredentialsProvider;
+import software.amazon.awssdk.auth.credentials.AwsSessionCredentials;
 import software.amazon.awssdk.awscore.retry.AwsRetryStrategy;
 import software.amazon.awssdk.core.checksums.RequestChecksumCalculation;
 import software.amazon.awssdk.core.checksums.ResponseChecksumValidation;
@@ -167,8 +169,7 @@ final class S3ObjectStore implements ObjectStore {
         return S3Client.builder()
                 .endpointOverride(config.endpoint())
                 .region(Region.of(config.region()))
-                .credentialsProvider(StaticCredentialsProvider.create(
-                        AwsBasicCredentials.create(config.accessKeyId(), config.secretAccessKey())))
+                .credentialsProvider(new R2Credentials(config))
                 .serviceConfiguration(S3Configuration.builder()
                         .pathStyleAccessEnabled(true)
                         .chunkedEncodingEnabled(false)
@@ -407,6 +408,52 @@ final class S3ObjectStore implements ObjectStore {
 
     private static String firstLine(String s) {
         return s == null ? "" : s.lines().findFirst().orElse("");
+    }
+}
+
+/**
+ * The R2 credential: as configured, and where it came from files (R2_ACCESS_KEY_ID_FILE, R2_SECRET_ACCESS_KEY_FILE,
+ * R2_SESSION_TOKEN_FILE), read again from them at most once a minute. A temporary credential (the sandbox's, scoped to
+ * the town's prefix without delete) lasts at most 7 days and is replaced in its files before then: a daemon that runs
+ * for months follows without a restart.
+ */
+final class R2Credentials implements AwsCredentialsProvider {
+    private static final long REREAD_NANOS = 60_000_000_000L;
+    private final Config config;
+    private AwsCredentials current;
+    private long readAt;
+
+    R2Credentials(Config config) {
+        this.config = config;
+        this.current = credentials(config.accessKeyId(), config.secretAccessKey(), config.sessionToken());
+        this.readAt = System.nanoTime();
+    }
+
+    @Override
+    public synchronized AwsCredentials resolveCredentials() {
+        if (!config.credentialFiles().isEmpty() && System.nanoTime() - readAt > REREAD_NANOS) {
+            readAt = System.nanoTime();
+            try {
+                String id = read("R2_ACCESS_KEY_ID_FILE", config.accessKeyId());
+                String secret = read("R2_SECRET_ACCESS_KEY_FILE", config.secretAccessKey());
+                String token = read("R2_SESSION_TOKEN_FILE", config.sessionToken());
+                Log.addSecret(secret);
+                Log.addSecret(token);
+                current = credentials(id, secret, token);
+            } catch (R2Exception e) {
+                Log.warn("s3: " + e.getMessage() + "; going on with the credential read before");
+            }
+        }
+        return current;
+    }
+
+    private String read(String fileEnv, String configured) {
+        Path file = config.credentialFiles().get(fileEnv);
+        return file == null ? configured : R2Options.readSecretFile(file, fileEnv);
+    }
+
+    private static AwsCredentials credentials(String id, String secret, String token) {
+        return token == null || token.isBlank() ? AwsBasicCredentials.create(id, secret) : AwsSessionCredentials.create(id, secret, token);
     }
 }
 

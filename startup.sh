@@ -35,7 +35,7 @@ set -Eeuo pipefail
 # The backup's secrets: each variable whose value, or whose NAME_FILE variant's file, opens the bucket,
 # the cloud API or the backups' content (R2Options in R2Common.java reads them, R2_ENCRYPTION_* with the
 # encryption). A new secret is added here once; its NAME_FILE variant comes with it.
-readonly SECRET_VARS=(R2_ACCESS_KEY_ID R2_SECRET_ACCESS_KEY GASTOWN_API_TOKEN R2_ENCRYPTION_KEY R2_ENCRYPTION_KEYRING)
+readonly SECRET_VARS=(R2_ACCESS_KEY_ID R2_SECRET_ACCESS_KEY R2_SESSION_TOKEN GASTOWN_API_TOKEN R2_ENCRYPTION_KEY R2_ENCRYPTION_KEYRING)
 
 # --- state shared by the functions below -------------------------------------------------------
 here=""                 # the directory of this script, symlinks resolved

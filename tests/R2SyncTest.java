@@ -692,6 +692,30 @@ class R2SyncTest {
         TestTools.deleteRecursively(own);
     }
 
+    /**
+     * A temporary credential (the sandbox's, without delete) is replaced in its files before it expires: the daemon reads
+     * them again (at most once a minute) and goes on without a restart. Here the secret file first holds a stale secret.
+     */
+    @Test
+    void theDaemonReadsACredentialReplacedInItsFilesWithoutARestart() throws Exception {
+        String bucket = s3.newBucket();
+        BucketView view = BucketView.of(s3, bucket, "town-1");
+        Path secretFile = TestTools.tempDir("credential-").resolve("secret");
+        Product base = product(bucket);
+        String secret = base.env().get("R2_SECRET_ACCESS_KEY");
+        Files.writeString(secretFile, "a-stale-secret-of-yesterday\n");
+        Product p = base.with("R2_SECRET_ACCESS_KEY", null).with("R2_SECRET_ACCESS_KEY_FILE", secretFile.toString());
+        try (Product.Started daemon = p.start("R2Sync", "--interval", "2s")) {
+            assertTrue(TestTools.await(() -> daemon.output().contains("cycle failed"), Duration.ofSeconds(60), 200), daemon.output());
+            assertTrue(view.latest().isEmpty(), "nothing published with a stale secret");
+            Files.writeString(secretFile, secret + "\n");   // the cloud replaced the credential
+            assertTrue(TestTools.await(() -> view.latest().isPresent(), Duration.ofSeconds(150), 500),
+                    "the daemon published with the new secret, without a restart:\n" + daemon.output());
+            assertTrue(daemon.process().isAlive(), daemon.output());
+            assertFalse(daemon.output().contains(secret) || daemon.output().contains("a-stale-secret"), "no secret printed");
+        }
+    }
+
     private static long failedHeartbeats(HeartbeatReceiver api) {
         return api.requests().stream().filter(r -> r.body().contains("\"failed\"")).count();
     }
