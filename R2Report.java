@@ -124,12 +124,15 @@ final class RestoreState {
 
     /** The bucket's marker of a failed restore, which any machine of the town may have left (and not one cleared since). */
     static boolean failedInBucket(ObjectStore store, Config config) {
-        String key = Keys.of(config).restoreFailed();
-        if (store.list(key).isEmpty()) return false;   // listed first: whatever key sealed it
+        // One GET, no listing: the sync reads it beside its listing of the stored objects, and a second listing there
+        // would fail or retry beside the first.
         try {
-            return store.get(key).map(marker -> !cleared(marker.data())).orElse(false);
+            return store.get(Keys.of(config).restoreFailed()).map(marker -> !cleared(marker.data())).orElse(false);
+        } catch (SnapshotDamaged e) {
+            return true;   // there, but changed since it was sealed: a failure all the same
         } catch (R2Exception e) {
-            return true;   // there, but not readable here (sealed with a key this machine lacks): a failure all the same
+            if (e.exitCode == R2Common.EXIT_USAGE) return true;   // sealed with a key this machine lacks: a failure all the same
+            throw e;
         }
     }
 
