@@ -8,6 +8,7 @@ import java.io.UncheckedIOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.time.Duration;
 import java.util.*;
 import java.util.stream.Stream;
 
@@ -214,6 +215,19 @@ class SealedBackupTest {
         Path volume = emptyVolume();
         keyed.with("GT_TOWN_ROOT", volume.toString()).restore().assertOk();
         TownState.assertSame(TownState.capture(root), TownState.capture(volume));
+    }
+
+    @Test
+    void theDaemonsVerificationReadsSealedObjectsBack() throws Exception {
+        String bucket = copyOf(sealed);
+        Product p = product(bucket, town.root(), KEY).with("R2_VERIFY_EVERY", "2s");
+        Path last = p.stateDir().resolve(Verification.LAST);
+        try (Product.Started daemon = p.start("R2Sync", "--interval", "1s")) {
+            assertTrue(TestTools.await(() -> Files.isRegularFile(last), Duration.ofSeconds(120), 200), daemon.output());
+            var result = R2Common.JSON.readTree(Files.readString(last));
+            assertEquals("ok", result.path("status").asText(), result + "\n" + daemon.output());
+            assertTrue(result.path("objectsRead").asLong() > 0, "a share of the sealed objects was opened and read back: " + result);
+        }
     }
 
     /** A sealed object opened with the key its header names (of KEY and OTHER_KEY), as the product would. */
