@@ -193,12 +193,13 @@ final class R2Options {
         String session = orFile(sessionToken, "R2_SESSION_TOKEN_FILE", credentialFiles);
         String token = orFile(apiToken, "GASTOWN_API_TOKEN_FILE");
         String key = orFile(encryptionKey, "R2_ENCRYPTION_KEY_FILE");
-        String keyring = orFile(encryptionKeyring, "R2_ENCRYPTION_KEYRING_FILE");
+        String keyring = blankToNull(orFile(encryptionKeyring, "R2_ENCRYPTION_KEYRING_FILE"));
+        List<String> olderKeys = keyring == null ? List.of() : List.of(keyring.split("[,\\s]+"));
         Log.addSecret(secret);
         Log.addSecret(session);
         Log.addSecret(token);
         Log.addSecret(key);
-        if (keyring != null) for (String k : keyring.split("[,\\s]+")) Log.addSecret(k);
+        olderKeys.forEach(Log::addSecret);
 
         URI endpointUri = parseUri(require(endpoint, "R2_ENDPOINT", "--endpoint"), "R2_ENDPOINT");
         boolean localStore = "file".equals(endpointUri.getScheme());
@@ -227,7 +228,7 @@ final class R2Options {
         return new Config(endpointUri, localStore ? null : keyId, localStore ? null : secret, localStore ? null : blankToNull(session),
                 localStore ? Map.of() : Map.copyOf(credentialFiles),
                 localStore ? "local" : bucket, localStore ? null : region.trim(), townId, townRoot.toAbsolutePath().normalize(), api, token,
-                stateDir.toAbsolutePath().normalize(), blankToNull(key), blankToNull(keyring));
+                stateDir.toAbsolutePath().normalize(), blankToNull(key), olderKeys);
     }
 
     private static String blankToNull(String value) {
@@ -299,7 +300,7 @@ final class WorkDirOption {
 
 /** Validated settings, passed along instead of the command objects. toString never shows secrets. */
 record Config(URI endpoint, String accessKeyId, String secretAccessKey, String sessionToken, Map<String, Path> credentialFiles, String bucket, String region, String townId,
-              Path townRoot, URI apiUrl, String apiToken, Path stateDir, String encryptionKey, String encryptionKeyring) {
+              Path townRoot, URI apiUrl, String apiToken, Path stateDir, String encryptionKey, List<String> olderKeys) {
     boolean localStore() {
         return "file".equals(endpoint.getScheme());
     }

@@ -60,6 +60,11 @@ record Keys(String townId, Seal seal) {
         return new Keys(config.townId(), ring.byId(manifest.keyId(), "snapshot " + manifest.timestamp()));
     }
 
+    /** The id of the key objects are sealed with, or null for unsealed keys. */
+    String keyId() {
+        return seal == null ? null : seal.id();
+    }
+
     /** The size an object of plainSize bytes has in the bucket. */
     long storedSize(long plainSize) {
         return seal == null ? plainSize : seal.sealedSize(plainSize);

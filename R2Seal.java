@@ -40,13 +40,12 @@ final class Keyring {
     /** The keyring of the config's town, made once per process; null when no key is set (backups are then unsealed). */
     static Keyring of(Config config) {
         if (config.encryptionKey() == null) {
-            if (config.encryptionKeyring() != null)
+            if (!config.olderKeys().isEmpty())
                 throw R2Options.usage("R2_ENCRYPTION_KEYRING is set but R2_ENCRYPTION_KEY is not: the current key seals, the keyring only opens");
             return null;
         }
-        String ring = config.encryptionKeyring() == null ? "" : config.encryptionKeyring();
-        return OPENED.computeIfAbsent(config.townId() + "\n" + config.encryptionKey() + "\n" + ring, k -> new Keyring(config.townId(),
-                config.encryptionKey(), Arrays.stream(ring.split("[,\\s]+")).filter(s -> !s.isBlank()).toList()));
+        return OPENED.computeIfAbsent(config.townId() + "\n" + config.encryptionKey() + "\n" + String.join(",", config.olderKeys()),
+                k -> new Keyring(config.townId(), config.encryptionKey(), config.olderKeys()));
     }
 
     Seal current() {

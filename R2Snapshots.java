@@ -535,10 +535,9 @@ final class Snapshot {
     }
 
     Manifest manifest(String publishedAs, String townId, String townRoot, Versions versions, HistoryPolicy history) {
-        String keyId = keys.seal() == null ? null : keys.seal().id();
         // In path order: two snapshots of the same town list the same files the same way.
         List<FileEntry> entries = files.stream().map(Artifact::entry).sorted(Comparator.comparing(FileEntry::path)).toList();
         return new Manifest(Manifest.FORMAT, R2Common.VERSION, townId, publishedAs, Instant.now().toString(), townRoot, versions,
-                history, entries, fileIndex.keySet().stream().map(FileEntry::path).toList(), databases, repos, problems, keyId);
+                history, entries, fileIndex.keySet().stream().map(FileEntry::path).toList(), databases, repos, problems, keys.keyId());
     }
 }

@@ -683,7 +683,7 @@ final class SealedStore implements ObjectStore {
         } catch (IOException e) {
             throw new R2Exception(R2Common.EXIT_FAILED, "seal " + key + ": " + e.getMessage(), e);
         } finally {
-            deleteQuietly(sealed);
+            if (sealed != null) FileTrees.deleteQuietly(sealed);
         }
     }
 
@@ -721,8 +721,7 @@ final class SealedStore implements ObjectStore {
         try {
             sealed = Files.createTempFile("r2-sealed-", null);
             // What comes down is checked after it is opened (against expected), so its own sha256 is not known here.
-            bucket.download(key, sealed, 0, new FileEntry(expected.path(), keyring.current().sealedSize(expected.size()) + Seal.HEADER,
-                    "0".repeat(64)), null);
+            bucket.download(key, sealed, 0, new FileEntry(expected.path(), keyring.current().sealedSize(expected.size()), "0".repeat(64)), null);
             try (InputStream in = new BufferedInputStream(Files.newInputStream(sealed), 1 << 16)) {
                 byte[] head = in.readNBytes(Seal.HEADER);
                 String keyId = Seal.keyIdOf(head);
@@ -734,7 +733,7 @@ final class SealedStore implements ObjectStore {
         } catch (IOException e) {
             throw new R2Exception(R2Common.EXIT_FAILED, "download " + key + " to " + target + ": " + e.getMessage(), e);
         } finally {
-            deleteQuietly(sealed);
+            if (sealed != null) FileTrees.deleteQuietly(sealed);
         }
     }
 
@@ -743,14 +742,6 @@ final class SealedStore implements ObjectStore {
             throw new R2Exception(R2Common.EXIT_USAGE, key + " is sealed with key " + keyId + ", and no key is set: set R2_ENCRYPTION_KEY "
                     + "(or R2_ENCRYPTION_KEY_FILE) to the town's key");
         return keyring.byId(keyId, key);
-    }
-
-    private static void deleteQuietly(Path file) {
-        try {
-            if (file != null) Files.deleteIfExists(file);
-        } catch (IOException e) {
-            Log.warn("cannot remove " + file + ": " + e.getMessage());
-        }
     }
 
     @Override

@@ -428,7 +428,7 @@ public class R2Sync implements Callable<Integer> {
         if (lastManifest != null && lastManifest.timestamp().equals(ts)) return lastManifest;
         try {
             Manifest manifest = snapshots.manifest(ts);
-            String key = snapshots.keys().seal() == null ? null : snapshots.keys().seal().id();
+            String key = snapshots.keys().keyId();
             if (manifest != null && !Objects.equals(manifest.keyId(), key)) {
                 Log.info("sync: the previous snapshot " + ts + " is " + (manifest.sealed() ? "sealed with key " + manifest.keyId() : "unsealed")
                         + "; this one is sealed " + (key == null ? "by no key" : "with key " + key) + " and stores every object anew; the "
